@@ -1,0 +1,71 @@
+"""The pure core of jobengine: statuses, transitions, retry policies, records, errors.
+
+Standard library and msgspec only: no I/O, no event loop, no logging.
+"""
+
+from jobengine.domain.clock import Clock, ManualClock, SystemClock
+from jobengine.domain.errors import (
+    ConfigError,
+    DatabaseUnavailable,
+    DuplicateJob,
+    EgressBlocked,
+    HandlerNotFound,
+    IllegalTransition,
+    InvalidJob,
+    JobEngineError,
+    JobNotFound,
+    LeaseLost,
+)
+from jobengine.domain.models import (
+    SCHEMA_VERSION,
+    EventEnvelope,
+    HistoryEntry,
+    Job,
+    JobSpec,
+    TimelineEvent,
+    decode_envelope,
+)
+from jobengine.domain.retry import RetryPolicy, RetryStrategy, parse_retry_policy, retries_remain
+from jobengine.domain.status import (
+    FINAL,
+    SETTLED,
+    TRANSITIONS,
+    JobStatus,
+    check,
+    is_allowed,
+    targets,
+)
+
+__all__ = [
+    "FINAL",
+    "SCHEMA_VERSION",
+    "SETTLED",
+    "TRANSITIONS",
+    "Clock",
+    "ConfigError",
+    "DatabaseUnavailable",
+    "DuplicateJob",
+    "EgressBlocked",
+    "EventEnvelope",
+    "HandlerNotFound",
+    "HistoryEntry",
+    "IllegalTransition",
+    "InvalidJob",
+    "Job",
+    "JobEngineError",
+    "JobNotFound",
+    "JobSpec",
+    "JobStatus",
+    "LeaseLost",
+    "ManualClock",
+    "RetryPolicy",
+    "RetryStrategy",
+    "SystemClock",
+    "TimelineEvent",
+    "check",
+    "decode_envelope",
+    "is_allowed",
+    "parse_retry_policy",
+    "retries_remain",
+    "targets",
+]

@@ -1,0 +1,127 @@
+"""Test fixtures: a real PostgreSQL, always.
+
+Which server: `JOBENGINE_TEST_DSN` if set; else 127.0.0.1:5432 (user
+postgres) if something answers there; else the embedded PostgreSQL that
+jobengine itself uses by default (`JOBENGINE_TEST_EMBEDDED=1` forces it).
+
+Two tiers, as in River's riverdbtest:
+- `db_dsn` / `pool`: a fresh database per test, cloned from a migrated
+  template (fast), for anything that commits, NOTIFYs or uses several
+  connections;
+- `tx`: one connection inside a transaction that is rolled back, on a shared
+  migrated database, for pure SQL behaviour.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from jobengine.store import create_pool, migrate
+from jobengine.store.pool import connect
+from tests.dbutil import dsn_with_database
+
+LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
+EMBEDDED_DIR = Path(os.environ.get("JOBENGINE_TEST_PGDATA", f"/tmp/jobengine-test-{os.getuid()}/pgdata"))
+
+
+@pytest.fixture(scope="session")
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+def _answers(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+@pytest.fixture(scope="session")
+def server_dsn() -> str:
+    """The DSN of the PostgreSQL server the suite runs against (its maintenance db)."""
+    explicit = os.environ.get("JOBENGINE_TEST_DSN")
+    if explicit:
+        return explicit
+    if os.environ.get("JOBENGINE_TEST_EMBEDDED") != "1" and _answers("127.0.0.1", 5432):
+        return LOCAL_DSN
+    from jobengine.store.embedded import ensure_embedded
+
+    EMBEDDED_DIR.parent.mkdir(parents=True, exist_ok=True)
+    return ensure_embedded(EMBEDDED_DIR)
+
+
+async def _admin(server: str, sql: str) -> None:
+    conn = await asyncpg.connect(server)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+async def _build_template(server: str, name: str) -> None:
+    await _admin(server, f'DROP DATABASE IF EXISTS "{name}"')
+    await _admin(server, f'CREATE DATABASE "{name}"')
+    conn = await connect(dsn_with_database(server, name), actor="tests")
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def template_db(server_dsn: str) -> Iterator[str]:
+    """A migrated database that every per-test database is cloned from."""
+    name = f"jobengine_tpl_{os.getpid()}"
+    asyncio.run(_build_template(server_dsn, name))
+    yield name
+    asyncio.run(_admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}"'))
+
+
+@pytest.fixture(scope="session")
+def shared_dsn(server_dsn: str, template_db: str) -> Iterator[str]:
+    """A migrated database for rolled-back tests (never committed to)."""
+    name = f"jobengine_shared_{os.getpid()}"
+    asyncio.run(_admin(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    yield dsn_with_database(server_dsn, name)
+    asyncio.run(_admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def db_dsn(server_dsn: str, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for this test only."""
+    name = f"jobengine_t_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    yield dsn_with_database(server_dsn, name)
+    asyncio.run(_admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A connection pool on this test's own database (actor `tests`)."""
+    p = await create_pool(db_dsn, actor="tests", min_size=1, max_size=8)
+    try:
+        yield p
+    finally:
+        await p.close()
+
+
+@pytest.fixture
+async def tx(shared_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection in a transaction that is rolled back after the test."""
+    conn = await connect(shared_dsn, actor="tests")
+    transaction = conn.transaction()
+    await transaction.start()
+    try:
+        yield conn
+    finally:
+        await transaction.rollback()
+        await conn.close()

@@ -1,0 +1,31 @@
+"""Small helpers the tests share: DSNs, waiting on conditions, raw SQL."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import anyio
+
+T = TypeVar("T")
+
+
+def dsn_with_database(dsn: str, database: str) -> str:
+    """The same server DSN, naming another database."""
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+async def wait_for(
+    probe: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.02,
+    message: str = "condition",
+) -> T:
+    """Poll `probe` until it returns a truthy value; fail after `timeout` seconds."""
+    with anyio.move_on_after(timeout):
+        while True:
+            value = await probe()
+            if value:
+                return value
+            await anyio.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
