@@ -18,14 +18,14 @@ def dsn_with_database(dsn: str, database: str) -> str:
 
 
 async def wait_for(
-    probe: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.02,
+    probe: Callable[[], Awaitable[T]], *, within: float = 10.0, interval: float = 0.02,
     message: str = "condition",
 ) -> T:
-    """Poll `probe` until it returns a truthy value; fail after `timeout` seconds."""
-    with anyio.move_on_after(timeout):
+    """Poll `probe` until it returns a truthy value; fail after `within` seconds."""
+    with anyio.move_on_after(within):
         while True:
             value = await probe()
             if value:
                 return value
             await anyio.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {message}")
+    raise AssertionError(f"timed out after {within}s waiting for {message}")

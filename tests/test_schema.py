@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import anyio
+import anyio.lowlevel
 import asyncpg
 import pytest
 
@@ -146,7 +147,7 @@ async def test_allowed_transition_by_plain_update_is_recorded_once(
     assert (history["from_status"], history["to_status"]) == (src.value, dst.value)
     assert history["actor"] == "sql"
     messages = await listener.expect(seen + 1)
-    await anyio.sleep(0)
+    await anyio.lowlevel.checkpoint()
     assert len(messages) == seen + 1, "exactly one notification per transition"
     envelope = messages[-1]
     assert set(envelope) == ENVELOPE_KEYS
@@ -293,7 +294,8 @@ async def test_entering_running_counts_an_attempt_and_always_holds_a_lease(
     assert row["lease_expires_at"] > row["started_at"]
     await tx.execute("UPDATE jobengine.jobs SET status = 'completed' WHERE id = $1", job_id)
     row = await tx.fetchrow("SELECT * FROM jobengine.jobs WHERE id = $1", job_id)
-    assert row["lease_owner"] is None and row["lease_expires_at"] is None
+    assert row["lease_owner"] is None
+    assert row["lease_expires_at"] is None
     assert row["finished_at"] is not None
     assert row["status_reason"] == "completed"
 

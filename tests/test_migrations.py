@@ -1,0 +1,144 @@
+"""Migrations: forward-only, idempotent, locked, and equal to schema.sql."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import anyio
+import asyncpg
+import pytest
+
+from jobengine.domain import ConfigError
+from jobengine.store import migrate
+from jobengine.store.migrate import current_version
+from jobengine.store.sqlfiles import Migration, load_migrations, sql_dir
+from tests.dbutil import dsn_with_database
+
+pytestmark = pytest.mark.anyio
+
+# A fingerprint of everything in schema jobengine: tables, columns, constraints,
+# indexes, triggers, functions, types.
+FINGERPRINT = {
+    "columns": """
+        SELECT table_name, column_name, ordinal_position, data_type, udt_name,
+               is_nullable, column_default, is_identity
+        FROM information_schema.columns WHERE table_schema = 'jobengine'
+        ORDER BY table_name, ordinal_position""",
+    "constraints": """
+        SELECT conrelid::regclass::text AS rel, conname, pg_get_constraintdef(c.oid) AS def
+        FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
+        WHERE n.nspname = 'jobengine' ORDER BY 1, 2""",
+    "indexes": """
+        SELECT tablename, indexname, indexdef FROM pg_indexes
+        WHERE schemaname = 'jobengine' ORDER BY 1, 2""",
+    "triggers": """
+        SELECT tgrelid::regclass::text AS rel, tgname, pg_get_triggerdef(t.oid) AS def
+        FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
+        JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE n.nspname = 'jobengine' AND NOT t.tgisinternal ORDER BY 1, 2""",
+    "functions": """
+        SELECT p.proname, pg_get_function_identity_arguments(p.oid) AS args,
+               pg_get_functiondef(p.oid) AS def
+        FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+        WHERE n.nspname = 'jobengine' ORDER BY 1, 2""",
+    "types": """
+        SELECT t.typname, array_agg(e.enumlabel ORDER BY e.enumsortorder)::text AS labels
+        FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
+        LEFT JOIN pg_enum e ON e.enumtypid = t.oid
+        WHERE n.nspname = 'jobengine' AND t.typtype = 'e' GROUP BY 1 ORDER BY 1""",
+    "migrations": "SELECT version, name, checksum FROM jobengine.schema_migrations ORDER BY 1",
+}
+
+
+async def fingerprint(conn: asyncpg.Connection) -> dict[str, list[dict[str, Any]]]:
+    return {k: [dict(r) for r in await conn.fetch(q)] for k, q in FINGERPRINT.items()}
+
+
+@pytest.fixture
+async def empty_db(server_dsn: str) -> AsyncIterator[str]:
+    """A database with nothing in it."""
+    name = f"jobengine_empty_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(server_dsn)
+    await admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield dsn_with_database(server_dsn, name)
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+async def test_migrate_builds_the_schema_then_is_a_no_op(empty_db: str) -> None:
+    conn = await asyncpg.connect(empty_db)
+    try:
+        assert await current_version(conn) == 0
+        applied = await migrate(conn)
+        assert [str(a) for a in applied] == [
+            f"{m.version:04d}_{m.name}" for m in load_migrations()
+        ]
+        first = await fingerprint(conn)
+        assert await migrate(conn) == []
+        assert await fingerprint(conn) == first
+        assert await current_version(conn) == len(load_migrations())
+    finally:
+        await conn.close()
+
+
+async def test_all_migrations_equal_schema_sql(server_dsn: str, empty_db: str, db_dsn: str) -> None:
+    # db_dsn was built by migrate (through the template); empty_db gets schema.sql.
+    migrated = await asyncpg.connect(db_dsn)
+    canonical = await asyncpg.connect(empty_db)
+    try:
+        await canonical.execute((sql_dir() / "schema.sql").read_text())
+        assert await fingerprint(canonical) == await fingerprint(migrated)
+        # and a database installed from schema.sql needs no migration
+        assert await migrate(canonical) == []
+    finally:
+        await migrated.close()
+        await canonical.close()
+
+
+async def test_concurrent_migrations_apply_each_once(empty_db: str) -> None:
+    results: list[list[str]] = []
+
+    async def run() -> None:
+        conn = await asyncpg.connect(empty_db)
+        try:
+            results.append([str(a) for a in await migrate(conn)])
+        finally:
+            await conn.close()
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(3):
+            tg.start_soon(run)
+    applied = sorted(results, key=len)
+    assert applied[0] == []
+    assert applied[1] == []
+    assert len(applied[2]) == len(load_migrations())
+
+
+async def test_a_changed_migration_is_refused(db_dsn: str) -> None:
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        edited = [Migration(m.version, m.name, m.sql + "\n-- edited") for m in load_migrations()]
+        with pytest.raises(ConfigError, match="was changed after it was applied"):
+            await migrate(conn, edited)
+    finally:
+        await conn.close()
+
+
+async def test_a_failing_migration_leaves_no_trace(db_dsn: str) -> None:
+    conn = await asyncpg.connect(db_dsn)
+    try:
+        existing = load_migrations()
+        broken = Migration(
+            len(existing) + 1, "broken",
+            "CREATE TABLE jobengine.half_done (x int); SELECT 1/0;",
+        )
+        with pytest.raises(asyncpg.DivisionByZeroError):
+            await migrate(conn, [*existing, broken])
+        assert await conn.fetchval("SELECT to_regclass('jobengine.half_done')") is None
+        assert await current_version(conn) == len(existing)
+    finally:
+        await conn.close()
