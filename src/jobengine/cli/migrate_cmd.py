@@ -1,0 +1,52 @@
+"""`jobengine migrate`: create or upgrade the schema."""
+
+from __future__ import annotations
+
+import argparse
+
+import anyio
+import asyncpg
+
+from jobengine.cli.context import add_common_options, resolve_dsn, settings_from_args, unavailable
+from jobengine.store import current_version, migrate
+from jobengine.store.pool import connect
+
+EXAMPLE = """\
+example:
+  jobengine migrate --dsn postgresql://postgres@localhost/app
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `migrate` command."""
+    p = sub.add_parser(
+        "migrate", help="create or upgrade the database schema",
+        description="Apply pending migrations under an advisory lock; a no-op when up to date.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Apply pending migrations and print what was applied."""
+    settings = settings_from_args(args)
+    dsn, _embedded = resolve_dsn(settings)
+
+    async def go() -> int:
+        try:
+            conn = await connect(dsn, "cli")
+        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
+            raise unavailable(dsn, exc) from exc
+        try:
+            applied = await migrate(conn)
+            version = await current_version(conn)
+        finally:
+            await conn.close()
+        for migration in applied:
+            print(f"applied {migration}")
+        if not applied:
+            print(f"schema is up to date (version {version})")
+        return 0
+
+    return anyio.run(go)

@@ -1,0 +1,1 @@
+"""The daemon: scheduler, claimer, one actor per job, leases, the reaper."""

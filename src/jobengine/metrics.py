@@ -1,0 +1,57 @@
+"""Prometheus metrics shared by the daemon (which moves jobs) and the API (which serves them).
+
+Kept apart from both so that neither imports the other: the daemon records,
+`/metrics` renders, and in `jobengine run --http` they share one registry.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+#: The registry jobengine's own metrics live in (not the global default, so
+#: tests and embedders can render exactly jobengine's figures).
+REGISTRY = CollectorRegistry(auto_describe=True)
+
+_FAST = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+
+JOBS = Gauge(
+    "jobengine_jobs", "Jobs in the database by status (read at scrape time).",
+    ["status"], registry=REGISTRY,
+)
+TRANSITIONS = Counter(
+    "jobengine_transitions_total",
+    "Status changes made by this process, by kind and target status.",
+    ["kind", "to_status"], registry=REGISTRY,
+)
+HANDLER_DURATION = Histogram(
+    "jobengine_handler_duration_seconds", "How long handlers ran, by kind.",
+    ["kind"], registry=REGISTRY,
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 3600),
+)
+PICKUP_LATENCY = Histogram(
+    "jobengine_pickup_latency_seconds", "From when a job was due to when its handler started.",
+    registry=REGISTRY, buckets=_FAST,
+)
+CLAIM_BATCH = Histogram(
+    "jobengine_claim_batch_size", "Jobs claimed per claim statement.",
+    registry=REGISTRY, buckets=(0, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000),
+)
+LEASE_RENEWALS = Counter(
+    "jobengine_lease_renewals_total", "Leases renewed.", registry=REGISTRY,
+)
+LEASE_EXPIRIES = Counter(
+    "jobengine_lease_expiries_total", "Running jobs whose lease expired (reaped).",
+    registry=REGISTRY,
+)
+LISTENER_RECONNECTS = Counter(
+    "jobengine_listener_reconnects_total", "Times the LISTEN connection was re-established.",
+    registry=REGISTRY,
+)
+FENCED_WRITES = Counter(
+    "jobengine_fenced_writes_total",
+    "Outcome writes refused because the job had moved on (stale worker).",
+    registry=REGISTRY,
+)
+RUNNING = Gauge(
+    "jobengine_daemon_running_jobs", "Jobs this daemon is running now.", registry=REGISTRY,
+)
