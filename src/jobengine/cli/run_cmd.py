@@ -1,0 +1,130 @@
+"""`jobengine run`: the daemon, until SIGTERM/SIGINT (then it drains)."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Any
+
+import anyio
+import structlog
+
+from jobengine.api.config import parse_listen
+from jobengine.cli.context import (
+    add_common_options,
+    ensure_schema,
+    redact,
+    resolve_dsn,
+    settings_from_args,
+)
+from jobengine.cli.logs import configure_logging
+from jobengine.daemon import Daemon, Notifier
+from jobengine.domain.errors import ConfigError
+
+EXAMPLE = """\
+examples:
+  jobengine run --dsn postgresql://jobs@db/app --config /etc/jobengine/jobengine.toml
+  JOBENGINE_HANDLERS_EMAIL=myapp.jobs:send_email jobengine run --http 127.0.0.1:8080
+
+With no DSN anywhere (flag, JOBENGINE_DSN, config), jobengine starts and uses
+its embedded PostgreSQL. SIGTERM/SIGINT drain: stop claiming, let running
+jobs finish within daemon.shutdown_grace, give the rest back; a second
+signal skips the grace period.
+"""
+
+
+def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the `run` command."""
+    p = sub.add_parser(
+        "run", help="run the daemon (schedule, claim and run jobs)",
+        description="Run the jobengine daemon until SIGTERM/SIGINT.",
+        epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    add_common_options(p)
+    p.add_argument("--http", metavar="HOST:PORT", help="also serve the REST API here")
+    p.add_argument("--sealed", action="store_true", default=None,
+                   help="sealed (air-gapped) mode: no network egress but the database")
+    p.add_argument("--queues", help="comma-separated queues to take (default: from config)")
+    p.add_argument("--concurrency", type=int, help="jobs running at once")
+    p.add_argument("--log-level", default="info",
+                   choices=["debug", "info", "warning", "error"])
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the daemon in the foreground; returns 0 after a graceful stop."""
+    overrides: dict[str, Any] = {"sealed": args.sealed}
+    daemon_over: dict[str, Any] = {}
+    if args.queues:
+        daemon_over["queues"] = [q.strip() for q in args.queues.split(",") if q.strip()]
+    if args.concurrency is not None:
+        daemon_over["concurrency"] = args.concurrency
+    if daemon_over:
+        overrides["daemon"] = daemon_over
+    if args.http:
+        overrides["http"] = {"listen": args.http}
+    settings = settings_from_args(args, **overrides)
+    configure_logging(args.log_level)
+    log = structlog.get_logger("jobengine.run")
+    if not settings.handlers:
+        raise ConfigError(
+            "no handlers configured: add a [handlers] section (kind = \"pkg.module:function\") "
+            "or JOBENGINE_HANDLERS_<KIND>; a daemon claims only kinds it has handlers for"
+        )
+    dsn, embedded = resolve_dsn(settings)
+    listen = parse_listen(settings.http.listen) if settings.http.listen else None
+    daemon = Daemon(settings.daemon_config(), dsn, notifier=Notifier())
+
+    async def main() -> int:
+        await ensure_schema(dsn, embedded=embedded, actor=daemon.id)
+        log.info("starting", daemon_id=daemon.id, database=redact(dsn), embedded=embedded)
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_watch_signals, daemon)
+            if listen is not None:
+                await tg.start(_serve_api, settings, dsn, listen, daemon)
+            await daemon.run()
+            tg.cancel_scope.cancel()
+        return 0
+
+    return anyio.run(main)
+
+
+async def _watch_signals(daemon: Daemon) -> None:
+    log = structlog.get_logger("jobengine.run")
+    with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        count = 0
+        async for signum in signals:
+            count += 1
+            name = signal.Signals(signum).name
+            if count == 1:
+                log.info("stop requested: draining", signal=name)
+                daemon.request_stop()
+            else:
+                log.info("second stop request: stopping now", signal=name)
+                daemon.request_stop(immediate=True)
+
+
+async def _serve_api(
+    settings: Any, dsn: str, listen: tuple[str, int], daemon: Daemon,
+    *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
+) -> None:
+    from jobengine.api.app import create_app
+    from jobengine.api.server import serve
+    from jobengine.store import create_pool
+
+    pool = await create_pool(dsn, "api", min_size=1, max_size=4)
+    try:
+
+        async def readiness() -> dict[str, bool]:
+            return daemon.readiness()
+
+        app = create_app(pool, settings.http, readiness=readiness)
+        await serve(app, listen[0], listen[1], task_status=task_status)
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pool.close()
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(1)

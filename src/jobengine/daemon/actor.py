@@ -1,0 +1,116 @@
+"""One actor per claimed job: runs its handler and decides how the attempt ended.
+
+The actor never writes to the database itself; it hands its outcome to the
+outcome writer, whose guarded write refuses it if the job has moved on.
+An actor can be interrupted (its cancel scope cancelled) for a reason:
+- `cancelled`: the job was cancelled (through any path) while running;
+  the database already says so, nothing is written;
+- `lease_lost`: this daemon no longer holds the job; nothing is written;
+- `shutdown`: the daemon is stopping; the job is given back
+  (`running -> scheduled`, not counted against max_retries).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import msgspec
+import structlog
+
+from jobengine import metrics
+from jobengine.daemon.handlers import Handler
+from jobengine.daemon.outcomes import Outcome
+from jobengine.domain.errors import EgressBlocked
+from jobengine.domain.models import Job
+from jobengine.domain.status import JobStatus
+
+log = structlog.get_logger("jobengine.actor")
+_encode = msgspec.json.Encoder().encode
+
+#: How an interruption is recorded (None: not at all: someone else already did).
+_INTERRUPTED: dict[str, tuple[JobStatus, str] | None] = {
+    "shutdown": (JobStatus.SCHEDULED, "shutdown"),
+    "cancelled": None,
+    "lease_lost": None,
+}
+
+
+@dataclass(eq=False)
+class Actor:
+    """A running job's handle: the job, and how to interrupt it."""
+
+    job: Job
+    scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    interrupted_for: str | None = None
+    started_at: float = field(default_factory=time.monotonic)
+
+    def interrupt(self, reason: str) -> None:
+        """Stop the handler at its next checkpoint, for `reason` (see module doc)."""
+        if self.interrupted_for is None:
+            self.interrupted_for = reason
+        self.scope.cancel()
+
+
+def describe(exc: BaseException) -> str:
+    """`Type: message`, as stored in `last_error` (bounded)."""
+    text = f"{type(exc).__name__}: {exc}".strip()
+    return text if len(text) <= 4000 else text[:3997] + "..."
+
+
+async def run_actor(
+    actor: Actor, handler: Handler, submit: Callable[[Outcome], None]
+) -> None:
+    """Run one attempt of `actor.job` and submit how it ended."""
+    job = actor.job
+    timeout = job.timeout.total_seconds() if job.timeout is not None else None
+    result: Any = None
+    error: BaseException | None = None
+    with structlog.contextvars.bound_contextvars(job_id=job.id, kind=job.kind,
+                                                 attempt=job.attempt):
+        log.debug("job started")
+        started = time.monotonic()
+        with actor.scope, anyio.move_on_after(timeout) as deadline:
+            try:
+                result = await handler(job)
+            except (Exception, SystemExit) as exc:
+                error = exc
+        metrics.HANDLER_DURATION.labels(job.kind).observe(time.monotonic() - started)
+        outcome = _decide(actor, deadline.cancelled_caught, timeout, result, error)
+        if outcome is None:
+            log.info("job interrupted; outcome left to whoever moved it",
+                     reason=actor.interrupted_for)
+            return
+        if outcome.to_status is JobStatus.FAILED:
+            log.info("job failed", reason=outcome.reason, error=outcome.error)
+        elif outcome.to_status is JobStatus.SCHEDULED:
+            log.info("job given back", reason=outcome.reason)
+        else:
+            log.debug("job completed")
+        submit(outcome)
+
+
+def _decide(
+    actor: Actor, timed_out: bool, timeout: float | None, result: Any, error: BaseException | None
+) -> Outcome | None:
+    job = actor.job
+    if actor.scope.cancelled_caught or actor.interrupted_for is not None:
+        target = _INTERRUPTED.get(actor.interrupted_for or "")
+        if target is None:
+            return None
+        return Outcome(job, target[0], target[1])
+    if timed_out:
+        return Outcome(job, JobStatus.FAILED, "timeout",
+                       error=f"TimeoutError: the attempt ran past its timeout of {timeout:g}s")
+    if error is not None:
+        reason = "egress_blocked" if isinstance(error, EgressBlocked) else "error"
+        return Outcome(job, JobStatus.FAILED, reason, error=describe(error))
+    try:
+        _encode(result)
+    except (TypeError, ValueError, OverflowError) as exc:
+        return Outcome(job, JobStatus.FAILED, "error",
+                       error=f"TypeError: the handler's result is not JSON-serialisable: {exc}")
+    return Outcome(job, JobStatus.COMPLETED, "completed", result=result)

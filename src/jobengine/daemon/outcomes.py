@@ -1,0 +1,173 @@
+"""The outcome writer: actors hand in results, the writer records them in batches.
+
+An actor does not wait for its own write: it hands the outcome over and frees
+its slot, and the writer flushes everything that arrived within a few
+milliseconds in one guarded statement (plus one transaction for failures and
+their retries). Until an outcome is written the job is still `running` with
+this daemon's lease, which keeps being renewed; if the daemon dies first,
+the lease expires and the reaper gives the job another attempt. So batching
+costs no guarantee, and a refused write (the job moved on: cancelled, reaped
+and re-claimed) is reported, never forced.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from jobengine import metrics
+from jobengine.domain.models import Job
+from jobengine.domain.retry import RetryPolicy
+from jobengine.domain.status import JobStatus
+from jobengine.store import Failure, JobStore, Transition
+
+log = structlog.get_logger("jobengine.outcomes")
+
+
+@dataclass(slots=True)
+class Outcome:
+    """How one attempt ended, to be recorded."""
+
+    job: Job
+    to_status: JobStatus  # completed, failed, or scheduled (given back at shutdown)
+    reason: str
+    result: Any = None
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class FlushReport:
+    """What one flush wrote."""
+
+    written: list[Outcome] = field(default_factory=list)
+    refused: list[Outcome] = field(default_factory=list)
+    retried: dict[int, Any] = field(default_factory=dict)
+
+
+class OutcomeWriter:
+    """Buffers outcomes and writes them in batches (`run` is the flushing loop)."""
+
+    def __init__(
+        self,
+        store: JobStore,
+        owner: str,
+        retry_default: RetryPolicy,
+        *,
+        flush_delay: float = 0.002,
+        max_batch: int = 1000,
+        on_flush: Callable[[FlushReport], None] | None = None,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._store = store
+        self._owner = owner
+        self._retry_default = retry_default
+        self._flush_delay = flush_delay
+        self._max_batch = max_batch
+        self._on_flush = on_flush
+        self._rng = rng
+        self._pending: list[Outcome] = []
+        self._arrived = anyio.Event()
+        self._idle = anyio.Event()
+        self._idle.set()
+
+    def submit(self, outcome: Outcome) -> None:
+        """Queue an outcome for the next flush (never blocks)."""
+        self._pending.append(outcome)
+        self._idle = anyio.Event() if self._idle.is_set() else self._idle
+        self._arrived.set()
+
+    @property
+    def unwritten(self) -> dict[int, int]:
+        """Jobs whose outcome is not written yet: {id: attempt} (their leases still matter)."""
+        return {o.job.id: o.job.attempt for o in self._pending}
+
+    async def wait_idle(self) -> None:
+        """Return once everything submitted so far has been written (or refused)."""
+        await self._idle.wait()
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Flush batches until cancelled; a failed write is retried with backoff."""
+        task_status.started()
+        backoff = 0.05
+        while True:
+            await self._arrived.wait()
+            # Let the outcomes of jobs finishing together join one statement.
+            if len(self._pending) < self._max_batch:
+                await anyio.sleep(self._flush_delay)
+            try:
+                await self.flush()
+                backoff = 0.05
+            except (OSError, TimeoutError) as exc:
+                log.warning("outcome write failed; retrying", error=str(exc), retry_in=backoff)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+            except Exception as exc:
+                # asyncpg's connection errors are not all OSErrors; keep the
+                # outcomes and try again rather than lose them.
+                log.warning("outcome write failed; retrying", error=repr(exc), retry_in=backoff)
+                await anyio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    async def flush(self) -> FlushReport:
+        """Write what is pending now; outcomes stay queued if the write fails."""
+        batch = self._pending[: self._max_batch]
+        report = FlushReport()
+        if not batch:
+            self._settle()
+            return report
+        # Shielded: a flush that started is finished even during shutdown, so
+        # an outcome is either written or still queued, never half-known.
+        with anyio.CancelScope(shield=True):
+            await self._write(batch, report)
+        del self._pending[: len(batch)]
+        self._settle()
+        if self._on_flush is not None:
+            self._on_flush(report)
+        return report
+
+    def _settle(self) -> None:
+        if not self._pending:
+            self._arrived = anyio.Event()
+            self._idle.set()
+
+    async def _write(self, batch: Sequence[Outcome], report: FlushReport) -> None:
+        direct = [o for o in batch if o.to_status is not JobStatus.FAILED]
+        failed = [o for o in batch if o.to_status is JobStatus.FAILED]
+        if direct:
+            outcome = await self._store.transition_many([
+                Transition(o.job.id, JobStatus.RUNNING, o.to_status, attempt=o.job.attempt,
+                           lease_owner=self._owner, reason=o.reason, result=o.result,
+                           error=o.error)
+                for o in direct
+            ])
+            for o in direct:
+                (report.written if o.job.id in outcome.changed else report.refused).append(o)
+        if failed:
+            result = await self._store.fail_many(
+                [Failure(o.job.id, o.job.attempt, self._owner, o.error or "failed", o.reason)
+                 for o in failed],
+                self._retry_default,
+                rng=self._rng,
+            )
+            refused = set(result.refused)
+            for o in failed:
+                (report.refused if o.job.id in refused else report.written).append(o)
+            report.retried.update(result.retried)
+        for o in report.written:
+            metrics.TRANSITIONS.labels(o.job.kind, o.to_status.value).inc()
+        kinds = {o.job.id: o.job.kind for o in failed}
+        for job_id in report.retried:
+            metrics.TRANSITIONS.labels(kinds[job_id], JobStatus.SCHEDULED.value).inc()
+        if report.refused:
+            metrics.FENCED_WRITES.inc(len(report.refused))
+            for o in report.refused:
+                log.warning(
+                    "outcome refused: the job moved on (cancelled, or reaped and re-claimed)",
+                    job_id=o.job.id, attempt=o.job.attempt, outcome=o.to_status.value,
+                )

@@ -1,0 +1,291 @@
+"""The supervisor: one task group that runs the daemon's services and its actors.
+
+Start order matters and is enforced with `task_status.started()`: the
+outcome writer, the listener (LISTEN in place), leases, reaper and scheduler,
+and only then the claimer. Stopping is soft then hard: stop claiming, let
+running jobs finish within `shutdown_grace`, interrupt the rest and give them
+back (`running -> scheduled`, reason `shutdown`), write every outcome, exit.
+A second stop request skips the grace period but still gives jobs back.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import socket
+import time
+from collections.abc import AsyncIterator, Iterable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+import anyio
+import asyncpg
+import structlog
+from anyio.abc import TaskGroup, TaskStatus
+
+from jobengine import metrics
+from jobengine.daemon.actor import Actor, run_actor
+from jobengine.daemon.config import DaemonConfig
+from jobengine.daemon.handlers import Handler, resolve_handlers
+from jobengine.daemon.listener import Listener
+from jobengine.daemon.maintenance import LeaseKeeper, Reaper, Scheduler
+from jobengine.daemon.outcomes import FlushReport, OutcomeWriter
+from jobengine.daemon.systemd import Notifier
+from jobengine.domain.clock import Clock
+from jobengine.domain.models import Job
+from jobengine.store import JobStore, create_pool
+
+log = structlog.get_logger("jobengine.daemon")
+
+
+def new_daemon_id() -> str:
+    """host-pid-random: unique per process, readable in history and leases."""
+    return f"{socket.gethostname()[:40]}-{os.getpid()}-{random.getrandbits(24):06x}"
+
+
+class Daemon:
+    """A jobengine daemon: claims jobs of its queues and kinds and runs them.
+
+    Use `run_daemon(...)` to run one in-process (`async with`), or call
+    `run()` inside your own task group.
+    """
+
+    def __init__(
+        self,
+        config: DaemonConfig,
+        dsn: str,
+        *,
+        handlers: dict[str, Handler] | None = None,
+        clock: Clock | None = None,
+        notifier: Notifier | None = None,
+        flush_delay: float = 0.002,
+    ) -> None:
+        self.config = config
+        self.settings = config.daemon.validate()
+        self.dsn = dsn
+        self.id = self.settings.id or new_daemon_id()
+        self.clock = clock
+        self.notifier = notifier or Notifier({})
+        self._handlers = handlers
+        self._flush_delay = flush_delay
+        self.actors: dict[int, Actor] = {}
+        self.claimed_total = 0
+        self._maybe_more = True
+        self._stopping = False
+        self._immediate = False
+        self.ready = False
+        self.store: JobStore
+        self.listener: Listener
+        self.writer: OutcomeWriter
+        self.scheduler: Scheduler
+
+    # -- control ------------------------------------------------------------------
+
+    def request_stop(self, *, immediate: bool = False) -> None:
+        """Start a graceful stop; with `immediate` (or a second call), skip the grace period."""
+        if self._stopping or immediate:
+            self._immediate = True
+        self._stopping = True
+        for event in (self._kick, self._stop, self._changed):
+            event.set()
+
+    def status_line(self) -> str:
+        """The STATUS= text for systemd."""
+        return f"running {len(self.actors)} jobs, claimed {self.claimed_total} since start"
+
+    def readiness(self) -> dict[str, bool]:
+        """What /readyz reports for this daemon."""
+        return {"claiming": self.ready and not self._stopping,
+                "listener": self.listener.connected}
+
+    # -- running --------------------------------------------------------------------
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Run until `request_stop()`; signals readiness once claiming."""
+        self._kick = anyio.Event()
+        self._stop = anyio.Event()
+        self._changed = anyio.Event()
+        handlers = self._handlers
+        if handlers is None:
+            handlers = resolve_handlers(self.config.handlers,
+                                        thread_limit=self.settings.concurrency)
+        self.handlers = handlers
+        s = self.settings
+        pool = await create_pool(self.dsn, self.id, min_size=2, max_size=8)
+        try:
+            self.store = JobStore(pool)
+            await self._run_services(task_status)
+        finally:
+            with anyio.CancelScope(shield=True):
+                await pool.close()
+            log.info("daemon stopped", daemon_id=self.id)
+        del s
+
+    async def _run_services(self, task_status: TaskStatus[None]) -> None:
+        s = self.settings
+        self.writer = OutcomeWriter(self.store, self.id, self.config.retry,
+                                    flush_delay=self._flush_delay, on_flush=self._flushed)
+        self.listener = Listener(self.dsn, self.id, s.queues, on_wake=self._on_wake,
+                                 on_cancel=self._on_cancel)
+        self.scheduler = Scheduler(self.store, s.queues, poll_interval=s.poll_interval,
+                                   on_ready=self._on_ready, sealed=self.config.sealed,
+                                   clock=self.clock)
+        leases = LeaseKeeper(self.store, self.id, s.lease_ttl, s.renew_interval,
+                             held=self._held, on_lost=self._on_lease_lost, clock=self.clock)
+        reaper = Reaper(self.store, self.config.retry, s.reaper_interval,
+                        on_retry=self._on_ready, clock=self.clock)
+        async with anyio.create_task_group() as services:
+            await services.start(self.writer.run)
+            await services.start(self.listener.run)
+            await services.start(leases.run)
+            await services.start(reaper.run)
+            await services.start(self.scheduler.run)
+            await services.start(self.notifier.watchdog, self.status_line)
+            async with anyio.create_task_group() as actors:
+                await services.start(self._claim_loop, actors)
+                self.ready = True
+                self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
+                log.info("daemon ready", daemon_id=self.id, queues=s.queues,
+                         kinds=sorted(self.handlers), concurrency=s.concurrency,
+                         sealed=self.config.sealed)
+                task_status.started()
+                await self._stop.wait()
+                self.notifier.notify("STOPPING=1")
+                log.info("daemon stopping", running=len(self.actors))
+                await self._drain()
+            # Every actor has handed in its outcome; write them all before leaving.
+            with anyio.move_on_after(max(s.shutdown_grace, 5.0)) as flush:
+                await self.writer.wait_idle()
+            if flush.cancelled_caught:
+                log.warning("could not write every outcome before exit; leases will expire",
+                            unwritten=sorted(self.writer.unwritten))
+            services.cancel_scope.cancel()
+
+    async def _drain(self) -> None:
+        """Let running jobs finish within the grace period, then give the rest back."""
+        if not self._immediate and self.actors:
+            with anyio.move_on_after(self.settings.shutdown_grace):
+                while self.actors and not self._immediate:
+                    await self._changed.wait()
+                    self._changed = anyio.Event()
+        for actor in list(self.actors.values()):
+            actor.interrupt("shutdown")
+
+    # -- claiming ---------------------------------------------------------------------
+
+    async def _claim_loop(
+        self, actors: TaskGroup, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+    ) -> None:
+        s = self.settings
+        kinds = sorted(self.handlers)
+        ttl = timedelta(seconds=s.lease_ttl)
+        task_status.started()
+        backoff = 0.05
+        while not self._stopping:
+            free = s.concurrency - len(self.actors)
+            if free > 0 and self._maybe_more:
+                self._maybe_more = False
+                try:
+                    jobs = await self.store.claim(
+                        owner=self.id, queues=s.queues, kinds=kinds, limit=free,
+                        lease_ttl=ttl, now=self.clock.now() if self.clock else None,
+                        sealed=self.config.sealed,
+                    )
+                    backoff = 0.05
+                except (OSError, TimeoutError, asyncpg.PostgresError,
+                        asyncpg.InterfaceError) as exc:
+                    log.warning("claim failed; retrying", error=repr(exc), retry_in=backoff)
+                    self._maybe_more = True
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, s.poll_interval)
+                    continue
+                metrics.CLAIM_BATCH.observe(len(jobs))
+                if len(jobs) == free:
+                    self._maybe_more = True  # there may be more waiting
+                self._start(actors, jobs)
+                continue
+            with anyio.move_on_after(s.poll_interval) as waited:
+                await self._kick.wait()
+            self._kick = anyio.Event()
+            if waited.cancelled_caught:
+                self._maybe_more = True  # the polling fallback
+
+    def _start(self, actors: TaskGroup, jobs: Iterable[Job]) -> None:
+        now = time.time()
+        for job in jobs:
+            if self._stopping:
+                # Claimed as the stop came in: give it straight back.
+                actor = Actor(job)
+                actor.interrupt("shutdown")
+            else:
+                actor = Actor(job)
+            self.actors[job.id] = actor
+            self.claimed_total += 1
+            if job.run_at is not None:
+                metrics.PICKUP_LATENCY.observe(max(0.0, now - job.run_at.timestamp()))
+            actors.start_soon(self._actor_task, actor, name=f"job-{job.id}")
+        metrics.RUNNING.set(len(self.actors))
+
+    async def _actor_task(self, actor: Actor) -> None:
+        try:
+            await run_actor(actor, self.handlers[actor.job.kind], self.writer.submit)
+        finally:
+            self.actors.pop(actor.job.id, None)
+            metrics.RUNNING.set(len(self.actors))
+            self._kick.set()
+            self._changed.set()
+
+    # -- events from the services ---------------------------------------------------------
+
+    def _on_wake(self) -> None:
+        self._maybe_more = True
+        self._kick.set()
+        self.scheduler.wake()
+
+    def _on_ready(self) -> None:
+        self._maybe_more = True
+        self._kick.set()
+
+    def _on_cancel(self, job_ids: list[int]) -> None:
+        for job_id in job_ids:
+            actor = self.actors.get(job_id)
+            if actor is not None:
+                log.info("interrupting cancelled job", job_id=job_id)
+                actor.interrupt("cancelled")
+
+    def _on_lease_lost(self, job_ids: list[int]) -> None:
+        for job_id in job_ids:
+            actor = self.actors.get(job_id)
+            if actor is not None:
+                # Cancelled jobs also stop renewing: say which it was.
+                actor.interrupt("lease_lost")
+
+    def _held(self) -> dict[int, int]:
+        held = {job_id: a.job.attempt for job_id, a in self.actors.items()}
+        held.update(self.writer.unwritten)
+        return held
+
+    def _flushed(self, report: FlushReport) -> None:
+        if report.retried:
+            self.scheduler.wake()
+            soonest = min(report.retried.values())
+            if soonest <= datetime.now(UTC):
+                self._on_ready()
+
+
+@asynccontextmanager
+async def run_daemon(
+    config: DaemonConfig, dsn: str, **kwargs: object
+) -> AsyncIterator[Daemon]:
+    """Run a daemon in-process for the duration of the block, then stop it gracefully.
+
+        async with run_daemon(config, dsn, handlers=from_callables({...})) as daemon:
+            ...  # the daemon is claiming here
+    """
+    daemon = Daemon(config, dsn, **kwargs)  # type: ignore[arg-type]
+    async with anyio.create_task_group() as tg:
+        await tg.start(daemon.run)
+        try:
+            yield daemon
+        finally:
+            daemon.request_stop()
