@@ -335,10 +335,10 @@ async def _gone(pid: int) -> bool:
         return True
     # a zombie waiting for its (killed) parent's reaper counts as gone
     try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().split()[2] == "Z"
+        stat = await anyio.Path(f"/proc/{pid}/stat").read_text()
     except FileNotFoundError:
         return True
+    return stat.split()[2] == "Z"
 
 
 async def test_command_handler_gets_the_job_on_stdin_and_its_json_stdout_is_the_result(

@@ -267,15 +267,16 @@ async def test_renew_leases_keeps_only_what_is_still_held(store: JobStore) -> No
     assert await store.renew_leases("d1", {a.id: 7}, TTL, now=later) == set()
 
 
-async def test_reaper_fails_expired_leases_and_applies_the_retry_policy(store: JobStore) -> None:
+async def test_reaper_fails_expired_leases_and_retries_at_once(store: JobStore) -> None:
     job = (await store.insert(JobSpec(kind="email", run_at=T0, max_retries=1)))[0]
     await claim_one(store, now=T0)
     assert (await store.reap_expired(NO_JITTER, now=T0 + timedelta(seconds=29))).retried == {}
     outcome = await store.reap_expired(NO_JITTER, now=T0 + timedelta(seconds=31))
-    assert outcome.retried == {job.id: T0 + timedelta(seconds=31 + 5)}
+    # a rescue is due at once: the worker died, not the job
+    assert outcome.retried == {job.id: T0 + timedelta(seconds=31)}
     after = await store.get(job.id)
     assert after.status is JobStatus.SCHEDULED
-    assert after.run_at == T0 + timedelta(seconds=36)
+    assert after.run_at == T0 + timedelta(seconds=31)
     assert "LeaseExpired" in (after.last_error or "")
     reasons = [h.reason for h in await store.history(job.id)]
     assert reasons[-2:] == ["lease_expired", "retry"]

@@ -34,7 +34,8 @@ class DaemonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shutdown_grace: float = 10.0
     #: how often leases are renewed (default: a third of lease_ttl)
     lease_renew_interval: float | None = None
-    #: how often the reaper looks for expired leases (default: lease_ttl / 2, at most 5 s)
+    #: how often the reaper looks for expired leases (default: lease_ttl / 4, at most 1 s,
+    #: so a crashed daemon's jobs run again within lease_ttl + about a second)
     reap_interval: float | None = None
     #: the daemon's id in leases and history (default: host-pid-random)
     id: str | None = None
@@ -66,7 +67,7 @@ class DaemonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     @property
     def reaper_interval(self) -> float:
         """Seconds between reaper passes."""
-        return self.reap_interval or min(self.lease_ttl / 2, 5.0)
+        return self.reap_interval or min(self.lease_ttl / 4, 1.0)
 
 
 class DaemonConfig(msgspec.Struct, kw_only=True):

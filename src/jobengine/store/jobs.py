@@ -213,7 +213,7 @@ class JobStore:
 
     async def events_after(self, cursor: tuple[int, int], limit: int = 100) -> EventPage:
         """Timeline events after `cursor` = (tx_id, id), gap-free, with the next cursor."""
-        rows = await self._fetch("timeline_after", str(cursor[0]), cursor[1], limit)
+        rows = await self._fetch("timeline_after", cursor[0], cursor[1], limit)
         events = [dict(r) for r in rows]
         last = (int(rows[-1]["tx_id"]), rows[-1]["id"]) if rows else cursor
         return EventPage(events, last)
@@ -346,11 +346,17 @@ class JobStore:
         limit: int = 1000,
         rng: random.Random | None = None,
     ) -> FailureOutcome:
-        """Fail running jobs whose lease expired (`lease_expired`), then apply retries."""
+        """Fail running jobs whose lease expired (`lease_expired`), then apply retries.
+
+        The retry policy decides whether an attempt remains; a rescued job is
+        due at once, though: its worker died, the job did not fail, and
+        waiting out a backoff would only delay the rescue.
+        """
         outcome = FailureOutcome()
         async with self._connection() as conn, conn.transaction():
             rows = await _fetch_on(conn, "lease_reap_expired", now, limit)
-            await self._schedule_retries(conn, rows, default_policy, now, rng, outcome)
+            await self._schedule_retries(conn, rows, default_policy, now, rng, outcome,
+                                         backoff=False)
         return outcome
 
     async def retry_failed_with_budget(
@@ -380,6 +386,8 @@ class JobStore:
         now: datetime | None,
         rng: random.Random | None,
         outcome: FailureOutcome,
+        *,
+        backoff: bool = True,
     ) -> None:
         if not failed_rows:
             return
@@ -389,7 +397,7 @@ class JobStore:
             counted = row["attempt"] - row["released"]
             if retries_remain(counted, row["max_retries"]):
                 policy = _policy_for(row["retry_policy"], default_policy)
-                run_at = policy.next_run_at(counted, base, rng)
+                run_at = policy.next_run_at(counted, base, rng) if backoff else base
                 retries.append(Transition(row["id"], JobStatus.FAILED, JobStatus.SCHEDULED,
                                           reason="retry", run_at=run_at))
                 outcome.retried[row["id"]] = run_at
