@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg
 import pytest
 
@@ -79,7 +80,7 @@ async def db(db_dsn: str) -> Any:
 
 async def ready(log: Path) -> None:
     async def probe() -> bool:
-        return "daemon ready" in log.read_text(errors="replace")
+        return "daemon ready" in await anyio.Path(log).read_text(errors="replace")
 
     await wait_for(probe, within=30, message=f"daemon ready in {log}")
 
@@ -172,7 +173,7 @@ async def _ran(db: asyncpg.Connection, job_id: int) -> bool:
 
 
 async def _logged(log: Path, text: str) -> bool:
-    return text in log.read_text(errors="replace")
+    return text in await anyio.Path(log).read_text(errors="replace")
 
 
 async def test_systemd_notify_ready_watchdog_status_stopping(
@@ -221,13 +222,13 @@ async def _more_pings(messages: list[str], sock: socket.socket, before: int) -> 
 
 async def test_run_refuses_to_start_without_handlers(db_dsn: str, tmp_path: Path) -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("JOBENGINE_")}
-    result = subprocess.run(
+    result = await anyio.run_process(
         [sys.executable, "-m", "jobengine.cli.main", "run", "--dsn", db_dsn],
-        env=env, capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+        env=env, cwd=str(tmp_path), check=False,
     )
     assert result.returncode == 1
-    assert "no handlers configured" in result.stderr
-    assert result.stderr.count("\n") == 1
+    assert "no handlers configured" in result.stderr.decode()
+    assert result.stderr.decode().count("\n") == 1
 
 
 async def test_run_refuses_an_unmigrated_database(server_dsn: str, tmp_path: Path) -> None:
@@ -237,14 +238,14 @@ async def test_run_refuses_an_unmigrated_database(server_dsn: str, tmp_path: Pat
     await admin.execute("DROP DATABASE IF EXISTS jobengine_unmigrated")
     await admin.execute("CREATE DATABASE jobengine_unmigrated")
     try:
-        result = subprocess.run(
+        result = await anyio.run_process(
             [sys.executable, "-m", "jobengine.cli.main", "run",
              "--dsn", dsn_with_database(server_dsn, "jobengine_unmigrated")],
             env={**os.environ, "JOBENGINE_HANDLERS_X": "json:dumps"},
-            capture_output=True, text=True, timeout=60, cwd=str(tmp_path),
+            cwd=str(tmp_path), check=False,
         )
     finally:
         await admin.execute("DROP DATABASE IF EXISTS jobengine_unmigrated WITH (FORCE)")
         await admin.close()
     assert result.returncode == 1
-    assert "run `jobengine migrate` first" in result.stderr
+    assert "run `jobengine migrate` first" in result.stderr.decode()
