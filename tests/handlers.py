@@ -41,3 +41,15 @@ async def record(job: Job) -> dict[str, Any]:
                      job.id, job.attempt, os.getpid())
     await anyio.sleep(float(job.payload.get("sleep", 0)))
     return {"pid": os.getpid()}
+
+
+async def egress(job: Job) -> str:
+    """Try to reach the address in the payload (tests run this only where it cannot leave)."""
+    import socket
+
+    host, port = job.payload["host"], int(job.payload["port"])
+    try:
+        socket.create_connection((host, port), timeout=2).close()
+    except OSError as exc:  # a swallowed network error must still fail the attempt
+        return f"connect failed: {exc}"
+    return "connected"

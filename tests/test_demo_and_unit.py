@@ -82,3 +82,17 @@ def test_unit_is_type_notify_with_watchdog_and_restart() -> None:
         assert line in text
     assert re.search(r"^WatchdogSec=\d+", text, re.M)
     assert re.search(r"^ExecStart=\S*jobengine run", text, re.M)
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_sealed_drop_in_verifies_and_cuts_the_network(unit_here: Path) -> None:
+    dropin_dir = unit_here.parent / "jobengine.service.d"
+    dropin_dir.mkdir()
+    shutil.copy(REPO / "systemd" / "jobengine-sealed.conf", dropin_dir / "sealed.conf")
+    result = subprocess.run(["systemd-analyze", "verify", str(unit_here)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    text = (REPO / "systemd" / "jobengine-sealed.conf").read_text()
+    for line in ("Environment=JOBENGINE_SEALED=1", "PrivateNetwork=yes",
+                 "RestrictAddressFamilies=AF_UNIX"):
+        assert re.search(rf"^{re.escape(line)}$", text, re.M)

@@ -74,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         )
     dsn, embedded = resolve_dsn(settings)
     listen = parse_listen(settings.http.listen) if settings.http.listen else None
-    daemon = Daemon(settings.daemon_config(), dsn, notifier=Notifier())
+    daemon = Daemon(settings.daemon_config(), dsn, notifier=Notifier(), api_address=listen)
 
     async def main() -> int:
         await ensure_schema(dsn, embedded=embedded, actor=daemon.id)

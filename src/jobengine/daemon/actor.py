@@ -24,6 +24,7 @@ import structlog
 from jobengine import metrics
 from jobengine.daemon.handlers import Handler
 from jobengine.daemon.outcomes import Outcome
+from jobengine.daemon.sealed import blocked_attempts
 from jobengine.domain.errors import EgressBlocked
 from jobengine.domain.models import Job
 from jobengine.domain.status import JobStatus
@@ -55,9 +56,18 @@ class Actor:
         self.scope.cancel()
 
 
+class _Swallowed(EgressBlocked):
+    """Raised when a handler caught sealed mode's EgressBlocked: the attempt still fails."""
+
+    def __init__(self, message: str) -> None:
+        Exception.__init__(self, message)
+        self.address = message
+
+
 def describe(exc: BaseException) -> str:
     """`Type: message`, as stored in `last_error` (bounded)."""
-    text = f"{type(exc).__name__}: {exc}".strip()
+    name = "EgressBlocked" if isinstance(exc, EgressBlocked) else type(exc).__name__
+    text = f"{name}: {exc}".strip()
     return text if len(text) <= 4000 else text[:3997] + "..."
 
 
@@ -73,11 +83,20 @@ async def run_actor(
                                                  attempt=job.attempt):
         log.debug("job started")
         started = time.monotonic()
-        with actor.scope, anyio.move_on_after(timeout) as deadline:
-            try:
-                result = await handler(job)
-            except (Exception, SystemExit) as exc:
-                error = exc
+        # Sealed mode's guard records here any egress this attempt tried, so
+        # the attempt fails even if the handler swallowed the exception.
+        blocked: list[str] = []
+        token = blocked_attempts.set(blocked)
+        try:
+            with actor.scope, anyio.move_on_after(timeout) as deadline:
+                try:
+                    result = await handler(job)
+                except (Exception, SystemExit) as exc:
+                    error = exc
+        finally:
+            blocked_attempts.reset(token)
+        if blocked and not isinstance(error, EgressBlocked):
+            error = _Swallowed(blocked[0])
         metrics.HANDLER_DURATION.labels(job.kind).observe(time.monotonic() - started)
         outcome = _decide(actor, deadline.cancelled_caught, timeout, result, error)
         if outcome is None:

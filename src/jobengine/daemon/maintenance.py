@@ -150,12 +150,16 @@ class Reaper:
             await anyio.sleep(self._interval * self._rng.uniform(0.8, 1.2))
 
 
+HELD_REASON = "held by sealed mode: requires_network jobs wait until a daemon runs unsealed"
+
+
 @dataclass
 class SchedulePass:
     """One scheduler pass."""
 
     promoted: int = 0
     cancelled: int = 0
+    held: int = 0
     next_due: datetime | None = None
 
 
@@ -199,8 +203,13 @@ class Scheduler:
             log.info("cancelled dependents of failed jobs", job_ids=cancelled)
         if promoted:
             self._on_ready()
+        held: list[int] = []
+        if self._sealed:
+            held = await self._store.hold_for_network(self._queues, HELD_REASON)
+            if held:
+                log.info("jobs that need the network are held while sealed", job_ids=held)
         next_due = await self._store.next_due(self._queues, now=now)
-        return SchedulePass(len(promoted), len(cancelled), next_due)
+        return SchedulePass(len(promoted), len(cancelled), len(held), next_due)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Pass, sleep until woken or due, repeat, until cancelled."""

@@ -25,11 +25,12 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from jobengine import metrics
 from jobengine.daemon.actor import Actor, run_actor
-from jobengine.daemon.config import DaemonConfig
+from jobengine.daemon.config import CommandHandler, DaemonConfig
 from jobengine.daemon.handlers import Handler, resolve_handlers
 from jobengine.daemon.listener import Listener
 from jobengine.daemon.maintenance import LeaseKeeper, Reaper, Scheduler
 from jobengine.daemon.outcomes import FlushReport, OutcomeWriter
+from jobengine.daemon.sealed import netns_wrapper, seal, wrap_command
 from jobengine.daemon.systemd import Notifier
 from jobengine.domain.clock import Clock
 from jobengine.domain.models import Job
@@ -59,6 +60,7 @@ class Daemon:
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         flush_delay: float = 0.002,
+        api_address: tuple[str, int] | None = None,
     ) -> None:
         self.config = config
         self.settings = config.daemon.validate()
@@ -68,6 +70,7 @@ class Daemon:
         self.notifier = notifier or Notifier({})
         self._handlers = handlers
         self._flush_delay = flush_delay
+        self._api_address = api_address
         self.actors: dict[int, Actor] = {}
         self.claimed_total = 0
         self._maybe_more = True
@@ -105,11 +108,7 @@ class Daemon:
         self._kick = anyio.Event()
         self._stop = anyio.Event()
         self._changed = anyio.Event()
-        handlers = self._handlers
-        if handlers is None:
-            handlers = resolve_handlers(self.config.handlers,
-                                        thread_limit=self.settings.concurrency)
-        self.handlers = handlers
+        self.handlers = self._prepare_handlers()
         s = self.settings
         pool = await create_pool(self.dsn, self.id, min_size=2, max_size=8)
         try:
@@ -120,6 +119,21 @@ class Daemon:
                 await pool.close()
             log.info("daemon stopped", daemon_id=self.id)
         del s
+
+    def _prepare_handlers(self) -> dict[str, Handler]:
+        """Resolve handlers; in sealed mode, isolate commands and install the egress guard."""
+        wrap = None
+        if self.config.sealed and any(
+            isinstance(spec, CommandHandler) for spec in self.config.handlers.values()
+        ):
+            wrap = wrap_command(netns_wrapper())  # ConfigError if this system cannot
+        handlers = self._handlers
+        if handlers is None:
+            handlers = resolve_handlers(self.config.handlers, wrap_command=wrap,
+                                        thread_limit=self.settings.concurrency)
+        if self.config.sealed:
+            seal(self.dsn, api=self._api_address)
+        return handlers
 
     async def _run_services(self, task_status: TaskStatus[None]) -> None:
         s = self.settings

@@ -63,9 +63,9 @@ class HandlerNotFound(ConfigError):
 class EgressBlocked(JobEngineError):
     """Raised when sealed mode blocks a network connection."""
 
-    def __init__(self, address: str) -> None:
+    def __init__(self, address: str, action: str = "a connection to") -> None:
         self.address = address
-        super().__init__(f"egress blocked: sealed mode blocked a connection to {address}")
+        super().__init__(f"egress blocked: sealed mode blocked {action} {address}")
 
 
 class DatabaseUnavailable(JobEngineError):

@@ -16,6 +16,7 @@ from datetime import datetime, timedelta
 from typing import Any, TypeAlias
 
 import asyncpg
+import msgspec
 
 from jobengine.domain.errors import IllegalTransition, InvalidJob, JobNotFound
 from jobengine.domain.models import HistoryEntry, Job, JobSpec, TimelineEvent
@@ -273,6 +274,17 @@ class JobStore:
         rows = await self._fetch("job_timeline_note", list(job_ids), event_type, reason)
         return int(rows[0][0])
 
+    async def hold_for_network(
+        self, queues: Sequence[str], reason: str, *, limit: int = 1000
+    ) -> list[int]:
+        """Note (`job.held`) pending jobs that need the network, once each; returns their ids."""
+        async with self._connection() as conn, conn.transaction():
+            rows = await _fetch_on(conn, "job_network_holds_lock", list(queues), limit)
+            ids = [r["id"] for r in rows]
+            if ids:
+                await _fetch_on(conn, "job_timeline_note", ids, "job.held", reason)
+        return ids
+
     # -- the daemon's batch operations ------------------------------------------
 
     async def claim(
@@ -443,6 +455,10 @@ async def _fetch_on(conn: asyncpg.Connection, query: str, *args: Any) -> list[as
     return rows
 
 
+def _encode_json(value: Any) -> str:
+    return msgspec.json.encode(value).decode()
+
+
 def _transition_args(transitions: Sequence[Transition]) -> tuple[list[Any], ...]:
     return (
         [t.job_id for t in transitions],
@@ -451,7 +467,9 @@ def _transition_args(transitions: Sequence[Transition]) -> tuple[list[Any], ...]
         [t.attempt for t in transitions],
         [t.lease_owner for t in transitions],
         [t.reason for t in transitions],
-        [t.result for t in transitions],
+        # Results go as JSON text: a list result inside a jsonb[] parameter
+        # would be read as another array dimension.
+        [None if t.result is None else _encode_json(t.result) for t in transitions],
         [t.error for t in transitions],
         [t.run_at for t in transitions],
     )

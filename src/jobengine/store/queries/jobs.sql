@@ -39,12 +39,12 @@ SELECT status::text AS status, count(*) AS n FROM jobengine.jobs GROUP BY status
 UPDATE jobengine.jobs AS j
 SET status = t.to_status,
     status_reason = coalesce(t.reason, j.status_reason),
-    result = CASE WHEN t.to_status = 'completed' THEN t.result ELSE j.result END,
+    result = CASE WHEN t.to_status = 'completed' THEN t.result::jsonb ELSE j.result END,
     last_error = coalesce(t.error, j.last_error),
     run_at = coalesce(t.run_at, j.run_at),
     updated_at = coalesce($10::timestamptz, now())
 FROM unnest($1::bigint[], $2::jobengine.job_status[], $3::jobengine.job_status[],
-            $4::integer[], $5::text[], $6::text[], $7::jsonb[], $8::text[], $9::timestamptz[])
+            $4::integer[], $5::text[], $6::text[], $7::text[], $8::text[], $9::timestamptz[])
      AS t(id, from_status, to_status, attempt, lease_owner, reason, result, error, run_at)
 WHERE j.id = t.id
   AND j.status = t.from_status
@@ -114,3 +114,15 @@ FOR UPDATE SKIP LOCKED;
 
 -- name: job_timeline_note
 SELECT jobengine.add_timeline_note($1::bigint[], $2, $3);
+
+-- name: job_network_holds_lock
+-- Pending jobs that need the network and carry no job.held note yet (sealed
+-- mode notes each once), locked so two sealed daemons do not both note one.
+SELECT j.id FROM jobengine.jobs j
+WHERE j.status = 'pending' AND j.requires_network AND j.queue = ANY ($1::text[])
+  AND NOT EXISTS (
+      SELECT 1 FROM jobengine.timeline_events e
+      WHERE e.job_id = j.id AND e.event_type = 'job.held')
+ORDER BY j.id
+LIMIT $2
+FOR UPDATE SKIP LOCKED;
