@@ -66,6 +66,20 @@ AS $$
     SELECT coalesce(nullif(current_setting('jobengine.actor', true), ''), 'sql')
 $$;
 
+-- Whether the current role may only cancel jobs: a member of jobengine_app
+-- that is not also jobengine_daemon (see `jobengine migrate --roles`).
+-- Superusers are members of every role, so never restricted.
+CREATE FUNCTION jobengine.may_only_cancel() RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT CASE
+        WHEN to_regrole('jobengine_app') IS NULL OR to_regrole('jobengine_daemon') IS NULL
+            THEN false
+        ELSE pg_has_role(current_user, 'jobengine_app', 'MEMBER')
+             AND NOT pg_has_role(current_user, 'jobengine_daemon', 'MEMBER')
+    END
+$$;
+
 -- The payload size limit in bytes: ALTER DATABASE ... SET
 -- jobengine.max_payload_bytes = ... changes it; 1 MiB when unset.
 CREATE FUNCTION jobengine.max_payload_bytes() RETURNS bigint
@@ -274,6 +288,11 @@ BEGIN
             USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_status_transition', TABLE = 'jobs', SCHEMA = 'jobengine',
                   HINT = 'see the lifecycle table in the jobengine README';
     END IF;
+    IF NEW.status <> 'cancelled' AND jobengine.may_only_cancel() THEN
+        RAISE EXCEPTION 'jobengine: job %: role % may only cancel jobs, not move them % -> %',
+            OLD.id, current_user, OLD.status, NEW.status
+            USING ERRCODE = 'insufficient_privilege', TABLE = 'jobs', SCHEMA = 'jobengine';
+    END IF;
     -- A writer that did not set these (a hand-written UPDATE) gets the defaults.
     IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
         NEW.updated_at := now();
@@ -338,8 +357,10 @@ CREATE TRIGGER jobs_refuse_id_change
 -- envelope: jobengine_wake (payload: a queue with work that may be runnable)
 -- and jobengine_cancel (payload: ids of running jobs just cancelled).
 
+-- The recorders run with their owner's rights (SECURITY DEFINER): roles that
+-- may change jobs need no right to write history or timeline rows themselves.
 CREATE FUNCTION jobengine.jobs_record_insert() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     who text := jobengine.current_actor();
@@ -395,7 +416,7 @@ CREATE TRIGGER jobs_record_insert
     FOR EACH STATEMENT EXECUTE FUNCTION jobengine.jobs_record_insert();
 
 CREATE FUNCTION jobengine.jobs_record_update() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     who text;
@@ -559,7 +580,7 @@ $$;
 CREATE FUNCTION jobengine.add_timeline_note(
     p_job_ids bigint[], p_event_type text, p_reason text
 ) RETURNS integer
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     n integer;
@@ -589,6 +610,10 @@ BEGIN
 END
 $$;
 
+-- Only daemons claim and write notes (see `jobengine migrate --roles`).
+REVOKE EXECUTE ON FUNCTION jobengine.claim_jobs(text, text[], text[], integer, interval, timestamptz, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION jobengine.add_timeline_note(bigint[], text, text) FROM PUBLIC;
+
 -- ===== bookkeeping: the migrations this schema equals, so `jobengine migrate` finds nothing to do =====
 CREATE SCHEMA IF NOT EXISTS jobengine;
 CREATE TABLE IF NOT EXISTS jobengine.schema_migrations (
@@ -598,5 +623,5 @@ CREATE TABLE IF NOT EXISTS jobengine.schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
-    (1, 'lifecycle', 'caf2e478460982f288533dcfb6b30f22da6a0ae059ad85b6783a87e0e71c7c08'),
-    (2, 'claim', '0da34b91c8e2b66d1ee56895b9c0498ec1f0a7be4f913a261503985822c6cb4b');
+    (1, 'lifecycle', 'e77dac60f6661e84e7e894cf87a583a33347e35fdb4e18c57fef03aac1e867dd'),
+    (2, 'claim', '07d4b0645204ce538d4d88711d0ce31f011e394f2a25e058cc7967254795d988');

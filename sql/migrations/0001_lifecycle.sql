@@ -60,6 +60,20 @@ AS $$
     SELECT coalesce(nullif(current_setting('jobengine.actor', true), ''), 'sql')
 $$;
 
+-- Whether the current role may only cancel jobs: a member of jobengine_app
+-- that is not also jobengine_daemon (see `jobengine migrate --roles`).
+-- Superusers are members of every role, so never restricted.
+CREATE FUNCTION jobengine.may_only_cancel() RETURNS boolean
+LANGUAGE sql STABLE
+AS $$
+    SELECT CASE
+        WHEN to_regrole('jobengine_app') IS NULL OR to_regrole('jobengine_daemon') IS NULL
+            THEN false
+        ELSE pg_has_role(current_user, 'jobengine_app', 'MEMBER')
+             AND NOT pg_has_role(current_user, 'jobengine_daemon', 'MEMBER')
+    END
+$$;
+
 -- The payload size limit in bytes: ALTER DATABASE ... SET
 -- jobengine.max_payload_bytes = ... changes it; 1 MiB when unset.
 CREATE FUNCTION jobengine.max_payload_bytes() RETURNS bigint
@@ -268,6 +282,11 @@ BEGIN
             USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_status_transition', TABLE = 'jobs', SCHEMA = 'jobengine',
                   HINT = 'see the lifecycle table in the jobengine README';
     END IF;
+    IF NEW.status <> 'cancelled' AND jobengine.may_only_cancel() THEN
+        RAISE EXCEPTION 'jobengine: job %: role % may only cancel jobs, not move them % -> %',
+            OLD.id, current_user, OLD.status, NEW.status
+            USING ERRCODE = 'insufficient_privilege', TABLE = 'jobs', SCHEMA = 'jobengine';
+    END IF;
     -- A writer that did not set these (a hand-written UPDATE) gets the defaults.
     IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
         NEW.updated_at := now();
@@ -332,8 +351,10 @@ CREATE TRIGGER jobs_refuse_id_change
 -- envelope: jobengine_wake (payload: a queue with work that may be runnable)
 -- and jobengine_cancel (payload: ids of running jobs just cancelled).
 
+-- The recorders run with their owner's rights (SECURITY DEFINER): roles that
+-- may change jobs need no right to write history or timeline rows themselves.
 CREATE FUNCTION jobengine.jobs_record_insert() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     who text := jobengine.current_actor();
@@ -389,7 +410,7 @@ CREATE TRIGGER jobs_record_insert
     FOR EACH STATEMENT EXECUTE FUNCTION jobengine.jobs_record_insert();
 
 CREATE FUNCTION jobengine.jobs_record_update() RETURNS trigger
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     who text;

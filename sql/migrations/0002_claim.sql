@@ -58,7 +58,7 @@ $$;
 CREATE FUNCTION jobengine.add_timeline_note(
     p_job_ids bigint[], p_event_type text, p_reason text
 ) RETURNS integer
-LANGUAGE plpgsql
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     n integer;
@@ -87,3 +87,7 @@ BEGIN
     RETURN n;
 END
 $$;
+
+-- Only daemons claim and write notes (see `jobengine migrate --roles`).
+REVOKE EXECUTE ON FUNCTION jobengine.claim_jobs(text, text[], text[], integer, interval, timestamptz, boolean) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION jobengine.add_timeline_note(bigint[], text, text) FROM PUBLIC;

@@ -9,11 +9,13 @@ import asyncpg
 
 from jobengine.cli.context import add_common_options, resolve_dsn, settings_from_args, unavailable
 from jobengine.store import current_version, migrate
+from jobengine.store.migrate import apply_roles
 from jobengine.store.pool import connect
 
 EXAMPLE = """\
-example:
+examples:
   jobengine migrate --dsn postgresql://postgres@localhost/app
+  jobengine migrate --roles     # and the roles jobengine_daemon / jobengine_app
 """
 
 
@@ -25,6 +27,10 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         epilog=EXAMPLE, formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     add_common_options(p)
+    p.add_argument(
+        "--roles", action="store_true",
+        help="also create/grant the least-privilege roles jobengine_daemon and jobengine_app",
+    )
     p.set_defaults(func=run)
 
 
@@ -41,12 +47,16 @@ def run(args: argparse.Namespace) -> int:
         try:
             applied = await migrate(conn)
             version = await current_version(conn)
+            if args.roles:
+                await apply_roles(conn)
         finally:
             await conn.close()
         for migration in applied:
             print(f"applied {migration}")
         if not applied:
             print(f"schema is up to date (version {version})")
+        if args.roles:
+            print("roles jobengine_daemon and jobengine_app are in place")
         return 0
 
     return anyio.run(go)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from jobengine.domain.errors import ConfigError
-from jobengine.store.sqlfiles import Migration, load_migrations
+from jobengine.store.sqlfiles import Migration, load_migrations, sql_dir
 
 #: pg_advisory_lock key: two `jobengine migrate` runs at once apply each migration once.
 MIGRATION_LOCK_KEY = 0x6A6F62656E67  # "jobeng"
@@ -79,3 +79,17 @@ async def current_version(conn: asyncpg.Connection) -> int:
         return 0
     version = await conn.fetchval("SELECT max(version) FROM jobengine.schema_migrations")
     return int(version or 0)
+
+
+async def apply_roles(conn: asyncpg.Connection) -> None:
+    """Create (if missing) and grant the least-privilege roles of sql/roles.sql.
+
+    `jobengine_daemon` and `jobengine_app` are NOLOGIN groups; grant them to
+    login roles. Idempotent. Needs CREATEROLE (or a superuser) the first time.
+    """
+    await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
+    try:
+        async with conn.transaction():
+            await conn.execute((sql_dir() / "roles.sql").read_text())
+    finally:
+        await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
