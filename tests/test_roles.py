@@ -161,7 +161,7 @@ def test_migrate_roles_from_the_cli(db_dsn: str) -> None:
                 await conn.execute("DROP OWNED BY jobengine_app, jobengine_daemon")
                 for role in ("jobengine_app", "jobengine_daemon"):
                     # granted in another database too: leave it there
-                    with contextlib.suppress(asyncpg.DependentObjectsStillReferencedError):
+                    with contextlib.suppress(asyncpg.exceptions.DependentObjectsStillExistError):
                         await conn.execute(f"DROP ROLE IF EXISTS {role}")
             finally:
                 await conn.close()
