@@ -391,7 +391,7 @@ BEGIN
         FROM new_jobs n
     ), h AS (
         INSERT INTO jobengine.job_history (job_id, from_status, to_status, attempt, occurred_at, reason, actor)
-        SELECT c.id, c.from_status, c.to_status, c.attempt, c.occurred_at, c.reason, who FROM c ORDER BY c.id
+        SELECT c.id, c.from_status, c.to_status, c.attempt, c.occurred_at, c.reason, who FROM c
     ), e AS (
         INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
         SELECT c.event_id, c.id, 'job.created', c.occurred_at,
@@ -400,7 +400,7 @@ BEGIN
                    'occurred_at', c.occurred_at, 'job_id', c.id, 'kind', c.kind, 'queue', c.queue,
                    'from_status', c.from_status, 'to_status', c.to_status, 'attempt', c.attempt,
                    'actor', who, 'reason', c.reason)
-        FROM c ORDER BY c.id
+        FROM c
         RETURNING envelope
     )
     SELECT count(pg_notify('jobengine_events', e.envelope::text)) INTO n_sent FROM e;
@@ -420,28 +420,14 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     who text;
-    max_bytes bigint := jobengine.max_payload_bytes();
-    bad record;
     n_changed bigint;
-    ids bigint[];
 BEGIN
-    -- Content that changed after insert is validated like new content.
-    SELECT n.* INTO bad
-    FROM new_jobs n JOIN old_jobs o ON o.id = n.id
-    WHERE (n.kind IS DISTINCT FROM o.kind OR n.queue IS DISTINCT FROM o.queue
-           OR n.payload IS DISTINCT FROM o.payload OR n.retry_policy IS DISTINCT FROM o.retry_policy)
-      AND NOT jobengine.job_content_ok(n.kind, n.queue, n.payload, n.retry_policy, max_bytes)
-    LIMIT 1;
-    IF FOUND THEN
-        PERFORM jobengine.raise_invalid_job(bad.id, bad.kind, bad.queue, bad.payload, bad.retry_policy, max_bytes);
+    -- Most statements that touch no status (lease renewals) or no row at all
+    -- (an empty claim) leave here, at the cost of one tuplestore peek.
+    PERFORM 1 FROM new_jobs LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
     END IF;
-    SELECT array_agg(n.id) INTO ids
-    FROM new_jobs n JOIN old_jobs o ON o.id = n.id
-    WHERE n.depends_on IS DISTINCT FROM o.depends_on;
-    IF ids IS NOT NULL THEN
-        PERFORM jobengine.validate_dependencies(ids);
-    END IF;
-
     who := jobengine.current_actor();
     WITH c AS MATERIALIZED (
         SELECT n.id, o.status AS from_status, n.status AS to_status, n.attempt,
@@ -452,7 +438,7 @@ BEGIN
         WHERE n.status IS DISTINCT FROM o.status
     ), h AS (
         INSERT INTO jobengine.job_history (job_id, from_status, to_status, attempt, occurred_at, reason, actor)
-        SELECT c.id, c.from_status, c.to_status, c.attempt, c.occurred_at, c.reason, who FROM c ORDER BY c.id
+        SELECT c.id, c.from_status, c.to_status, c.attempt, c.occurred_at, c.reason, who FROM c
     ), e AS (
         INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
         SELECT c.event_id, c.id, c.event_type, c.occurred_at,
@@ -461,7 +447,7 @@ BEGIN
                    'occurred_at', c.occurred_at, 'job_id', c.id, 'kind', c.kind, 'queue', c.queue,
                    'from_status', c.from_status, 'to_status', c.to_status, 'attempt', c.attempt,
                    'actor', who, 'reason', c.reason)
-        FROM c ORDER BY c.id
+        FROM c
         RETURNING envelope
     ), w AS (
         SELECT pg_notify('jobengine_wake', q.queue)
@@ -485,6 +471,43 @@ CREATE TRIGGER jobs_record_update
     AFTER UPDATE ON jobengine.jobs
     REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION jobengine.jobs_record_update();
+
+-- Content changed after insert is validated like new content. Row triggers
+-- limited to the columns concerned: the daemon's status changes never set
+-- them, so they cost the hot path nothing.
+CREATE FUNCTION jobengine.jobs_validate_content() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    max_bytes bigint := jobengine.max_payload_bytes();
+BEGIN
+    IF NOT jobengine.job_content_ok(NEW.kind, NEW.queue, NEW.payload, NEW.retry_policy, max_bytes) THEN
+        PERFORM jobengine.raise_invalid_job(NEW.id, NEW.kind, NEW.queue, NEW.payload, NEW.retry_policy, max_bytes);
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER jobs_validate_content
+    BEFORE UPDATE OF kind, queue, payload, retry_policy ON jobengine.jobs
+    FOR EACH ROW EXECUTE FUNCTION jobengine.jobs_validate_content();
+
+-- A changed depends_on must name existing jobs and close no cycle. AFTER ROW
+-- triggers run at the end of the statement, so the walk sees every row the
+-- statement changed.
+CREATE FUNCTION jobengine.jobs_validate_dependencies() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM jobengine.validate_dependencies(ARRAY[NEW.id]);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobs_validate_dependencies
+    AFTER UPDATE OF depends_on ON jobengine.jobs
+    FOR EACH ROW WHEN (OLD.depends_on IS DISTINCT FROM NEW.depends_on)
+    EXECUTE FUNCTION jobengine.jobs_validate_dependencies();
 
 -- ---------------------------------------------------------------------------
 -- The audit trail is append-only; jobs are never deleted (their history
@@ -523,8 +546,8 @@ CREATE TRIGGER jobs_no_truncate
 -- jobengine 0002: the claim, in one round trip.
 --
 -- Due jobs with no dependencies go pending -> scheduled here (the scheduler
--- handles the rest), then the best runnable jobs go scheduled -> running with
--- a lease. Both steps are ordinary guarded UPDATEs, so each writes its own
+-- handles jobs with dependencies), then the best runnable jobs go scheduled
+-- -> running with a lease. Both steps are ordinary guarded UPDATEs, so each writes its own
 -- history rows, timeline events and notifications.
 
 CREATE FUNCTION jobengine.claim_jobs(
@@ -540,22 +563,34 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
+    v_ready integer;
 BEGIN
     IF p_limit IS NULL OR p_limit <= 0 THEN
         RETURN;
     END IF;
 
-    UPDATE jobengine.jobs j
-    SET status = 'scheduled', status_reason = 'ready', updated_at = v_now
-    WHERE j.id IN (
-        SELECT p.id FROM jobengine.jobs p
-        WHERE p.status = 'pending' AND p.queue = ANY (p_queues) AND p.run_at <= v_now
-          AND p.depends_on = '{}' AND p.kind = ANY (p_kinds)
-          AND NOT (p_sealed AND p.requires_network)
-        ORDER BY p.priority DESC, p.run_at, p.id
+    -- Promote only when too few jobs are ready to claim, and then a few
+    -- batches' worth at once: every statement carries a fixed cost (its
+    -- audit trigger), so a backlog is promoted in fewer, larger statements.
+    SELECT count(*) INTO v_ready FROM (
+        SELECT 1 FROM jobengine.jobs s
+        WHERE s.status = 'scheduled' AND s.queue = ANY (p_queues) AND s.run_at <= v_now
+          AND s.kind = ANY (p_kinds) AND NOT (p_sealed AND s.requires_network)
         LIMIT p_limit
-        FOR UPDATE SKIP LOCKED
-    );
+    ) AS ready;
+    IF v_ready < p_limit THEN
+        UPDATE jobengine.jobs j
+        SET status = 'scheduled', status_reason = 'ready', updated_at = v_now
+        WHERE j.id IN (
+            SELECT p.id FROM jobengine.jobs p
+            WHERE p.status = 'pending' AND p.queue = ANY (p_queues) AND p.run_at <= v_now
+              AND p.depends_on = '{}' AND p.kind = ANY (p_kinds)
+              AND NOT (p_sealed AND p.requires_network)
+            ORDER BY p.priority DESC, p.run_at, p.id
+            LIMIT least(greatest(4 * p_limit, 100), 1000)
+            FOR UPDATE SKIP LOCKED
+        );
+    END IF;
 
     RETURN QUERY
     UPDATE jobengine.jobs j
@@ -623,5 +658,5 @@ CREATE TABLE IF NOT EXISTS jobengine.schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
-    (1, 'lifecycle', 'e77dac60f6661e84e7e894cf87a583a33347e35fdb4e18c57fef03aac1e867dd'),
-    (2, 'claim', '07d4b0645204ce538d4d88711d0ce31f011e394f2a25e058cc7967254795d988');
+    (1, 'lifecycle', '09e455618d58e9884ed5272c14fef1dc6996ce99f6465cff394bb33ff7c331df'),
+    (2, 'claim', 'b9f64abbf30d1ce40d57a59c919cea7e7df4cff3e60893befca80e3b12a6ce44');

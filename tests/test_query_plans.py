@@ -82,15 +82,18 @@ def plan_for(plans: list[str], statement_start: str) -> str:
 
 
 async def test_claim_uses_the_partial_indexes(big: asyncpg.Connection) -> None:
+    # 250 jobs are scheduled: asking for 300 makes the claim promote pending ones too.
     plans = await nested_plans(
-        big, QUERIES["job_claim_batch"], "d1", ["default"], ["email"], 50,
+        big, QUERIES["job_claim_batch"], "d1", ["default"], ["email"], 300,
         timedelta(seconds=30), None, False,
     )
+    ready = plan_for(plans, "SELECT count(*) FROM (")
     promote = plan_for(plans, "SET status = 'scheduled', status_reason = 'ready'")
     claim = plan_for(plans, "SET status = 'running', status_reason = 'claimed'")
+    assert "jobs_claim_idx" in ready, ready
     assert "jobs_pending_idx" in promote, promote
     assert "jobs_claim_idx" in claim, claim
-    for plan in (promote, claim):
+    for plan in (ready, promote, claim):
         assert "Seq Scan on jobs" not in plan, plan
         assert "Sort" not in plan.split("LockRows")[-1], "the claim must not sort the backlog"
 

@@ -385,7 +385,7 @@ BEGIN
         FROM new_jobs n
     ), h AS (
         INSERT INTO jobengine.job_history (job_id, from_status, to_status, attempt, occurred_at, reason, actor)
-        SELECT c.id, c.from_status, c.to_status, c.attempt, c.occurred_at, c.reason, who FROM c ORDER BY c.id
+        SELECT c.id, c.from_status, c.to_status, c.attempt, c.occurred_at, c.reason, who FROM c
     ), e AS (
         INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
         SELECT c.event_id, c.id, 'job.created', c.occurred_at,
@@ -394,7 +394,7 @@ BEGIN
                    'occurred_at', c.occurred_at, 'job_id', c.id, 'kind', c.kind, 'queue', c.queue,
                    'from_status', c.from_status, 'to_status', c.to_status, 'attempt', c.attempt,
                    'actor', who, 'reason', c.reason)
-        FROM c ORDER BY c.id
+        FROM c
         RETURNING envelope
     )
     SELECT count(pg_notify('jobengine_events', e.envelope::text)) INTO n_sent FROM e;
@@ -414,28 +414,14 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
     who text;
-    max_bytes bigint := jobengine.max_payload_bytes();
-    bad record;
     n_changed bigint;
-    ids bigint[];
 BEGIN
-    -- Content that changed after insert is validated like new content.
-    SELECT n.* INTO bad
-    FROM new_jobs n JOIN old_jobs o ON o.id = n.id
-    WHERE (n.kind IS DISTINCT FROM o.kind OR n.queue IS DISTINCT FROM o.queue
-           OR n.payload IS DISTINCT FROM o.payload OR n.retry_policy IS DISTINCT FROM o.retry_policy)
-      AND NOT jobengine.job_content_ok(n.kind, n.queue, n.payload, n.retry_policy, max_bytes)
-    LIMIT 1;
-    IF FOUND THEN
-        PERFORM jobengine.raise_invalid_job(bad.id, bad.kind, bad.queue, bad.payload, bad.retry_policy, max_bytes);
+    -- Most statements that touch no status (lease renewals) or no row at all
+    -- (an empty claim) leave here, at the cost of one tuplestore peek.
+    PERFORM 1 FROM new_jobs LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
     END IF;
-    SELECT array_agg(n.id) INTO ids
-    FROM new_jobs n JOIN old_jobs o ON o.id = n.id
-    WHERE n.depends_on IS DISTINCT FROM o.depends_on;
-    IF ids IS NOT NULL THEN
-        PERFORM jobengine.validate_dependencies(ids);
-    END IF;
-
     who := jobengine.current_actor();
     WITH c AS MATERIALIZED (
         SELECT n.id, o.status AS from_status, n.status AS to_status, n.attempt,
@@ -446,7 +432,7 @@ BEGIN
         WHERE n.status IS DISTINCT FROM o.status
     ), h AS (
         INSERT INTO jobengine.job_history (job_id, from_status, to_status, attempt, occurred_at, reason, actor)
-        SELECT c.id, c.from_status, c.to_status, c.attempt, c.occurred_at, c.reason, who FROM c ORDER BY c.id
+        SELECT c.id, c.from_status, c.to_status, c.attempt, c.occurred_at, c.reason, who FROM c
     ), e AS (
         INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
         SELECT c.event_id, c.id, c.event_type, c.occurred_at,
@@ -455,7 +441,7 @@ BEGIN
                    'occurred_at', c.occurred_at, 'job_id', c.id, 'kind', c.kind, 'queue', c.queue,
                    'from_status', c.from_status, 'to_status', c.to_status, 'attempt', c.attempt,
                    'actor', who, 'reason', c.reason)
-        FROM c ORDER BY c.id
+        FROM c
         RETURNING envelope
     ), w AS (
         SELECT pg_notify('jobengine_wake', q.queue)
@@ -479,6 +465,43 @@ CREATE TRIGGER jobs_record_update
     AFTER UPDATE ON jobengine.jobs
     REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
     FOR EACH STATEMENT EXECUTE FUNCTION jobengine.jobs_record_update();
+
+-- Content changed after insert is validated like new content. Row triggers
+-- limited to the columns concerned: the daemon's status changes never set
+-- them, so they cost the hot path nothing.
+CREATE FUNCTION jobengine.jobs_validate_content() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+DECLARE
+    max_bytes bigint := jobengine.max_payload_bytes();
+BEGIN
+    IF NOT jobengine.job_content_ok(NEW.kind, NEW.queue, NEW.payload, NEW.retry_policy, max_bytes) THEN
+        PERFORM jobengine.raise_invalid_job(NEW.id, NEW.kind, NEW.queue, NEW.payload, NEW.retry_policy, max_bytes);
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER jobs_validate_content
+    BEFORE UPDATE OF kind, queue, payload, retry_policy ON jobengine.jobs
+    FOR EACH ROW EXECUTE FUNCTION jobengine.jobs_validate_content();
+
+-- A changed depends_on must name existing jobs and close no cycle. AFTER ROW
+-- triggers run at the end of the statement, so the walk sees every row the
+-- statement changed.
+CREATE FUNCTION jobengine.jobs_validate_dependencies() RETURNS trigger
+LANGUAGE plpgsql
+AS $$
+BEGIN
+    PERFORM jobengine.validate_dependencies(ARRAY[NEW.id]);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER jobs_validate_dependencies
+    AFTER UPDATE OF depends_on ON jobengine.jobs
+    FOR EACH ROW WHEN (OLD.depends_on IS DISTINCT FROM NEW.depends_on)
+    EXECUTE FUNCTION jobengine.jobs_validate_dependencies();
 
 -- ---------------------------------------------------------------------------
 -- The audit trail is append-only; jobs are never deleted (their history

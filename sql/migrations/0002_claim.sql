@@ -1,8 +1,8 @@
 -- jobengine 0002: the claim, in one round trip.
 --
 -- Due jobs with no dependencies go pending -> scheduled here (the scheduler
--- handles the rest), then the best runnable jobs go scheduled -> running with
--- a lease. Both steps are ordinary guarded UPDATEs, so each writes its own
+-- handles jobs with dependencies), then the best runnable jobs go scheduled
+-- -> running with a lease. Both steps are ordinary guarded UPDATEs, so each writes its own
 -- history rows, timeline events and notifications.
 
 CREATE FUNCTION jobengine.claim_jobs(
@@ -18,22 +18,34 @@ LANGUAGE plpgsql
 AS $$
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
+    v_ready integer;
 BEGIN
     IF p_limit IS NULL OR p_limit <= 0 THEN
         RETURN;
     END IF;
 
-    UPDATE jobengine.jobs j
-    SET status = 'scheduled', status_reason = 'ready', updated_at = v_now
-    WHERE j.id IN (
-        SELECT p.id FROM jobengine.jobs p
-        WHERE p.status = 'pending' AND p.queue = ANY (p_queues) AND p.run_at <= v_now
-          AND p.depends_on = '{}' AND p.kind = ANY (p_kinds)
-          AND NOT (p_sealed AND p.requires_network)
-        ORDER BY p.priority DESC, p.run_at, p.id
+    -- Promote only when too few jobs are ready to claim, and then a few
+    -- batches' worth at once: every statement carries a fixed cost (its
+    -- audit trigger), so a backlog is promoted in fewer, larger statements.
+    SELECT count(*) INTO v_ready FROM (
+        SELECT 1 FROM jobengine.jobs s
+        WHERE s.status = 'scheduled' AND s.queue = ANY (p_queues) AND s.run_at <= v_now
+          AND s.kind = ANY (p_kinds) AND NOT (p_sealed AND s.requires_network)
         LIMIT p_limit
-        FOR UPDATE SKIP LOCKED
-    );
+    ) AS ready;
+    IF v_ready < p_limit THEN
+        UPDATE jobengine.jobs j
+        SET status = 'scheduled', status_reason = 'ready', updated_at = v_now
+        WHERE j.id IN (
+            SELECT p.id FROM jobengine.jobs p
+            WHERE p.status = 'pending' AND p.queue = ANY (p_queues) AND p.run_at <= v_now
+              AND p.depends_on = '{}' AND p.kind = ANY (p_kinds)
+              AND NOT (p_sealed AND p.requires_network)
+            ORDER BY p.priority DESC, p.run_at, p.id
+            LIMIT least(greatest(4 * p_limit, 100), 1000)
+            FOR UPDATE SKIP LOCKED
+        );
+    END IF;
 
     RETURN QUERY
     UPDATE jobengine.jobs j

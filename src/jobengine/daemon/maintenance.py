@@ -160,14 +160,15 @@ class SchedulePass:
     promoted: int = 0
     cancelled: int = 0
     held: int = 0
-    next_due: datetime | None = None
 
 
 class Scheduler:
-    """pending -> scheduled when dependencies completed and run_at came; DAG cascades.
+    """The DAG: pending -> scheduled once every dependency completed (and run_at came),
+    and cancellation of dependents of failed jobs; in sealed mode, holds.
 
-    Wakes on notifications (coalesced: at most one pass per `min_gap`), at the
-    next job's due time exactly, and at least every `poll_interval`.
+    (Jobs without dependencies are promoted by the claim itself.) Wakes on
+    notifications (coalesced: at most one pass per `min_gap`), when the
+    claimer sees a job come due, and at least every `poll_interval`.
     """
 
     def __init__(
@@ -197,8 +198,14 @@ class Scheduler:
     async def run_once(self) -> SchedulePass:
         """Cascade failures down the DAG, promote what is ready, find the next due time."""
         now = _now(self._clock)
-        cancelled = await self._store.cancel_orphans(now=now)
-        promoted = await self._store.promote_ready(self._queues, now=now, sealed=self._sealed)
+        cancelled: list[int] = []
+        promoted: list[int] = []
+        # One cheap look first: without waiting jobs there is nothing to
+        # cascade or promote, and no statement (with its audit trigger) to run.
+        if await self._store.any_waiting():
+            cancelled = await self._store.cancel_orphans(now=now)
+            promoted = await self._store.promote_ready(self._queues, now=now,
+                                                       sealed=self._sealed)
         if cancelled:
             log.info("cancelled dependents of failed jobs", job_ids=cancelled)
         if promoted:
@@ -208,29 +215,17 @@ class Scheduler:
             held = await self._store.hold_for_network(self._queues, HELD_REASON)
             if held:
                 log.info("jobs that need the network are held while sealed", job_ids=held)
-        next_due = await self._store.next_due(self._queues, now=now)
-        return SchedulePass(len(promoted), len(cancelled), len(held), next_due)
+        return SchedulePass(len(promoted), len(cancelled), len(held))
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Pass, sleep until woken or due, repeat, until cancelled."""
+        """Pass, sleep until woken (or the polling interval), repeat, until cancelled."""
         task_status.started()
         while True:
-            timeout = self._poll
             try:
-                result = await self.run_once()
-                if result.next_due is not None:
-                    now = self._clock.now() if self._clock else None
-                    if now is None:
-                        from datetime import UTC
-                        now = datetime.now(UTC)
-                    until = (result.next_due - now).total_seconds()
-                    timeout = min(timeout, max(until, 0.0) + 0.001)
+                await self.run_once()
             except TRANSIENT as exc:
                 log.warning("scheduler pass failed", error=repr(exc))
-            with anyio.move_on_after(timeout) as waited:
+            with anyio.move_on_after(self._poll):
                 await self._kick.wait()
             self._kick = anyio.Event()
-            if waited.cancelled_caught:
-                self._on_ready()  # something came due (or it is polling time)
-            else:
-                await anyio.sleep(self._min_gap)  # let a burst of notifications coalesce
+            await anyio.sleep(self._min_gap)  # let a burst of notifications coalesce

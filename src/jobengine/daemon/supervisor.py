@@ -195,6 +195,8 @@ class Daemon:
         ttl = timedelta(seconds=s.lease_ttl)
         task_status.started()
         backoff = 0.05
+        # When to look again without being told: the next due time or the poll.
+        deadline = time.monotonic() + s.poll_interval
         while not self._stopping:
             free = s.concurrency - len(self.actors)
             if free > 0 and self._maybe_more:
@@ -214,15 +216,31 @@ class Daemon:
                     backoff = min(backoff * 2, s.poll_interval)
                     continue
                 metrics.CLAIM_BATCH.observe(len(jobs))
+                self._start(actors, jobs)
                 if len(jobs) == free:
                     self._maybe_more = True  # there may be more waiting
-                self._start(actors, jobs)
-                continue
-            with anyio.move_on_after(s.poll_interval) as waited:
+                    continue
+                # Drained: sleep until the next job comes due (exactly), a
+                # notification, a free slot, or the polling interval.
+                deadline = time.monotonic() + await self._until_next_due(s.poll_interval)
+            with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)) as waited:
                 await self._kick.wait()
             self._kick = anyio.Event()
             if waited.cancelled_caught:
-                self._maybe_more = True  # the polling fallback
+                self._maybe_more = True  # something came due, or the polling fallback
+                self.scheduler.wake()
+                deadline = time.monotonic() + s.poll_interval
+
+    async def _until_next_due(self, ceiling: float) -> float:
+        """Seconds until the next waiting job of our queues is due (at most `ceiling`)."""
+        try:
+            now = self.clock.now() if self.clock else datetime.now(UTC)
+            due = await self.store.next_due(self.settings.queues, now=now)
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return ceiling
+        if due is None:
+            return ceiling
+        return min(ceiling, max((due - now).total_seconds(), 0.0) + 0.001)
 
     def _start(self, actors: TaskGroup, jobs: Iterable[Job]) -> None:
         now = time.time()

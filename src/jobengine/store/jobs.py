@@ -426,6 +426,11 @@ class JobStore:
         rows = await self._fetch("job_promote_ready", list(queues), now, sealed, limit)
         return [r["id"] for r in rows]
 
+    async def any_waiting(self) -> bool:
+        """Whether any pending job waits on dependencies (cheap: a partial index)."""
+        rows = await self._fetch("job_waiting_exists")
+        return bool(rows[0][0])
+
     async def cancel_orphans(self, *, now: datetime | None = None, limit: int = 1000) -> list[int]:
         """Cancel pending jobs whose dependency failed for good or was cancelled, down the DAG."""
         cancelled: list[int] = []

@@ -57,21 +57,28 @@ RETURNING j.id, j.attempt, j.released, j.max_retries, j.retry_policy;
 SELECT * FROM jobengine.claim_jobs($1, $2::text[], $3::text[], $4, $5::interval, $6::timestamptz, $7);
 
 -- name: job_promote_ready
--- pending -> scheduled for jobs whose dependencies all completed and whose time has come.
+-- pending -> scheduled for due jobs whose dependencies all completed. Only jobs
+-- that have dependencies: the claim itself promotes dependency-free jobs.
 UPDATE jobengine.jobs AS j
 SET status = 'scheduled', status_reason = 'ready', updated_at = coalesce($2::timestamptz, now())
 WHERE j.id IN (
     SELECT p.id FROM jobengine.jobs p
-    WHERE p.status = 'pending' AND p.queue = ANY ($1::text[])
+    WHERE p.status = 'pending' AND p.depends_on <> '{}' AND p.queue = ANY ($1::text[])
       AND p.run_at <= coalesce($2::timestamptz, now())
       AND NOT ($3::boolean AND p.requires_network)
       AND NOT EXISTS (
           SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (p.depends_on) AND d.status <> 'completed')
-    ORDER BY p.priority DESC, p.run_at, p.id
+    ORDER BY p.id
     LIMIT $4
     FOR UPDATE SKIP LOCKED
 )
-RETURNING j.id, j.attempt, j.released, j.max_retries, j.retry_policy;
+RETURNING j.id;
+
+-- name: job_waiting_exists
+-- Whether any pending job waits on dependencies (the scheduler's cheap gate).
+SELECT EXISTS (
+    SELECT 1 FROM jobengine.jobs WHERE status = 'pending' AND depends_on <> '{}'
+);
 
 -- name: job_cancel_orphans
 -- pending -> cancelled for jobs with a dependency that was cancelled or failed
