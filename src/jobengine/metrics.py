@@ -55,3 +55,14 @@ FENCED_WRITES = Counter(
 RUNNING = Gauge(
     "jobengine_daemon_running_jobs", "Jobs this daemon is running now.", registry=REGISTRY,
 )
+
+
+_transition_children: dict[tuple[str, str], Counter] = {}
+
+
+def count_transition(kind: str, to_status: str, n: int = 1) -> None:
+    """TRANSITIONS.labels(kind, to_status).inc(n), with the labelled child cached (hot path)."""
+    child = _transition_children.get((kind, to_status))
+    if child is None:
+        child = _transition_children[(kind, to_status)] = TRANSITIONS.labels(kind, to_status)
+    child.inc(n)

@@ -87,8 +87,12 @@ async def run_actor(
         # the attempt fails even if the handler swallowed the exception.
         blocked: list[str] = []
         token = blocked_attempts.set(blocked)
+        # One cancel scope does both jobs: its deadline is the job's timeout,
+        # and interrupt() cancels it; `interrupted_for` tells them apart.
+        if timeout is not None:
+            actor.scope.deadline = anyio.current_time() + timeout
         try:
-            with actor.scope, anyio.move_on_after(timeout) as deadline:
+            with actor.scope:
                 try:
                     result = await handler(job)
                 except (Exception, SystemExit) as exc:
@@ -97,8 +101,9 @@ async def run_actor(
             blocked_attempts.reset(token)
         if blocked and not isinstance(error, EgressBlocked):
             error = _Swallowed(blocked[0])
+        timed_out = actor.scope.cancelled_caught and actor.interrupted_for is None
         metrics.HANDLER_DURATION.labels(job.kind).observe(time.monotonic() - started)
-        outcome = _decide(actor, deadline.cancelled_caught, timeout, result, error)
+        outcome = _decide(actor, timed_out, timeout, result, error)
         if outcome is None:
             log.info("job interrupted; outcome left to whoever moved it",
                      reason=actor.interrupted_for)
@@ -116,8 +121,10 @@ def _decide(
     actor: Actor, timed_out: bool, timeout: float | None, result: Any, error: BaseException | None
 ) -> Outcome | None:
     job = actor.job
-    if actor.scope.cancelled_caught or actor.interrupted_for is not None:
-        target = _INTERRUPTED.get(actor.interrupted_for or "")
+    if actor.scope.cancelled_caught and actor.interrupted_for is not None:
+        # (An attempt that finished before the interruption took effect keeps
+        # its outcome: the guarded write decides whether it may stand.)
+        target = _INTERRUPTED.get(actor.interrupted_for)
         if target is None:
             return None
         return Outcome(job, target[0], target[1])

@@ -160,10 +160,10 @@ class OutcomeWriter:
                 (report.refused if o.job.id in refused else report.written).append(o)
             report.retried.update(result.retried)
         for o in report.written:
-            metrics.TRANSITIONS.labels(o.job.kind, o.to_status.value).inc()
+            metrics.count_transition(o.job.kind, o.to_status.value)
         kinds = {o.job.id: o.job.kind for o in failed}
         for job_id in report.retried:
-            metrics.TRANSITIONS.labels(kinds[job_id], JobStatus.SCHEDULED.value).inc()
+            metrics.count_transition(kinds[job_id], JobStatus.SCHEDULED.value)
         if report.refused:
             metrics.FENCED_WRITES.inc(len(report.refused))
             for o in report.refused:

@@ -45,6 +45,19 @@ def server_settings(actor: str, application: str = "jobengine") -> dict[str, str
     return {"jobengine.actor": actor, "application_name": application[:63]}
 
 
+async def _release_reset(conn: asyncpg.Connection) -> None:
+    """What a pooled connection needs on release: only a transaction left open undone.
+
+    asyncpg's default reset sends `RESET ALL; UNLISTEN *; CLOSE ALL; ...` on
+    every release: a round trip per query on the hot path. jobengine's pooled
+    connections never SET, LISTEN or hold session advisory locks (the
+    listener and migrations use their own connections), so only an
+    interrupted transaction can be left behind.
+    """
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def connect(dsn: str, actor: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection:
     """Open one connection with jobengine's codecs and `jobengine.actor` set."""
     conn: asyncpg.Connection = await asyncpg.connect(
@@ -63,6 +76,7 @@ async def create_pool(
         min_size=min_size,
         max_size=max_size,
         init=setup_connection,
+        reset=_release_reset,
         server_settings=server_settings(actor),
         timeout=connect_timeout,
     )
