@@ -354,7 +354,9 @@ CREATE TRIGGER jobs_refuse_id_change
 -- EventEnvelope. Payload and result never go in it (NOTIFY's 8000-byte limit).
 -- pg_notify is called per transition: listeners get one message per change.
 -- Two extra, per-statement channels let daemons wake without parsing every
--- envelope: jobengine_wake (payload: a queue with work that may be runnable)
+-- envelope: jobengine_wake (payload: "<queue>:new" for inserted jobs,
+-- "<queue>:ready" for jobs that became scheduled, "<queue>:done" for jobs that
+-- finished, which may free their dependents)
 -- and jobengine_cancel (payload: ids of running jobs just cancelled).
 
 -- The recorders run with their owner's rights (SECURITY DEFINER): roles that
@@ -405,7 +407,7 @@ BEGIN
     )
     SELECT count(pg_notify('jobengine_events', e.envelope::text)) INTO n_sent FROM e;
 
-    PERFORM pg_notify('jobengine_wake', q.queue) FROM (SELECT DISTINCT n.queue FROM new_jobs n) q;
+    PERFORM pg_notify('jobengine_wake', q.queue || ':new') FROM (SELECT DISTINCT n.queue FROM new_jobs n) q;
     RETURN NULL;
 END
 $$;
@@ -450,8 +452,10 @@ BEGIN
         FROM c
         RETURNING envelope
     ), w AS (
-        SELECT pg_notify('jobengine_wake', q.queue)
-        FROM (SELECT DISTINCT c.queue FROM c WHERE c.to_status <> 'running') q
+        SELECT pg_notify('jobengine_wake', q.queue || q.what)
+        FROM (SELECT DISTINCT c.queue,
+                     CASE WHEN c.to_status = 'scheduled' THEN ':ready' ELSE ':done' END AS what
+              FROM c WHERE c.to_status <> 'running') q
     ), x AS (
         -- running -> cancelled: tell the daemons (ids chunked to stay far
         -- below the NOTIFY payload limit)
@@ -658,5 +662,5 @@ CREATE TABLE IF NOT EXISTS jobengine.schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
-    (1, 'lifecycle', '09e455618d58e9884ed5272c14fef1dc6996ce99f6465cff394bb33ff7c331df'),
+    (1, 'lifecycle', '47ba6115897c7bde9a7fab181963029869129fe1f0ba6e3318f97c1464d1245c'),
     (2, 'claim', 'b9f64abbf30d1ce40d57a59c919cea7e7df4cff3e60893befca80e3b12a6ce44');

@@ -15,6 +15,7 @@ import asyncpg
 from jobengine.domain import Job
 
 _pool: asyncpg.Pool | None = None
+_pool_lock: anyio.Lock | None = None
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS test_executions (
@@ -28,9 +29,13 @@ CREATE TABLE IF NOT EXISTS test_executions (
 
 
 async def _db() -> asyncpg.Pool:
-    global _pool
-    if _pool is None:
-        _pool = await asyncpg.create_pool(os.environ["JOBENGINE_DSN"], min_size=1, max_size=4)
+    global _pool, _pool_lock
+    if _pool_lock is None:
+        _pool_lock = anyio.Lock()
+    async with _pool_lock:  # many actors start at once: one pool, not one each
+        if _pool is None:
+            _pool = await asyncpg.create_pool(os.environ["JOBENGINE_DSN"], min_size=1,
+                                              max_size=4)
     return _pool
 
 

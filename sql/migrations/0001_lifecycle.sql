@@ -348,7 +348,9 @@ CREATE TRIGGER jobs_refuse_id_change
 -- EventEnvelope. Payload and result never go in it (NOTIFY's 8000-byte limit).
 -- pg_notify is called per transition: listeners get one message per change.
 -- Two extra, per-statement channels let daemons wake without parsing every
--- envelope: jobengine_wake (payload: a queue with work that may be runnable)
+-- envelope: jobengine_wake (payload: "<queue>:new" for inserted jobs,
+-- "<queue>:ready" for jobs that became scheduled, "<queue>:done" for jobs that
+-- finished, which may free their dependents)
 -- and jobengine_cancel (payload: ids of running jobs just cancelled).
 
 -- The recorders run with their owner's rights (SECURITY DEFINER): roles that
@@ -399,7 +401,7 @@ BEGIN
     )
     SELECT count(pg_notify('jobengine_events', e.envelope::text)) INTO n_sent FROM e;
 
-    PERFORM pg_notify('jobengine_wake', q.queue) FROM (SELECT DISTINCT n.queue FROM new_jobs n) q;
+    PERFORM pg_notify('jobengine_wake', q.queue || ':new') FROM (SELECT DISTINCT n.queue FROM new_jobs n) q;
     RETURN NULL;
 END
 $$;
@@ -444,8 +446,10 @@ BEGIN
         FROM c
         RETURNING envelope
     ), w AS (
-        SELECT pg_notify('jobengine_wake', q.queue)
-        FROM (SELECT DISTINCT c.queue FROM c WHERE c.to_status <> 'running') q
+        SELECT pg_notify('jobengine_wake', q.queue || q.what)
+        FROM (SELECT DISTINCT c.queue,
+                     CASE WHEN c.to_status = 'scheduled' THEN ':ready' ELSE ':done' END AS what
+              FROM c WHERE c.to_status <> 'running') q
     ), x AS (
         -- running -> cancelled: tell the daemons (ids chunked to stay far
         -- below the NOTIFY payload limit)

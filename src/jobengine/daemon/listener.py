@@ -1,8 +1,9 @@
 """The listener: one dedicated connection LISTENing for work and cancellations.
 
 Channels (both sent once per statement by the database's triggers):
-- `jobengine_wake`: payload = a queue that may have runnable work (a job was
-  inserted, scheduled, or finished and may have freed dependents);
+- `jobengine_wake`: payload = "<queue>:<what>": `new` (jobs inserted),
+  `ready` (jobs became scheduled), `done` (jobs finished, which may free
+  their dependents);
 - `jobengine_cancel`: payload = comma-separated ids of running jobs that were
   just cancelled.
 
@@ -41,7 +42,7 @@ class Listener:
         actor: str,
         queues: Collection[str],
         *,
-        on_wake: Callable[[], None],
+        on_wake: Callable[[str], None],
         on_cancel: Callable[[list[int]], None],
         backoff_max: float = 5.0,
         check_interval: float = 5.0,
@@ -93,7 +94,8 @@ class Listener:
                     self.reconnects += 1
                     metrics.LISTENER_RECONNECTS.inc()
                     log.info("listener reconnected")
-                    self._on_wake()  # whatever was sent meanwhile is lost
+                    for what in ("new", "ready", "done"):
+                        self._on_wake(what)  # whatever was sent meanwhile is lost
                 backoff = 0.1
                 while not self._lost.is_set():
                     with anyio.move_on_after(self._check_interval):
@@ -121,8 +123,9 @@ class Listener:
         self._lost.set()
 
     def _wake(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
-        if payload in self._queues:
-            self._on_wake()
+        queue, _, what = payload.rpartition(":")
+        if queue in self._queues:
+            self._on_wake(what)
 
     def _cancel(self, _conn: Any, _pid: int, _channel: str, payload: str) -> None:
         ids = [int(part) for part in payload.split(",") if part.strip().isdigit()]

@@ -190,10 +190,16 @@ class Scheduler:
         self._clock = clock
         self._min_gap = min_gap
         self._kick = anyio.Event()
+        # False once a pass saw no job waiting on dependencies: finished jobs
+        # then free nothing, until new jobs arrive (or the polling pass).
+        self._maybe_waiting = True
 
-    def wake(self) -> None:
-        """Ask for a pass soon (a notification arrived)."""
-        self._kick.set()
+    def wake(self, *, new_jobs: bool = True) -> None:
+        """Ask for a pass soon: jobs were inserted (`new_jobs`) or finished."""
+        if new_jobs:
+            self._maybe_waiting = True
+        if self._maybe_waiting:
+            self._kick.set()
 
     async def run_once(self) -> SchedulePass:
         """Cascade failures down the DAG, promote what is ready, find the next due time."""
@@ -202,7 +208,8 @@ class Scheduler:
         promoted: list[int] = []
         # One cheap look first: without waiting jobs there is nothing to
         # cascade or promote, and no statement (with its audit trigger) to run.
-        if await self._store.any_waiting():
+        self._maybe_waiting = await self._store.any_waiting()
+        if self._maybe_waiting:
             cancelled = await self._store.cancel_orphans(now=now)
             promoted = await self._store.promote_ready(self._queues, now=now,
                                                        sealed=self._sealed)
@@ -225,7 +232,10 @@ class Scheduler:
                 await self.run_once()
             except TRANSIENT as exc:
                 log.warning("scheduler pass failed", error=repr(exc))
-            with anyio.move_on_after(self._poll):
+            with anyio.move_on_after(self._poll) as waited:
                 await self._kick.wait()
             self._kick = anyio.Event()
-            await anyio.sleep(self._min_gap)  # let a burst of notifications coalesce
+            if waited.cancelled_caught:
+                self._maybe_waiting = True  # the polling pass looks for itself
+            else:
+                await anyio.sleep(self._min_gap)  # let a burst of notifications coalesce

@@ -269,10 +269,12 @@ class Daemon:
 
     # -- events from the services ---------------------------------------------------------
 
-    def _on_wake(self) -> None:
-        self._maybe_more = True
-        self._kick.set()
-        self.scheduler.wake()
+    def _on_wake(self, what: str) -> None:
+        if what in ("new", "ready"):
+            self._maybe_more = True
+            self._kick.set()
+        if what in ("new", "done"):
+            self.scheduler.wake(new_jobs=what == "new")
 
     def _on_ready(self) -> None:
         self._maybe_more = True
@@ -298,11 +300,11 @@ class Daemon:
         return held
 
     def _flushed(self, report: FlushReport) -> None:
-        if report.retried:
-            self.scheduler.wake()
-            soonest = min(report.retried.values())
-            if soonest <= datetime.now(UTC):
-                self._on_ready()
+        # A retry due now can be claimed at once (its 'ready' notification
+        # would say the same, a round trip later); later ones are found by the
+        # claimer's next-due timer.
+        if report.retried and min(report.retried.values()) <= datetime.now(UTC):
+            self._on_ready()
 
 
 @asynccontextmanager
