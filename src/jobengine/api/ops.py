@@ -1,0 +1,90 @@
+"""Operational endpoints: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
+
+These are public (no access scope): probes and scrapers carry no token.
+"""
+
+from __future__ import annotations
+
+import anyio
+import structlog
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from jobengine.api.errors import UNAVAILABLE, json_response
+from jobengine.api.inputs import ApiContext, context
+from jobengine.api.wire import Health, Readiness
+from jobengine.metrics import JOBS, REGISTRY
+
+#: Seconds a readiness or metrics query may take before the database counts as down.
+PROBE_TIMEOUT = 3.0
+
+_log = structlog.get_logger("jobengine.api")
+
+
+async def healthz(request: Request) -> Response:
+    """`GET /healthz`: 200 while the process can answer at all."""
+    return json_response(Health())
+
+
+async def database_reachable(ctx: ApiContext) -> bool:
+    """True if the database answers `SELECT 1` within `PROBE_TIMEOUT`."""
+    try:
+        with anyio.fail_after(PROBE_TIMEOUT):
+            await ctx.store.db.fetchval("SELECT 1")
+    except UNAVAILABLE:
+        return False
+    return True
+
+
+async def readiness_checks(ctx: ApiContext) -> dict[str, bool]:
+    """Every readiness check by name: the database, the API's listener, and the caller's."""
+    checks = {"database": await database_reachable(ctx), "listener": ctx.hub.connected}
+    if ctx.readiness is not None:
+        try:
+            extra = await ctx.readiness()
+        except Exception as exc:  # a broken callback means "not ready", not a 500
+            _log.warning("api.readiness_callback_failed", error=repr(exc))
+            extra = {"readiness_callback": False}
+        for name, ok in extra.items():
+            key = name if name not in checks else f"daemon_{name}"
+            checks[key] = bool(ok)
+    return checks
+
+
+async def readyz(request: Request) -> Response:
+    """`GET /readyz`: 200 when every check passes, else 503 with the same body."""
+    checks = await readiness_checks(context(request))
+    ready = all(checks.values())
+    return json_response(Readiness(ready=ready, checks=checks), 200 if ready else 503)
+
+
+async def metrics(request: Request) -> Response:
+    """`GET /metrics`: Prometheus text format; jobs by status are counted now."""
+    ctx = context(request)
+    try:
+        with anyio.fail_after(PROBE_TIMEOUT):
+            counts = await ctx.store.count_by_status()
+    except UNAVAILABLE as exc:
+        # Better no jobengine_jobs series than a stale one; the rest still renders.
+        _log.warning("api.metrics_without_job_counts", error=str(exc) or type(exc).__name__)
+        JOBS.clear()
+    else:
+        for status, n in counts.items():
+            JOBS.labels(status.value).set(n)
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def openapi(request: Request) -> Response:
+    """`GET /openapi.json`: the OpenAPI 3.1 document (built once per app)."""
+    document: bytes = request.app.state.openapi
+    return Response(document, media_type="application/json")
+
+
+ROUTES = [
+    Route("/healthz", healthz, methods=["GET"], name="healthz"),
+    Route("/readyz", readyz, methods=["GET"], name="readyz"),
+    Route("/metrics", metrics, methods=["GET"], name="metrics"),
+    Route("/openapi.json", openapi, methods=["GET"], name="openapi"),
+]

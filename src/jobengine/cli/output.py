@@ -1,0 +1,190 @@
+"""What the operator verbs share: parsing their arguments and printing tables or JSON.
+
+Tables go to stdout through rich (colour only on a terminal, and never with
+`NO_COLOR`); `--json` output is the REST API's wire format, so a script gets
+the same shapes from `jobengine show --json` as from `curl`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import msgspec
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from jobengine.api.wire import MAX_BIGINT, HistoryOut, JobOut, TimelineOut
+from jobengine.domain.models import EventEnvelope
+from jobengine.domain.status import JobStatus
+
+
+class UsageError(ValueError):
+    """Raised when a command-line argument is malformed (exit status 2)."""
+
+
+#: How each status looks in tables and in `watch`.
+STATUS_STYLES: dict[str, str] = {
+    JobStatus.PENDING: "yellow",
+    JobStatus.SCHEDULED: "cyan",
+    JobStatus.RUNNING: "bold blue",
+    JobStatus.COMPLETED: "green",
+    JobStatus.FAILED: "bold red",
+    JobStatus.CANCELLED: "magenta",
+}
+
+_RELATIVE = re.compile(r"^\+(\d+(?:\.\d+)?)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def console() -> Console:
+    """A console on stdout; wide enough not to wrap ids and timestamps when piped."""
+    return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
+
+
+def parse_job_id(text: str) -> int:
+    """A job id from the command line, or `UsageError`."""
+    if not re.fullmatch(r"[0-9]{1,19}", text.strip()) or not 1 <= int(text) <= MAX_BIGINT:
+        raise UsageError(f"{text!r} is not a job id (a positive integer)")
+    return int(text)
+
+
+def parse_ids(values: Iterable[str]) -> list[int]:
+    """Job ids from repeated and/or comma-separated options (`--depends-on 1,2 --depends-on 3`)."""
+    ids: list[int] = []
+    for value in values:
+        ids.extend(parse_job_id(part) for part in value.split(",") if part.strip())
+    return ids
+
+
+def parse_run_at(text: str, now: datetime | None = None) -> datetime:
+    """`+30s`, `+5m`, `+2h`, `+1d` from now, or an ISO 8601 time (no offset: local time)."""
+    match = _RELATIVE.match(text.strip())
+    if match:
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+        try:
+            return (now or datetime.now(UTC)) + timedelta(seconds=seconds)
+        except OverflowError:
+            raise UsageError(f"--run-at {text!r} is too far in the future") from None
+    try:
+        when = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(
+            f"--run-at {text!r} is neither ISO 8601 (2030-01-01T09:00:00+00:00) "
+            "nor relative (+30s, +5m, +2h, +1d)"
+        ) from None
+    return when if when.tzinfo is not None else when.astimezone()
+
+
+def parse_payload(text: str) -> dict[str, Any]:
+    """The `--payload` value: JSON text, `@FILE` or `@-` (stdin); it must be a JSON object."""
+    source = "--payload"
+    if text.startswith("@"):
+        name = text[1:]
+        source = "stdin" if name == "-" else name
+        try:
+            text = sys.stdin.read() if name == "-" else Path(name).read_text()
+        except OSError as exc:
+            reason = exc.strerror or exc
+            raise UsageError(f"cannot read the payload from {name}: {reason}") from None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise UsageError(f"the payload in {source} is not valid JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise UsageError(f"the payload must be a JSON object, not {type(value).__name__}")
+    return value
+
+
+def print_json(value: Any) -> None:
+    """Print a wire struct (or any msgspec-encodable value) as indented JSON on stdout."""
+    sys.stdout.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
+
+
+def _when(value: datetime | None) -> str:
+    return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
+
+
+def status_text(status: str | None) -> Text:
+    """A status, coloured."""
+    return Text(status or "-", style=STATUS_STYLES.get(status or "", ""))
+
+
+def jobs_table(jobs: Sequence[JobOut]) -> Table:
+    """The `ls` table."""
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "KIND", "QUEUE", "STATUS", "ATTEMPT", "PRIORITY", "RUN AT (UTC)",
+                   "UPDATED (UTC)"):
+        table.add_column(column, no_wrap=True, justify="right" if column == "ID" else "left")
+    for j in jobs:
+        table.add_row(str(j.id), j.kind, j.queue, status_text(j.status),
+                      f"{j.attempt}/{j.max_retries + 1}", str(j.priority), _when(j.run_at),
+                      _when(j.updated_at))
+    return table
+
+
+def job_details(job: JobOut) -> Table:
+    """The `show` view: one field per line."""
+    table = Table(box=None, show_header=False)
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column()
+    for name in JobOut.__struct_fields__:
+        value = getattr(job, name)
+        if name == "status":
+            table.add_row(name, status_text(value))
+        elif isinstance(value, datetime):
+            table.add_row(name, _when(value))
+        elif isinstance(value, dict | list) or name == "result":
+            table.add_row(name, Text(json.dumps(value, default=str)))
+        else:
+            table.add_row(name, Text("-" if value is None else str(value)))
+    return table
+
+
+def history_table(entries: Sequence[HistoryOut]) -> Table:
+    """The `history` table."""
+    table = Table(box=None, header_style="bold")
+    for column in ("WHEN (UTC)", "FROM", "TO", "ATTEMPT", "REASON", "ACTOR"):
+        table.add_column(column, no_wrap=True)
+    for e in entries:
+        table.add_row(_when(e.occurred_at), status_text(e.from_status), status_text(e.to_status),
+                      str(e.attempt), e.reason or "-", e.actor or "-")
+    return table
+
+
+def timeline_table(events: Sequence[TimelineOut]) -> Table:
+    """The `timeline` table."""
+    table = Table(box=None, header_style="bold")
+    for column in ("WHEN (UTC)", "EVENT", "FROM", "TO", "ATTEMPT", "REASON", "ACTOR"):
+        table.add_column(column, no_wrap=True)
+    for e in events:
+        env = e.envelope
+        table.add_row(_when(e.occurred_at), e.event_type, status_text(env.from_status),
+                      status_text(env.to_status), str(env.attempt), env.reason or "-",
+                      env.actor or "-")
+    return table
+
+
+def event_line(env: EventEnvelope) -> Text:
+    """One coloured line per transition, for `watch`."""
+    line = Text()
+    line.append(env.occurred_at.astimezone(UTC).strftime("%H:%M:%S.%f")[:-3], style="dim")
+    line.append(f"  job {env.job_id}", style="bold")
+    line.append(f"  {env.kind}@{env.queue}  ")
+    line.append(env.event_type, style=STATUS_STYLES.get(env.to_status or "", ""))
+    line.append("  ")
+    line.append_text(status_text(env.from_status))
+    line.append(" -> ")
+    line.append_text(status_text(env.to_status))
+    line.append(f"  attempt {env.attempt}")
+    if env.reason:
+        line.append(f"  ({env.reason})", style="dim")
+    if env.actor:
+        line.append(f"  by {env.actor}", style="dim")
+    return line

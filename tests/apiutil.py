@@ -1,0 +1,119 @@
+"""Helpers the API and CLI tests share (this module holds no tests).
+
+- `app_client`: the app with its lifespan running, behind an in-process
+  httpx client (no sockets);
+- `live_server`: the app served by uvicorn on 127.0.0.1 and a free port,
+  for what needs a real connection (event streams);
+- `failed_job`: a job that ran and failed for good, the only status `retry` accepts;
+- `scratch_database`: a migrated database for a whole module, for tests
+  that only read or check that nothing changed (a fresh one per test costs
+  half a second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from datetime import timedelta
+from typing import Any
+
+import anyio
+import asyncpg
+import httpx
+
+from jobengine.api.app import create_app
+from jobengine.api.config import HttpSettings
+from jobengine.api.server import serve
+from jobengine.domain import Job, JobSpec, RetryPolicy
+from jobengine.metrics import REGISTRY
+from jobengine.store import Failure, JobStore
+from tests.dbutil import dsn_with_database
+
+ERROR_KEYS = {"error"}
+ERROR_DETAIL_KEYS = {"code", "message"}
+
+
+@asynccontextmanager
+async def app_client(
+    pool: asyncpg.Pool, *, http: HttpSettings | None = None, **options: Any
+) -> AsyncIterator[httpx.AsyncClient]:
+    """An httpx client talking to a fresh app on `pool`, lifespan (and its listener) running."""
+    app = create_app(pool, http or HttpSettings(), **options)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
+            yield client
+
+
+@asynccontextmanager
+async def live_server(pool: asyncpg.Pool, **options: Any) -> AsyncIterator[str]:
+    """Serve a fresh app with uvicorn on 127.0.0.1 (a free port); yields its base URL."""
+    app = create_app(pool, HttpSettings(), **options)
+    async with anyio.create_task_group() as tg:
+        _host, port = await tg.start(serve, app, "127.0.0.1", 0)
+        try:
+            yield f"http://127.0.0.1:{port}"
+        finally:
+            tg.cancel_scope.cancel()
+
+
+async def failed_job(pool: asyncpg.Pool, kind: str = "flaky") -> Job:
+    """A job of `kind` that was claimed, ran once and failed with no retry left."""
+    store = JobStore(pool)
+    job, _ = await store.insert(JobSpec(kind=kind, max_retries=0))
+    claimed = await store.claim(
+        owner="d1", queues=["default"], kinds=[kind], limit=1, lease_ttl=timedelta(seconds=30)
+    )
+    assert [j.id for j in claimed] == [job.id]
+    outcome = await store.fail_many(
+        [Failure(job.id, 1, "d1", "ValueError: boom")], RetryPolicy(jitter=False)
+    )
+    assert outcome.terminal == [job.id]
+    return await store.get(job.id)
+
+
+def assert_error(response: httpx.Response, status: int, code: str | None = None) -> str:
+    """Check the status and the exact error body shape; returns the message."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == ERROR_KEYS
+    assert set(body["error"]) == ERROR_DETAIL_KEYS
+    assert isinstance(body["error"]["message"], str)
+    assert body["error"]["message"]
+    if code is not None:
+        assert body["error"]["code"] == code
+    message: str = body["error"]["message"]
+    return message
+
+
+def sample(name: str, **labels: str) -> float:
+    """A metric's current value in jobengine's registry (0 when it has no sample yet)."""
+    return REGISTRY.get_sample_value(name, labels) or 0.0
+
+
+async def row_count(pool: asyncpg.Pool) -> int:
+    """How many jobs the database holds."""
+    n: int = await pool.fetchval("SELECT count(*) FROM jobengine.jobs")
+    return n
+
+
+async def _admin(server_dsn: str, sql: str) -> None:
+    conn = await asyncpg.connect(server_dsn)
+    try:
+        await conn.execute(sql)
+    finally:
+        await conn.close()
+
+
+@contextmanager
+def scratch_database(server_dsn: str, template_db: str) -> Iterator[str]:
+    """A database cloned from the migrated template, dropped afterwards; yields its DSN."""
+    name = f"jobengine_m_{uuid.uuid4().hex[:12]}"
+    asyncio.run(_admin(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    try:
+        yield dsn_with_database(server_dsn, name)
+    finally:
+        asyncio.run(_admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
