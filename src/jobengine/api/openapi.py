@@ -33,6 +33,8 @@ _CURSOR_PATTERN = r"^([0-9]{1,20}-[0-9]{1,19}|0)$"
 #: Why each error status is returned, for the document's shared responses.
 ERROR_STATUSES: dict[int, str] = {
     400: "Malformed JSON body.",
+    401: "A bearer token is required and was missing or not valid (when tokens are configured).",
+    403: "The bearer token does not have the scope this operation needs.",
     404: "No such job (or no such path).",
     409: "The lifecycle does not allow this transition.",
     413: "The request body is over `http.max_body_bytes`.",
@@ -160,6 +162,14 @@ def openapi_document() -> dict[str, Any]:
                            "content": {"application/json": {"schema": _ref_name("ErrorBody")}}}
         for status, why in ERROR_STATUSES.items()
     }
+    paths = _paths()
+    for path, item in paths.items():
+        if path.startswith("/v1/") or path == "/metrics":
+            for method, operation in item.items():
+                # read for GET, write for POST (write implies read)
+                scope = "read" if method == "get" else "write"
+                operation["security"] = [{"bearer": [scope]}]
+                operation["responses"].update(_errors(401, 403))
     return {
         "openapi": "3.1.0",
         "info": {
@@ -168,8 +178,17 @@ def openapi_document() -> dict[str, Any]:
             "description": "A Postgres-backed job lifecycle engine. Every error is "
                            '`{"error": {"code", "message"}}` with a 4xx or 5xx status.',
         },
-        "paths": _paths(),
-        "components": {"schemas": schemas, "responses": responses},
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "responses": responses,
+            "securitySchemes": {"bearer": {
+                "type": "http", "scheme": "bearer",
+                "description": "A token configured in [http.tokens] (by its SHA-256) with "
+                               "scope read or write; not needed when no token is configured "
+                               "(the API then listens on loopback only).",
+            }},
+        },
     }
 
 

@@ -1,6 +1,8 @@
 """Operational endpoints: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
 
-These are public (no access scope): probes and scrapers carry no token.
+`/healthz`, `/readyz` and `/openapi.json` are public: probes carry no token.
+`/metrics` needs the read scope when tokens are configured (Prometheus sends
+one with `authorization: {credentials: ...}` / `bearer_token`).
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from jobengine.api.auth import requires_scope
 from jobengine.api.errors import UNAVAILABLE, json_response
 from jobengine.api.inputs import ApiContext, context
 from jobengine.api.wire import Health, Readiness
@@ -60,6 +63,7 @@ async def readyz(request: Request) -> Response:
     return json_response(Readiness(ready=ready, checks=checks), 200 if ready else 503)
 
 
+@requires_scope("read")
 async def metrics(request: Request) -> Response:
     """`GET /metrics`: Prometheus text format; jobs by status are counted now."""
     ctx = context(request)

@@ -44,17 +44,23 @@ def run(args: argparse.Namespace) -> int:
     # The web stack is imported here, so that other commands start fast.
     from jobengine.api.app import create_app
     from jobengine.api.server import serve
+    from jobengine.api.tokens import authorizer_for
 
     settings = settings_from_args(args)
     host, port = parse_listen(args.listen or settings.http.listen or DEFAULT_LISTEN)
     configure_logging(args.log_level)
     log = structlog.get_logger("jobengine.api")
+    authorizer = authorizer_for(settings.http.tokens, host)
+    if not settings.http.tokens:
+        log.warning("api.no_tokens",
+                    message="no [http.tokens] configured: serving without authentication, "
+                            "on loopback only")
 
     async def go() -> int:
         # Signals are ours from before the server starts, so none is lost in between.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_store(settings, "api", max_size=10) as store:
-                app = create_app(store.db, settings.http)
+                app = create_app(store.db, settings.http, authorizer=authorizer)
                 async with anyio.create_task_group() as tg:
                     bound_host, bound_port = await tg.start(serve, app, host, port)
                     shown = f"[{bound_host}]" if ":" in bound_host else bound_host

@@ -72,8 +72,16 @@ def run(args: argparse.Namespace) -> int:
             "no handlers configured: add a [handlers] section (kind = \"pkg.module:function\") "
             "or JOBENGINE_HANDLERS_<KIND>; a daemon claims only kinds it has handlers for"
         )
-    dsn, embedded = resolve_dsn(settings)
     listen = parse_listen(settings.http.listen) if settings.http.listen else None
+    if listen is not None:
+        from jobengine.api.tokens import authorizer_for
+
+        # Refuses a non-loopback address without tokens, before anything starts.
+        authorizer_for(settings.http.tokens, listen[0])
+        if not settings.http.tokens:
+            log.warning("api has no tokens: serving without authentication, on loopback only",
+                        listen=settings.http.listen)
+    dsn, embedded = resolve_dsn(settings)
     daemon = Daemon(settings.daemon_config(), dsn, notifier=Notifier(), api_address=listen)
 
     async def main() -> int:
@@ -111,6 +119,7 @@ async def _serve_api(
 ) -> None:
     from jobengine.api.app import create_app
     from jobengine.api.server import serve
+    from jobengine.api.tokens import authorizer_for
     from jobengine.store import create_pool
 
     pool = await create_pool(dsn, "api", min_size=1, max_size=4)
@@ -119,7 +128,8 @@ async def _serve_api(
         async def readiness() -> dict[str, bool]:
             return daemon.readiness()
 
-        app = create_app(pool, settings.http, readiness=readiness)
+        app = create_app(pool, settings.http, readiness=readiness,
+                         authorizer=authorizer_for(settings.http.tokens, listen[0]))
         await serve(app, listen[0], listen[1], task_status=task_status)
     finally:
         with anyio.CancelScope(shield=True):
