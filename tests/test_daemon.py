@@ -530,3 +530,52 @@ async def test_timedelta_timeout_round_trips(pool: asyncpg.Pool) -> None:
     job_id = await pool.fetchval(
         "INSERT INTO jobengine.jobs (kind, timeout) VALUES ('x', '90 s') RETURNING id")
     assert await pool.fetchval("SELECT timeout FROM jobengine.jobs WHERE id = $1", job_id) == timedelta(seconds=90)
+
+
+async def test_every_line_an_actor_writes_carries_the_job_id(
+    db_dsn: str, pool: asyncpg.Pool, rec: Recorder
+) -> None:
+    from structlog.contextvars import merge_contextvars
+    from structlog.testing import capture_logs
+
+    # merge_contextvars is what the CLI's logging set-up runs first, too.
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        async with run_daemon(config(), db_dsn, handlers=handlers(rec)):
+            job_id = await insert(pool, "fail", max_retries=0)
+            await wait_status(pool, job_id, "failed")
+    actor_lines = [e for e in logs if e["event"] in ("job started", "job failed")]
+    assert {e["event"] for e in actor_lines} == {"job started", "job failed"}
+    for line in actor_lines:
+        assert line["job_id"] == job_id
+        assert line["kind"] == "fail"
+        assert line["attempt"] == 1
+    failed = next(e for e in actor_lines if e["event"] == "job failed")
+    assert failed["error"] == "RuntimeError: attempt 1 broke"
+
+
+async def test_reaper_and_leases_follow_an_injected_clock(pool: asyncpg.Pool) -> None:
+    from datetime import UTC, datetime
+
+    from jobengine.daemon.maintenance import LeaseKeeper, Reaper
+    from jobengine.domain import JobSpec, ManualClock
+    from jobengine.store import JobStore
+
+    clock = ManualClock(datetime(2031, 5, 1, tzinfo=UTC))
+    store = JobStore(pool)
+    job, _ = await store.insert(JobSpec(kind="ok", run_at=clock.now()))
+    (claimed,) = await store.claim(owner="d1", queues=["default"], kinds=["ok"], limit=1,
+                                   lease_ttl=timedelta(seconds=10), now=clock.now())
+    lost: list[int] = []
+    keeper = LeaseKeeper(store, "d1", 10.0, 3.0, held=lambda: {job.id: 1},
+                         on_lost=lost.extend, clock=clock)
+    reaper = Reaper(store, config().retry, 1.0, clock=clock)
+    clock.advance(8)
+    assert (await keeper.run_once()).renewed == 1   # lease now runs to +18 s
+    clock.advance(9)
+    assert (await reaper.run_once()).expired == 0   # +17 s: still held
+    clock.advance(2)
+    reaped = await reaper.run_once()                # +19 s: expired, no one renewed
+    assert (reaped.expired, reaped.retried) == (1, 1)
+    assert (await keeper.run_once()).lost == [job.id]
+    assert lost == [job.id]
+    assert claimed.attempt == 1
