@@ -1,0 +1,58 @@
+"""Sizes and options of one bench run: the protocol's full sizes, or `--quick` ones."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+BENCH_DIR = Path(__file__).resolve().parent
+PEERS_DIR = BENCH_DIR / "peers"
+PEER_VENV = BENCH_DIR / ".venv-peers"
+
+
+@dataclass(frozen=True)
+class Sizes:
+    """How much work each workload does (defaults: ../shared/BENCHMARKS.md and issue 6)."""
+
+    bulk: int = 20_000
+    single: int = 2_000
+    burndown: int = 20_000
+    concurrencies: tuple[int, ...] = (10, 50)
+    pickups: int = 200
+    pickup_interval: float = 0.020
+    pickup_concurrency: int = 10
+    steady_rate: float = 300.0
+    steady_seconds: float = 30.0
+    steady_connections: int = 4
+    scale_rows: int = 1_000_000
+    memory_jobs: int = 10_000
+    rescue_jobs: int = 100
+    rescue_lease_ttl: float = 5.0
+    reps: int = 3
+
+
+FULL = Sizes()
+
+#: tiny sizes for CI's smoke run: the harness keeps working, the figures mean nothing
+QUICK = Sizes(
+    bulk=500, single=50, burndown=500, pickups=20, steady_rate=100.0, steady_seconds=3.0,
+    steady_connections=2, scale_rows=5_000, memory_jobs=200, rescue_jobs=10,
+    rescue_lease_ttl=2.0, reps=1,
+)
+
+
+@dataclass(frozen=True)
+class Options:
+    """Everything the workloads need besides the server."""
+
+    sizes: Sizes
+    reps: int
+    limit: float
+    out_dir: Path
+    #: databases are named <db_prefix>_<system> (so runs on one server do not collide)
+    db_prefix: str = "bench"
+    poll_interval: float = 0.02
+
+    def with_reps(self, reps: int | None) -> Options:
+        """The same options with another repetition count (None: keep)."""
+        return self if reps is None else replace(self, reps=reps)

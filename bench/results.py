@@ -1,0 +1,121 @@
+"""The metrics the harness reports, their targets, and the values collected for them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from bench.config import Sizes
+from bench.stats import Summary, Value, summarise
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One row of the results table."""
+
+    key: str
+    label: str
+    unit: str
+    #: "higher" or "lower" is better ("" for figures that are only context)
+    better: str
+    #: the issue's target, in words
+    target: str = ""
+    #: met? from the summaries by system (None: cannot tell)
+    check: Callable[[dict[str, Summary]], bool | None] | None = None
+
+
+def _ratio_at_least(factor: float, peer: str) -> Callable[[dict[str, Summary]], bool | None]:
+    def check(s: dict[str, Summary]) -> bool | None:
+        if "jobengine" not in s or peer not in s:
+            return None
+        return s["jobengine"].median >= factor * s[peer].median
+    return check
+
+
+def _at_most(limit: float) -> Callable[[dict[str, Summary]], bool | None]:
+    def check(s: dict[str, Summary]) -> bool | None:
+        if "jobengine" not in s:
+            return None
+        return s["jobengine"].bound != ">" and s["jobengine"].median <= limit
+    return check
+
+
+def _at_least(limit: float) -> Callable[[dict[str, Summary]], bool | None]:
+    def check(s: dict[str, Summary]) -> bool | None:
+        return None if "jobengine" not in s else s["jobengine"].median >= limit
+    return check
+
+
+def _count(n: int) -> str:
+    return f"{n // 1_000_000}M" if n >= 1_000_000 and n % 1_000_000 == 0 else (
+        f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n))
+
+
+def catalogue(sizes: Sizes) -> list[Metric]:
+    """Every metric, in table order, labelled with this run's sizes."""
+    s = sizes
+    rescue_limit = s.rescue_lease_ttl + 2.0
+    steady_backlog_limit = max(1.0, s.steady_rate * 0.1)
+    return [
+        Metric("enqueue.bulk", f"enqueue {_count(s.bulk)} in one call", "jobs/s", "higher"),
+        Metric("enqueue.single", f"enqueue {_count(s.single)}, one tx each", "jobs/s",
+               "higher"),
+        *[Metric(f"burndown.c{c}", f"burn-down {_count(s.burndown)}, concurrency {c}", "jobs/s",
+                 "higher", "≥ 2x PgQueuer", _ratio_at_least(2.0, "pgqueuer"))
+          for c in s.concurrencies],
+        Metric("pickup.p50", "idle pickup p50", "ms", "lower"),
+        Metric("pickup.p95", "idle pickup p95", "ms", "lower"),
+        Metric("pickup.p99", "idle pickup p99", "ms", "lower", "≤ 5 ms", _at_most(5.0)),
+        Metric("pickup.max", "idle pickup max", "ms", "lower"),
+        Metric("steady.rate", f"steady load ({s.steady_rate:g}/s for {s.steady_seconds:g} s): "
+               "achieved", "jobs/s", ""),
+        Metric("steady.p50", "steady load pickup p50", "ms", "lower"),
+        Metric("steady.p99", "steady load pickup p99", "ms", "lower", "≤ 15 ms", _at_most(15.0)),
+        Metric("steady.backlog", "steady load: backlog at end", "jobs", "lower",
+               f"≤ {steady_backlog_limit:g} (none growing)", _at_most(steady_backlog_limit)),
+        Metric("scale.empty", "burn-down c10, empty tables", "jobs/s", "higher"),
+        Metric("scale.full", f"burn-down c10, {_count(s.scale_rows)} finished jobs present",
+               "jobs/s", "higher"),
+        Metric("scale.ratio", "scale: full / empty", "x", "higher", "≥ 0.9", _at_least(0.9)),
+        Metric("memory.rss", f"peak RSS, {_count(s.memory_jobs)} running jobs", "MB", "lower",
+               "≤ 300 MB",
+               _at_most(300.0)),
+        Metric("memory.claim", "time until all are running", "s", "lower"),
+        Metric("rescue.seconds", f"rescue {s.rescue_jobs} jobs after SIGKILL "
+               f"(lease_ttl {s.rescue_lease_ttl:g} s)", "s", "lower",
+               f"≤ {rescue_limit:g} s", _at_most(rescue_limit)),
+    ]
+
+
+@dataclass
+class Results:
+    """Values by metric and system, and notes (failed checks, timeouts) in run order."""
+
+    values: dict[str, dict[str, list[Value]]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+    def add(self, metric: str, system: str, value: Value) -> None:
+        """Record one run's figure."""
+        self.values.setdefault(metric, {}).setdefault(system, []).append(value)
+
+    def note(self, text: str) -> None:
+        """Something the reader of the table must know."""
+        self.notes.append(text)
+
+    def summaries(self, metric: str) -> dict[str, Summary]:
+        """Median and range per system for one metric."""
+        out: dict[str, Summary] = {}
+        for system, values in self.values.get(metric, {}).items():
+            summary = summarise(values)
+            if summary is not None:
+                out[system] = summary
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        """Every summary with its runs, and the notes."""
+        return {
+            "metrics": {m: {s: summ.as_json() for s, summ in self.summaries(m).items()}
+                        for m in self.values},
+            "notes": self.notes,
+        }
