@@ -17,6 +17,7 @@ import pytest
 from jobengine import metrics
 from jobengine.daemon import CommandHandler, from_callables, resolve_handlers, run_daemon
 from jobengine.domain import Job
+from jobengine.store import Completion
 from tests.daemon_helpers import (
     assert_every_history_is_a_valid_path,
     config,
@@ -495,17 +496,25 @@ async def _reconnected(daemon: Any, old_pid: int) -> bool:
 async def test_concurrency_is_never_exceeded(db_dsn: str, pool: asyncpg.Pool) -> None:
     running = 0
     peak = 0
+    full = anyio.Event()
 
     async def busy(job: Job) -> None:
         nonlocal running, peak
         running += 1
         peak = max(peak, running)
-        await anyio.sleep(0.01)
+        if running == 4:
+            full.set()
+        # The first jobs wait (bounded) until four run at once: the daemon does
+        # use its whole capacity, and the peak shows it never goes past it.
+        with anyio.move_on_after(5):
+            await full.wait()
+        await anyio.sleep(0.005)
         running -= 1
 
     async with run_daemon(config(concurrency=4), db_dsn, handlers=from_callables({"b": busy})):
         await pool.execute("INSERT INTO jobengine.jobs (kind) SELECT 'b' FROM generate_series(1, 60)")
         await wait_settled(pool)
+    assert full.is_set()
     assert peak == 4
     await assert_every_history_is_a_valid_path(pool)
 
@@ -579,3 +588,36 @@ async def test_reaper_and_leases_follow_an_injected_clock(pool: asyncpg.Pool) ->
     assert (await keeper.run_once()).lost == [job.id]
     assert lost == [job.id]
     assert claimed.attempt == 1
+
+
+async def test_outcome_writer_keeps_flushing_after_the_claimer_took_completions(
+    pool: asyncpg.Pool,
+) -> None:
+    from jobengine.daemon.outcomes import Outcome, OutcomeWriter
+    from jobengine.domain import JobSpec, JobStatus
+    from jobengine.store import JobStore
+
+    store = JobStore(pool)
+    for _ in range(2):
+        await store.insert(JobSpec(kind="ok"))
+    a, b = await store.claim(owner="d1", queues=["default"], kinds=["ok"], limit=2,
+                             lease_ttl=timedelta(seconds=30))
+    writer = OutcomeWriter(store, "d1", config().retry)
+    async with anyio.create_task_group() as tg:
+        await tg.start(writer.run)
+        # The claimer takes a completion and writes it with its claim while the
+        # writer waits; a completion queued afterwards must still be flushed.
+        writer.submit(Outcome(a, JobStatus.COMPLETED, "completed"))
+        taken = writer.take_completions()
+        assert [o.job.id for o in taken] == [a.id]
+        result = await store.complete_and_claim(
+            owner="d1", queues=["default"], kinds=["ok"], limit=0,
+            lease_ttl=timedelta(seconds=30),
+            completions=[Completion(a.id, a.attempt, None)])
+        writer.account(taken, result.completed)
+        writer.submit(Outcome(b, JobStatus.COMPLETED, "completed"))
+        with anyio.fail_after(5):
+            await writer.wait_idle()
+        tg.cancel_scope.cancel()
+    statuses = await pool.fetch("SELECT status::text FROM jobengine.jobs ORDER BY id")
+    assert [r[0] for r in statuses] == ["completed", "completed"]

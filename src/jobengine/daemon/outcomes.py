@@ -72,6 +72,8 @@ class OutcomeWriter:
         self._on_flush = on_flush
         self._rng = rng
         self._pending: list[Outcome] = []
+        # being written right now (by a flush, or by the claimer with its claim)
+        self._in_flight: list[Outcome] = []
         self._arrived = anyio.Event()
         self._idle = anyio.Event()
         self._idle.set()
@@ -85,7 +87,41 @@ class OutcomeWriter:
     @property
     def unwritten(self) -> dict[int, int]:
         """Jobs whose outcome is not written yet: {id: attempt} (their leases still matter)."""
-        return {o.job.id: o.job.attempt for o in self._pending}
+        return {o.job.id: o.job.attempt for o in (*self._pending, *self._in_flight)}
+
+    def take_completions(self, limit: int = 1000) -> list[Outcome]:
+        """Hand queued completions to the claimer, to write with its next claim.
+
+        One round trip and one commit then carry both. The caller must
+        `account()` for them afterwards, or `give_back()` them if its call failed.
+        """
+        taken = [o for o in self._pending if o.to_status is JobStatus.COMPLETED][:limit]
+        if taken:
+            chosen = {id(o) for o in taken}
+            self._pending = [o for o in self._pending if id(o) not in chosen]
+            self._in_flight.extend(taken)
+        return taken
+
+    def give_back(self, outcomes: Sequence[Outcome]) -> None:
+        """Return taken completions that were not written (the claim failed)."""
+        self._forget(outcomes)
+        self._pending[:0] = outcomes
+        self._arrived.set()
+
+    def account(self, outcomes: Sequence[Outcome], written: frozenset[int]) -> None:
+        """Record what happened to completions written with a claim."""
+        self._forget(outcomes)
+        report = FlushReport()
+        for o in outcomes:
+            (report.written if o.job.id in written else report.refused).append(o)
+        self._report(report, [])
+        self._settle()
+        if self._on_flush is not None:
+            self._on_flush(report)
+
+    def _forget(self, outcomes: Sequence[Outcome]) -> None:
+        gone = {id(o) for o in outcomes}
+        self._in_flight = [o for o in self._in_flight if id(o) not in gone]
 
     async def wait_idle(self) -> None:
         """Return once everything submitted so far has been written (or refused)."""
@@ -96,7 +132,13 @@ class OutcomeWriter:
         task_status.started()
         backoff = 0.05
         while True:
-            await self._arrived.wait()
+            if not self._pending:
+                # Only this loop replaces the event: whoever queues sets the
+                # current one, and the queue is checked again after waking
+                # (the claimer may have taken everything meanwhile).
+                await self._arrived.wait()
+                self._arrived = anyio.Event()
+                continue
             # Let the outcomes of jobs finishing together join one statement.
             if len(self._pending) < self._max_batch:
                 await anyio.sleep(self._flush_delay)
@@ -121,19 +163,24 @@ class OutcomeWriter:
         if not batch:
             self._settle()
             return report
-        # Shielded: a flush that started is finished even during shutdown, so
-        # an outcome is either written or still queued, never half-known.
-        with anyio.CancelScope(shield=True):
-            await self._write(batch, report)
         del self._pending[: len(batch)]
+        self._in_flight.extend(batch)
+        try:
+            # Shielded: a flush that started is finished even during shutdown,
+            # so an outcome is either written or still queued, never half-known.
+            with anyio.CancelScope(shield=True):
+                await self._write(batch, report)
+        except BaseException:
+            self.give_back(batch)
+            raise
+        self._forget(batch)
         self._settle()
         if self._on_flush is not None:
             self._on_flush(report)
         return report
 
     def _settle(self) -> None:
-        if not self._pending:
-            self._arrived = anyio.Event()
+        if not self._pending and not self._in_flight:
             self._idle.set()
 
     async def _write(self, batch: Sequence[Outcome], report: FlushReport) -> None:
@@ -159,6 +206,9 @@ class OutcomeWriter:
             for o in failed:
                 (report.refused if o.job.id in refused else report.written).append(o)
             report.retried.update(result.retried)
+        self._report(report, failed)
+
+    def _report(self, report: FlushReport, failed: Sequence[Outcome]) -> None:
         for o in report.written:
             metrics.count_transition(o.job.kind, o.to_status.value)
         kinds = {o.job.id: o.job.kind for o in failed}

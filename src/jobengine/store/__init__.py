@@ -5,6 +5,8 @@ say about it.
 """
 
 from jobengine.store.jobs import (
+    ClaimResult,
+    Completion,
     EventPage,
     Failure,
     FailureOutcome,
@@ -17,6 +19,8 @@ from jobengine.store.pool import connect, create_pool, setup_connection
 
 __all__ = [
     "AppliedMigration",
+    "ClaimResult",
+    "Completion",
     "EventPage",
     "Failure",
     "FailureOutcome",
