@@ -27,6 +27,16 @@ BULK_SQL = "INSERT INTO jobengine.jobs (kind, payload) SELECT $1, p FROM unnest(
 SINGLE_SQL = "INSERT INTO jobengine.jobs (kind, payload) VALUES ($1, $2::jsonb)"
 
 
+def _runner() -> Callable[[Awaitable[None]], None]:
+    from jobengine.cli.loop import use_uvloop
+
+    if use_uvloop():
+        import uvloop
+
+        return uvloop.run  # type: ignore[no-any-return]
+    return asyncio.run
+
+
 async def noop(job: Any) -> None:
     """Record the call and return."""
     t = time.time()
@@ -98,4 +108,5 @@ class JobEngine:
 
 
 if __name__ == "__main__":
-    _common.main(JobEngine())
+    # the loop `jobengine run` uses (uvloop where installed)
+    _common.main(JobEngine(), runner=_runner())

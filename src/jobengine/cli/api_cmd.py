@@ -13,6 +13,7 @@ import anyio
 import structlog
 
 from jobengine.api.config import DEFAULT_LISTEN, parse_listen
+from jobengine.cli import loop
 from jobengine.cli.context import add_common_options, open_store, settings_from_args
 from jobengine.cli.logs import configure_logging
 
@@ -72,4 +73,4 @@ def run(args: argparse.Namespace) -> int:
                         break
         return 0
 
-    return anyio.run(go)
+    return loop.run(go)

@@ -11,6 +11,7 @@ import anyio
 import structlog
 
 from jobengine.api.config import parse_listen
+from jobengine.cli import loop
 from jobengine.cli.context import (
     add_common_options,
     ensure_schema,
@@ -95,7 +96,7 @@ def run(args: argparse.Namespace) -> int:
             tg.cancel_scope.cancel()
         return 0
 
-    return anyio.run(main)
+    return loop.run(main)
 
 
 async def _watch_signals(daemon: Daemon) -> None:
