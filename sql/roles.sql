@@ -28,7 +28,7 @@ GRANT SELECT ON ALL TABLES IN SCHEMA jobengine TO jobengine_daemon, jobengine_ap
 
 GRANT INSERT, UPDATE ON jobengine.jobs TO jobengine_daemon;
 GRANT EXECUTE ON FUNCTION
-    jobengine.claim_jobs(text, text[], text[], integer, interval, timestamptz, boolean, bigint[], integer[], text[]),
+    jobengine.claim_jobs(text, text[], text[], integer, interval, timestamptz, boolean),
     jobengine.add_timeline_note(bigint[], text, text)
     TO jobengine_daemon;
 

@@ -585,12 +585,6 @@ CREATE TRIGGER jobs_no_truncate
 -- scheduled -> running: two history rows, two timeline events, two
 -- notifications), so the audit trail is the same as with two statements, at
 -- the cost of one.
---
--- A daemon hands in the completions it has not written yet with its next
--- claim (p_done_*): they are recorded first, with the same guard as any
--- outcome (still running, this lease owner, this attempt), in the same round
--- trip and commit. The completed rows come back too, so the caller can tell
--- which completions were refused (the job had moved on).
 
 CREATE FUNCTION jobengine.claim_jobs(
     p_owner text,
@@ -599,10 +593,7 @@ CREATE FUNCTION jobengine.claim_jobs(
     p_limit integer,
     p_lease_ttl interval,
     p_now timestamptz DEFAULT NULL,
-    p_sealed boolean DEFAULT false,
-    p_done_ids bigint[] DEFAULT NULL,
-    p_done_attempts integer[] DEFAULT NULL,
-    p_done_results text[] DEFAULT NULL
+    p_sealed boolean DEFAULT false
 ) RETURNS SETOF jobengine.jobs
 LANGUAGE plpgsql
 -- The claim walks a partial index in claim order and stops at the batch
@@ -616,16 +607,6 @@ AS $$
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
 BEGIN
-    IF p_done_ids IS NOT NULL AND cardinality(p_done_ids) > 0 THEN
-        RETURN QUERY
-        UPDATE jobengine.jobs j
-        SET status = 'completed', status_reason = 'completed', updated_at = v_now,
-            result = d.result::jsonb
-        FROM unnest(p_done_ids, p_done_attempts, p_done_results) AS d(id, attempt, result)
-        WHERE j.id = d.id AND j.status = 'running' AND j.lease_owner = p_owner
-          AND j.attempt = d.attempt
-        RETURNING j.*;
-    END IF;
     IF p_limit IS NULL OR p_limit <= 0 THEN
         RETURN;
     END IF;
@@ -696,7 +677,7 @@ END
 $$;
 
 -- Only daemons claim and write notes (see `jobengine migrate --roles`).
-REVOKE EXECUTE ON FUNCTION jobengine.claim_jobs(text, text[], text[], integer, interval, timestamptz, boolean, bigint[], integer[], text[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION jobengine.claim_jobs(text, text[], text[], integer, interval, timestamptz, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION jobengine.add_timeline_note(bigint[], text, text) FROM PUBLIC;
 
 -- ===== bookkeeping: the migrations this schema equals, so `jobengine migrate` finds nothing to do =====
@@ -709,4 +690,4 @@ CREATE TABLE IF NOT EXISTS jobengine.schema_migrations (
 );
 INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (1, 'lifecycle', '0721ba3cac5794e3c8a1e0604721736e01756c3ba2ed2493c68726d69e474679'),
-    (2, 'claim', '1f190d91d7f63859de25589d0d067297854baeaf800007a76231ee53ab5a223d');
+    (2, 'claim', 'ab8956ed40f82c1d790d4a3c4167c59e37d10e53bde0e8446c195e30b007ad9c');

@@ -17,7 +17,6 @@ import pytest
 from jobengine import metrics
 from jobengine.daemon import CommandHandler, from_callables, resolve_handlers, run_daemon
 from jobengine.domain import Job
-from jobengine.store import Completion
 from tests.daemon_helpers import (
     assert_every_history_is_a_valid_path,
     config,
@@ -588,36 +587,3 @@ async def test_reaper_and_leases_follow_an_injected_clock(pool: asyncpg.Pool) ->
     assert (await keeper.run_once()).lost == [job.id]
     assert lost == [job.id]
     assert claimed.attempt == 1
-
-
-async def test_outcome_writer_keeps_flushing_after_the_claimer_took_completions(
-    pool: asyncpg.Pool,
-) -> None:
-    from jobengine.daemon.outcomes import Outcome, OutcomeWriter
-    from jobengine.domain import JobSpec, JobStatus
-    from jobengine.store import JobStore
-
-    store = JobStore(pool)
-    for _ in range(2):
-        await store.insert(JobSpec(kind="ok"))
-    a, b = await store.claim(owner="d1", queues=["default"], kinds=["ok"], limit=2,
-                             lease_ttl=timedelta(seconds=30))
-    writer = OutcomeWriter(store, "d1", config().retry)
-    async with anyio.create_task_group() as tg:
-        await tg.start(writer.run)
-        # The claimer takes a completion and writes it with its claim while the
-        # writer waits; a completion queued afterwards must still be flushed.
-        writer.submit(Outcome(a, JobStatus.COMPLETED, "completed"))
-        taken = writer.take_completions()
-        assert [o.job.id for o in taken] == [a.id]
-        result = await store.complete_and_claim(
-            owner="d1", queues=["default"], kinds=["ok"], limit=0,
-            lease_ttl=timedelta(seconds=30),
-            completions=[Completion(a.id, a.attempt, None)])
-        writer.account(taken, result.completed)
-        writer.submit(Outcome(b, JobStatus.COMPLETED, "completed"))
-        with anyio.fail_after(5):
-            await writer.wait_idle()
-        tg.cancel_scope.cancel()
-    statuses = await pool.fetch("SELECT status::text FROM jobengine.jobs ORDER BY id")
-    assert [r[0] for r in statuses] == ["completed", "completed"]

@@ -85,7 +85,7 @@ async def test_claim_uses_the_partial_indexes(big: asyncpg.Connection) -> None:
     # 250 jobs are scheduled and 250 pending: asking for 300 takes from both.
     plans = await nested_plans(
         big, QUERIES["job_claim_batch"], "d1", ["default"], ["email"], 300,
-        timedelta(seconds=30), None, False, None, None, None,
+        timedelta(seconds=30), None, False,
     )
     claim = plan_for(plans, "WITH ready AS (")
     assert "jobs_claim_idx" in claim, claim

@@ -7,12 +7,6 @@
 -- scheduled -> running: two history rows, two timeline events, two
 -- notifications), so the audit trail is the same as with two statements, at
 -- the cost of one.
---
--- A daemon hands in the completions it has not written yet with its next
--- claim (p_done_*): they are recorded first, with the same guard as any
--- outcome (still running, this lease owner, this attempt), in the same round
--- trip and commit. The completed rows come back too, so the caller can tell
--- which completions were refused (the job had moved on).
 
 CREATE FUNCTION jobengine.claim_jobs(
     p_owner text,
@@ -21,10 +15,7 @@ CREATE FUNCTION jobengine.claim_jobs(
     p_limit integer,
     p_lease_ttl interval,
     p_now timestamptz DEFAULT NULL,
-    p_sealed boolean DEFAULT false,
-    p_done_ids bigint[] DEFAULT NULL,
-    p_done_attempts integer[] DEFAULT NULL,
-    p_done_results text[] DEFAULT NULL
+    p_sealed boolean DEFAULT false
 ) RETURNS SETOF jobengine.jobs
 LANGUAGE plpgsql
 -- The claim walks a partial index in claim order and stops at the batch
@@ -38,16 +29,6 @@ AS $$
 DECLARE
     v_now timestamptz := coalesce(p_now, now());
 BEGIN
-    IF p_done_ids IS NOT NULL AND cardinality(p_done_ids) > 0 THEN
-        RETURN QUERY
-        UPDATE jobengine.jobs j
-        SET status = 'completed', status_reason = 'completed', updated_at = v_now,
-            result = d.result::jsonb
-        FROM unnest(p_done_ids, p_done_attempts, p_done_results) AS d(id, attempt, result)
-        WHERE j.id = d.id AND j.status = 'running' AND j.lease_owner = p_owner
-          AND j.attempt = d.attempt
-        RETURNING j.*;
-    END IF;
     IF p_limit IS NULL OR p_limit <= 0 THEN
         RETURN;
     END IF;
@@ -118,5 +99,5 @@ END
 $$;
 
 -- Only daemons claim and write notes (see `jobengine migrate --roles`).
-REVOKE EXECUTE ON FUNCTION jobengine.claim_jobs(text, text[], text[], integer, interval, timestamptz, boolean, bigint[], integer[], text[]) FROM PUBLIC;
+REVOKE EXECUTE ON FUNCTION jobengine.claim_jobs(text, text[], text[], integer, interval, timestamptz, boolean) FROM PUBLIC;
 REVOKE EXECUTE ON FUNCTION jobengine.add_timeline_note(bigint[], text, text) FROM PUBLIC;

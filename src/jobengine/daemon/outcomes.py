@@ -89,35 +89,11 @@ class OutcomeWriter:
         """Jobs whose outcome is not written yet: {id: attempt} (their leases still matter)."""
         return {o.job.id: o.job.attempt for o in (*self._pending, *self._in_flight)}
 
-    def take_completions(self, limit: int = 1000) -> list[Outcome]:
-        """Hand queued completions to the claimer, to write with its next claim.
-
-        One round trip and one commit then carry both. The caller must
-        `account()` for them afterwards, or `give_back()` them if its call failed.
-        """
-        taken = [o for o in self._pending if o.to_status is JobStatus.COMPLETED][:limit]
-        if taken:
-            chosen = {id(o) for o in taken}
-            self._pending = [o for o in self._pending if id(o) not in chosen]
-            self._in_flight.extend(taken)
-        return taken
-
-    def give_back(self, outcomes: Sequence[Outcome]) -> None:
-        """Return taken completions that were not written (the claim failed)."""
+    def _requeue(self, outcomes: Sequence[Outcome]) -> None:
+        """Put outcomes whose write failed back at the front of the queue."""
         self._forget(outcomes)
         self._pending[:0] = outcomes
         self._arrived.set()
-
-    def account(self, outcomes: Sequence[Outcome], written: frozenset[int]) -> None:
-        """Record what happened to completions written with a claim."""
-        self._forget(outcomes)
-        report = FlushReport()
-        for o in outcomes:
-            (report.written if o.job.id in written else report.refused).append(o)
-        self._report(report, [])
-        self._settle()
-        if self._on_flush is not None:
-            self._on_flush(report)
 
     def _forget(self, outcomes: Sequence[Outcome]) -> None:
         gone = {id(o) for o in outcomes}
@@ -133,9 +109,8 @@ class OutcomeWriter:
         backoff = 0.05
         while True:
             if not self._pending:
-                # Only this loop replaces the event: whoever queues sets the
-                # current one, and the queue is checked again after waking
-                # (the claimer may have taken everything meanwhile).
+                # Only this loop replaces the event (whoever queues sets the
+                # current one), so a wake-up can never land on a stale event.
                 await self._arrived.wait()
                 self._arrived = anyio.Event()
                 continue
@@ -171,7 +146,7 @@ class OutcomeWriter:
             with anyio.CancelScope(shield=True):
                 await self._write(batch, report)
         except BaseException:
-            self.give_back(batch)
+            self._requeue(batch)
             raise
         self._forget(batch)
         self._settle()

@@ -34,7 +34,7 @@ from jobengine.daemon.sealed import netns_wrapper, seal, wrap_command
 from jobengine.daemon.systemd import Notifier
 from jobengine.domain.clock import Clock
 from jobengine.domain.models import Job
-from jobengine.store import Completion, JobStore, create_pool
+from jobengine.store import JobStore, create_pool
 
 log = structlog.get_logger("jobengine.daemon")
 
@@ -201,31 +201,20 @@ class Daemon:
             free = s.concurrency - len(self.actors)
             if free > 0 and self._maybe_more:
                 self._maybe_more = False
-                # Completions not written yet ride along: one round trip, one commit.
-                done = self.writer.take_completions()
                 try:
-                    result = await self.store.complete_and_claim(
+                    jobs = await self.store.claim(
                         owner=self.id, queues=s.queues, kinds=kinds, limit=free,
                         lease_ttl=ttl, now=self.clock.now() if self.clock else None,
                         sealed=self.config.sealed,
-                        completions=[Completion(o.job.id, o.job.attempt, o.result)
-                                     for o in done],
                     )
                     backoff = 0.05
                 except (OSError, TimeoutError, asyncpg.PostgresError,
                         asyncpg.InterfaceError) as exc:
-                    self.writer.give_back(done)
                     log.warning("claim failed; retrying", error=repr(exc), retry_in=backoff)
                     self._maybe_more = True
                     await anyio.sleep(backoff)
                     backoff = min(backoff * 2, s.poll_interval)
                     continue
-                except BaseException:
-                    self.writer.give_back(done)
-                    raise
-                if done:
-                    self.writer.account(done, result.completed)
-                jobs = result.claimed
                 metrics.CLAIM_BATCH.observe(len(jobs))
                 self._start(actors, jobs)
                 if len(jobs) == free:

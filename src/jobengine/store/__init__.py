@@ -5,8 +5,6 @@ say about it.
 """
 
 from jobengine.store.jobs import (
-    ClaimResult,
-    Completion,
     EventPage,
     Failure,
     FailureOutcome,
@@ -19,8 +17,6 @@ from jobengine.store.pool import connect, create_pool, setup_connection
 
 __all__ = [
     "AppliedMigration",
-    "ClaimResult",
-    "Completion",
     "EventPage",
     "Failure",
     "FailureOutcome",

@@ -93,23 +93,6 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
-class Completion:
-    """A successful attempt to record: `running -> completed` with its result."""
-
-    job_id: int
-    attempt: int
-    result: Any = None
-
-
-@dataclass(frozen=True, slots=True)
-class ClaimResult:
-    """What one claim call did: the jobs it claimed, the completions it recorded."""
-
-    claimed: list[Job]
-    completed: frozenset[int]
-
-
-@dataclass(frozen=True, slots=True)
 class EventPage:
     """Timeline events after a cursor, and the cursor to continue from."""
 
@@ -318,45 +301,10 @@ class JobStore:
         """Claim up to `limit` runnable jobs (`-> running`) with a lease."""
         if limit <= 0 or not kinds:
             return []
-        result = await self.complete_and_claim(
-            owner=owner, queues=queues, kinds=kinds, limit=limit, lease_ttl=lease_ttl,
-            now=now, sealed=sealed,
-        )
-        return result.claimed
-
-    async def complete_and_claim(
-        self,
-        *,
-        owner: str,
-        queues: Sequence[str],
-        kinds: Sequence[str],
-        limit: int,
-        lease_ttl: timedelta,
-        completions: Sequence[Completion] = (),
-        now: datetime | None = None,
-        sealed: bool = False,
-    ) -> ClaimResult:
-        """Record `completions` (guarded) and claim up to `limit` jobs, in one round trip.
-
-        A completion whose job is no longer running under `owner` at that
-        attempt is refused: it is missing from `completed`.
-        """
-        done_ids = [c.job_id for c in completions] or None
         rows = await self._fetch(
-            "job_claim_batch", owner, list(queues), list(kinds) or [""], max(limit, 0),
-            lease_ttl, now, sealed, done_ids,
-            [c.attempt for c in completions] if done_ids else None,
-            [None if c.result is None else _encode_json(c.result) for c in completions]
-            if done_ids else None,
+            "job_claim_batch", owner, list(queues), list(kinds), limit, lease_ttl, now, sealed
         )
-        claimed: list[Job] = []
-        completed: set[int] = set()
-        for row in rows:
-            if row["status"] == "completed":
-                completed.add(row["id"])
-            else:
-                claimed.append(job_from_row(row))
-        return ClaimResult(claimed, frozenset(completed))
+        return [job_from_row(r) for r in rows]
 
     async def renew_leases(
         self, owner: str, held: Mapping[int, int], lease_ttl: timedelta,

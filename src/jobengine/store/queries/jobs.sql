@@ -53,10 +53,10 @@ WHERE j.id = t.id
 RETURNING j.id, j.attempt, j.released, j.max_retries, j.retry_policy;
 
 -- name: job_claim_batch
--- Record the completions handed in ($8-$10), then claim the best runnable
--- jobs (scheduled, or due and dependency-free pending) with a lease.
+-- Claim the best runnable jobs (scheduled, or due and dependency-free
+-- pending) with a lease.
 SELECT * FROM jobengine.claim_jobs($1, $2::text[], $3::text[], $4, $5::interval, $6::timestamptz,
-                                   $7, $8::bigint[], $9::integer[], $10::text[]);
+                                   $7);
 
 -- name: job_promote_ready
 -- pending -> scheduled for due jobs whose dependencies all completed. Only jobs
