@@ -24,8 +24,9 @@ from jobengine.store import JobStore
 
 log = structlog.get_logger("jobengine.maintenance")
 
-#: Errors a pass survives: the loop logs them and tries again next time.
-TRANSIENT = (OSError, TimeoutError, Exception)
+#: Errors a pass survives (a lost connection, a restart, a statement timeout):
+#: the loop logs them and tries again on its next tick.
+TRANSIENT = (Exception,)
 
 
 def _now(clock: Clock | None) -> datetime | None:

@@ -109,7 +109,6 @@ class Daemon:
         self._stop = anyio.Event()
         self._changed = anyio.Event()
         self.handlers = self._prepare_handlers()
-        s = self.settings
         pool = await create_pool(self.dsn, self.id, min_size=2, max_size=8)
         try:
             self.store = JobStore(pool)
@@ -118,7 +117,6 @@ class Daemon:
             with anyio.CancelScope(shield=True):
                 await pool.close()
             log.info("daemon stopped", daemon_id=self.id)
-        del s
 
     def _prepare_handlers(self) -> dict[str, Handler]:
         """Resolve handlers; in sealed mode, isolate commands and install the egress guard."""

@@ -364,12 +364,8 @@ class JobStore:
         due at once, though: its worker died, the job did not fail, and
         waiting out a backoff would only delay the rescue.
         """
-        outcome = FailureOutcome()
-        async with self._connection() as conn, conn.transaction():
-            rows = await _fetch_on(conn, "lease_reap_expired", now, limit)
-            await self._schedule_retries(conn, rows, default_policy, now, rng, outcome,
-                                         backoff=False)
-        return outcome
+        return await self._fail_and_retry("lease_reap_expired", (now, limit), default_policy,
+                                          now=now, rng=rng, backoff=False)
 
     async def retry_failed_with_budget(
         self,
@@ -384,10 +380,25 @@ class JobStore:
         The daemon records failures and retries together, so this only finds
         jobs failed by hand (`UPDATE ... SET status = 'failed'`).
         """
+        return await self._fail_and_retry("job_retryable_lock", (limit,), default_policy,
+                                          now=now, rng=rng)
+
+    async def _fail_and_retry(
+        self,
+        query: str,
+        args: tuple[Any, ...],
+        default_policy: RetryPolicy,
+        *,
+        now: datetime | None,
+        rng: random.Random | None,
+        backoff: bool = True,
+    ) -> FailureOutcome:
+        """Run a query returning failed rows, and schedule their retries, in one transaction."""
         outcome = FailureOutcome()
         async with self._connection() as conn, conn.transaction():
-            rows = await _fetch_on(conn, "job_retryable_lock", limit)
-            await self._schedule_retries(conn, rows, default_policy, now, rng, outcome)
+            rows = await _fetch_on(conn, query, *args)
+            await self._schedule_retries(conn, rows, default_policy, now, rng, outcome,
+                                         backoff=backoff)
         return outcome
 
     async def _schedule_retries(
