@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -111,7 +112,7 @@ async def _admin(server_dsn: str, sql: str) -> None:
 @contextmanager
 def scratch_database(server_dsn: str, template_db: str) -> Iterator[str]:
     """A database cloned from the migrated template, dropped afterwards; yields its DSN."""
-    name = f"jobengine_m_{uuid.uuid4().hex[:12]}"
+    name = f"jobengine_t_{os.getpid()}_{uuid.uuid4().hex[:10]}"  # pid: see conftest
     asyncio.run(_admin(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
     try:
         yield dsn_with_database(server_dsn, name)

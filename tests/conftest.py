@@ -77,9 +77,35 @@ async def _build_template(server: str, name: str) -> None:
         await conn.close()
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+async def _drop_leftovers(server: str) -> None:
+    """Drop test databases left by runs that were killed (their pid is gone)."""
+    conn = await asyncpg.connect(server)
+    try:
+        names = await conn.fetch(
+            "SELECT datname FROM pg_database WHERE datname ~ '^jobengine_(tpl|shared|t)_[0-9]+(_|$)'"
+        )
+        for (name,) in names:
+            pid = int(name.split("_")[2])
+            if pid != os.getpid() and not _alive(pid):
+                await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
 @pytest.fixture(scope="session")
 def template_db(server_dsn: str) -> Iterator[str]:
     """A migrated database that every per-test database is cloned from."""
+    asyncio.run(_drop_leftovers(server_dsn))
     name = f"jobengine_tpl_{os.getpid()}"
     asyncio.run(_build_template(server_dsn, name))
     yield name
@@ -98,7 +124,8 @@ def shared_dsn(server_dsn: str, template_db: str) -> Iterator[str]:
 @pytest.fixture
 def db_dsn(server_dsn: str, template_db: str) -> Iterator[str]:
     """A fresh, migrated database for this test only."""
-    name = f"jobengine_t_{uuid.uuid4().hex[:12]}"
+    # the pid lets a later run drop it if this run is killed
+    name = f"jobengine_t_{os.getpid()}_{uuid.uuid4().hex[:10]}"
     asyncio.run(_admin(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
     yield dsn_with_database(server_dsn, name)
     asyncio.run(_admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

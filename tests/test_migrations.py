@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -59,7 +60,7 @@ async def fingerprint(conn: asyncpg.Connection) -> dict[str, list[dict[str, Any]
 @pytest.fixture
 async def empty_db(server_dsn: str) -> AsyncIterator[str]:
     """A database with nothing in it."""
-    name = f"jobengine_empty_{uuid.uuid4().hex[:10]}"
+    name = f"jobengine_t_{os.getpid()}_{uuid.uuid4().hex[:10]}"  # pid: see conftest
     admin = await asyncpg.connect(server_dsn)
     await admin.execute(f'CREATE DATABASE "{name}"')
     try:
