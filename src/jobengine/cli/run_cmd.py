@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import signal
-import sys
 from typing import Any
 
 import anyio
@@ -136,6 +135,3 @@ async def _serve_api(
         with anyio.CancelScope(shield=True):
             await pool.close()
 
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(1)

@@ -25,7 +25,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -242,7 +242,7 @@ def netns_wrapper() -> list[str] | None:
     )
 
 
-def wrap_command(prefix: Iterable[str] | None) -> Any:
+def wrap_command(prefix: Iterable[str] | None) -> Callable[[list[str]], list[str]] | None:
     """A `wrap` function for command handlers that prepends `prefix` (None: no wrapping)."""
     if prefix is None:
         return None

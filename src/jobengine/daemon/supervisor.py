@@ -89,8 +89,11 @@ class Daemon:
         if self._stopping or immediate:
             self._immediate = True
         self._stopping = True
-        for event in (self._kick, self._stop, self._changed):
-            event.set()
+        # (before run() the events do not exist yet; run() then stops at once)
+        for name in ("_kick", "_stop", "_changed"):
+            event = getattr(self, name, None)
+            if event is not None:
+                event.set()
 
     def status_line(self) -> str:
         """The STATUS= text for systemd."""
@@ -98,8 +101,9 @@ class Daemon:
 
     def readiness(self) -> dict[str, bool]:
         """What /readyz reports for this daemon."""
+        listener = getattr(self, "listener", None)
         return {"claiming": self.ready and not self._stopping,
-                "listener": self.listener.connected}
+                "listener": bool(listener and listener.connected)}
 
     # -- running --------------------------------------------------------------------
 
@@ -108,6 +112,8 @@ class Daemon:
         self._kick = anyio.Event()
         self._stop = anyio.Event()
         self._changed = anyio.Event()
+        if self._stopping:  # asked to stop before it ran
+            self._stop.set()
         self.handlers = self._prepare_handlers()
         pool = await create_pool(self.dsn, self.id, min_size=2, max_size=8)
         try:
@@ -243,12 +249,9 @@ class Daemon:
     def _start(self, actors: TaskGroup, jobs: Iterable[Job]) -> None:
         now = time.time()
         for job in jobs:
+            actor = Actor(job)
             if self._stopping:
-                # Claimed as the stop came in: give it straight back.
-                actor = Actor(job)
-                actor.interrupt("shutdown")
-            else:
-                actor = Actor(job)
+                actor.interrupt("shutdown")  # claimed as the stop came in: give it back
             self.actors[job.id] = actor
             self.claimed_total += 1
             if job.run_at is not None:

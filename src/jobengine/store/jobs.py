@@ -133,14 +133,7 @@ class JobStore:
             yield self._db
 
     async def _fetch(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        try:
-            rows: list[asyncpg.Record] = await self._db.fetch(QUERIES[query], *args)
-        except asyncpg.PostgresError as exc:
-            mapped = translate_error(exc)
-            if mapped is not None:
-                raise mapped from exc
-            raise
-        return rows
+        return await _fetch_on(self._db, query, *args)
 
     # -- creating and reading --------------------------------------------------
 
@@ -258,7 +251,7 @@ class JobStore:
     async def retry(self, job_id: int, *, reason: str = "operator_retry") -> Job:
         """Schedule a failed job to run again now (`IllegalTransition` otherwise)."""
         job = await self.get(job_id)
-        check(job.status, JobStatus.SCHEDULED, job_id)
+        # failed -> scheduled is the only way back to scheduled an operator may take
         if job.status is not JobStatus.FAILED:
             raise IllegalTransition(job.status, JobStatus.SCHEDULED, job_id)
         outcome = await self.transition_many(
@@ -460,9 +453,10 @@ class JobStore:
         return value
 
 
-async def _fetch_on(conn: asyncpg.Connection, query: str, *args: Any) -> list[asyncpg.Record]:
+async def _fetch_on(db: Executor, query: str, *args: Any) -> list[asyncpg.Record]:
+    """Run a named query on a pool or connection, translating our database errors."""
     try:
-        rows: list[asyncpg.Record] = await conn.fetch(QUERIES[query], *args)
+        rows: list[asyncpg.Record] = await db.fetch(QUERIES[query], *args)
     except asyncpg.PostgresError as exc:
         mapped = translate_error(exc)
         if mapped is not None:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import asyncpg
+import msgspec
 
 from jobengine.domain.errors import (
     DuplicateJob,
@@ -63,8 +64,6 @@ def history_from_row(row: Mapping[str, Any]) -> HistoryEntry:
 
 def timeline_from_row(row: Mapping[str, Any]) -> TimelineEvent:
     """A `TimelineEvent` from a `jobengine.timeline_events` row."""
-    import msgspec
-
     return TimelineEvent(
         id=row["id"],
         event_id=str(row["event_id"]),
