@@ -360,8 +360,24 @@ CREATE TRIGGER jobs_refuse_id_change
 -- The recorder: history, timeline and NOTIFY for a whole statement at once.
 -- ---------------------------------------------------------------------------
 
--- Both recorders below build the same envelope; its keys are the contract's
--- EventEnvelope. Payload and result never go in it (NOTIFY's 8000-byte limit).
+-- The EventEnvelope (the contract's keys), in one place: every timeline row
+-- and every notification on jobengine_events is built here. A one-expression
+-- SQL function, so the planner inlines it: it costs no call.
+CREATE FUNCTION jobengine.envelope(
+    event_id uuid, event_type text, occurred_at timestamptz, job_id bigint, kind text,
+    queue text, from_status jobengine.job_status, to_status jobengine.job_status,
+    attempt integer, actor text, reason text
+) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+AS $$
+    SELECT jsonb_build_object(
+        'event_id', event_id, 'event_type', event_type, 'schema_version', 1,
+        'occurred_at', occurred_at, 'job_id', job_id, 'kind', kind, 'queue', queue,
+        'from_status', from_status, 'to_status', to_status, 'attempt', attempt,
+        'actor', actor, 'reason', reason)
+$$;
+
+-- Both recorders below build the envelope with jobengine.envelope. Payload and result never go in it (NOTIFY's 8000-byte limit).
 -- pg_notify is called per transition: listeners get one message per change.
 -- Two extra, per-statement channels let daemons wake without parsing every
 -- envelope: jobengine_wake (payload: "<queue>:new" for inserted jobs,
@@ -407,11 +423,8 @@ BEGIN
     ), e AS (
         INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
         SELECT c.event_id, c.id, 'job.created', c.occurred_at,
-               jsonb_build_object(
-                   'event_id', c.event_id, 'event_type', 'job.created', 'schema_version', 1,
-                   'occurred_at', c.occurred_at, 'job_id', c.id, 'kind', c.kind, 'queue', c.queue,
-                   'from_status', c.from_status, 'to_status', c.to_status, 'attempt', c.attempt,
-                   'actor', who, 'reason', c.reason)
+               jobengine.envelope(c.event_id, 'job.created', c.occurred_at, c.id, c.kind,
+                                  c.queue, c.from_status, c.to_status, c.attempt, who, c.reason)
         FROM c
         RETURNING envelope
     )
@@ -472,11 +485,8 @@ BEGIN
     ), e AS (
         INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
         SELECT c.event_id, c.id, c.event_type, c.occurred_at,
-               jsonb_build_object(
-                   'event_id', c.event_id, 'event_type', c.event_type, 'schema_version', 1,
-                   'occurred_at', c.occurred_at, 'job_id', c.id, 'kind', c.kind, 'queue', c.queue,
-                   'from_status', c.from_status, 'to_status', c.to_status, 'attempt', c.attempt,
-                   'actor', who, 'reason', c.reason)
+               jobengine.envelope(c.event_id, c.event_type, c.occurred_at, c.id, c.kind,
+                                  c.queue, c.from_status, c.to_status, c.attempt, who, c.reason)
         FROM c ORDER BY c.id, c.step
         RETURNING envelope
     ), w AS (
@@ -663,11 +673,9 @@ BEGIN
     ), e AS (
         INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
         SELECT c.event_id, c.id, p_event_type, c.occurred_at,
-               jsonb_build_object(
-                   'event_id', c.event_id, 'event_type', p_event_type, 'schema_version', 1,
-                   'occurred_at', c.occurred_at, 'job_id', c.id, 'kind', c.kind, 'queue', c.queue,
-                   'from_status', c.status, 'to_status', c.status, 'attempt', c.attempt,
-                   'actor', jobengine.current_actor(), 'reason', p_reason)
+               jobengine.envelope(c.event_id, p_event_type, c.occurred_at, c.id, c.kind,
+                                  c.queue, c.status, c.status, c.attempt,
+                                  jobengine.current_actor(), p_reason)
         FROM c ORDER BY c.id
         RETURNING envelope
     )
@@ -689,5 +697,5 @@ CREATE TABLE IF NOT EXISTS jobengine.schema_migrations (
     applied_at timestamptz NOT NULL DEFAULT now()
 );
 INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
-    (1, 'lifecycle', '0721ba3cac5794e3c8a1e0604721736e01756c3ba2ed2493c68726d69e474679'),
-    (2, 'claim', 'ab8956ed40f82c1d790d4a3c4167c59e37d10e53bde0e8446c195e30b007ad9c');
+    (1, 'lifecycle', '8618960b3a0a93b2322701929ebb939acba318dde5f31e372fcb492881d26d7d'),
+    (2, 'claim', '86d63803a175883f4540732205a839bba3f261f4b8751194f6a5cd3efd1e7753');

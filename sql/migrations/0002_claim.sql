@@ -85,11 +85,9 @@ BEGIN
     ), e AS (
         INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
         SELECT c.event_id, c.id, p_event_type, c.occurred_at,
-               jsonb_build_object(
-                   'event_id', c.event_id, 'event_type', p_event_type, 'schema_version', 1,
-                   'occurred_at', c.occurred_at, 'job_id', c.id, 'kind', c.kind, 'queue', c.queue,
-                   'from_status', c.status, 'to_status', c.status, 'attempt', c.attempt,
-                   'actor', jobengine.current_actor(), 'reason', p_reason)
+               jobengine.envelope(c.event_id, p_event_type, c.occurred_at, c.id, c.kind,
+                                  c.queue, c.status, c.status, c.attempt,
+                                  jobengine.current_actor(), p_reason)
         FROM c ORDER BY c.id
         RETURNING envelope
     )
