@@ -25,8 +25,9 @@ import asyncpg
 import httpx
 
 from jobengine.api.app import create_app
-from jobengine.api.config import HttpSettings
+from jobengine.api.config import HttpSettings, TokenSettings
 from jobengine.api.server import serve
+from jobengine.api.tokens import hash_token
 from jobengine.domain import Job, JobSpec, RetryPolicy
 from jobengine.metrics import REGISTRY
 from jobengine.store import Failure, JobStore
@@ -34,6 +35,15 @@ from tests.dbutil import dsn_with_database
 
 ERROR_KEYS = {"error"}
 ERROR_DETAIL_KEYS = {"code", "message"}
+
+
+#: API tokens for tests: one with the read scope, one with write.
+READER = "je_reader-token-for-tests"
+WRITER = "je_writer-token-for-tests"
+TOKENS = {
+    "dashboard": TokenSettings(sha256=hash_token(READER), scopes=["read"]),
+    "ops": TokenSettings(sha256=hash_token(WRITER), scopes=["write"]),
+}
 
 
 @asynccontextmanager

@@ -13,16 +13,10 @@ import pytest
 from jobengine.api.config import HttpSettings, TokenSettings
 from jobengine.api.tokens import TokenAuthorizer, authorizer_for, hash_token, is_loopback
 from jobengine.domain import ConfigError
-from tests.apiutil import app_client, assert_error, row_count
+from tests.apiutil import READER, TOKENS, WRITER, app_client, assert_error, row_count
 
 pytestmark = pytest.mark.anyio
 
-READER = "je_reader-token-for-tests"
-WRITER = "je_writer-token-for-tests"
-TOKENS = {
-    "dashboard": TokenSettings(sha256=hash_token(READER), scopes=["read"]),
-    "ops": TokenSettings(sha256=hash_token(WRITER), scopes=["write"]),
-}
 
 # Every operation, with what it needs (None: public).
 OPERATIONS: list[tuple[str, str, str | None, dict[str, Any] | None]] = [

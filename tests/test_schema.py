@@ -10,7 +10,6 @@ import json
 from typing import Any
 
 import anyio
-import anyio.lowlevel
 import asyncpg
 import pytest
 
@@ -146,10 +145,14 @@ async def test_allowed_transition_by_plain_update_is_recorded_once(
     )
     assert (history["from_status"], history["to_status"]) == (src.value, dst.value)
     assert history["actor"] == "sql"
-    messages = await listener.expect(seen + 1)
-    await anyio.lowlevel.checkpoint()
-    assert len(messages) == seen + 1, "exactly one notification per transition"
-    envelope = messages[-1]
+    # A later commit (a new job) proves every notification of the update has
+    # arrived: NOTIFYs are delivered in commit order.
+    marker = await insert_job(app, kind="marker")
+    messages = await listener.expect(seen + 2)
+    for_job = [m for m in messages[seen:] if m["job_id"] == job_id]
+    assert len(for_job) == 1, "exactly one notification per transition"
+    assert messages[-1]["job_id"] == marker
+    envelope = for_job[0]
     assert set(envelope) == ENVELOPE_KEYS
     assert envelope["job_id"] == job_id
     assert envelope["from_status"] == src.value
