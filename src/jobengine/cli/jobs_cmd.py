@@ -13,6 +13,7 @@ import argparse
 import sys
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
+from typing import Any
 
 import anyio
 
@@ -198,49 +199,48 @@ def _ls(args: argparse.Namespace) -> Action:
     return action
 
 
-@_guarded
-def _show(args: argparse.Namespace) -> Action:
+def _show_one(
+    args: argparse.Namespace,
+    fetch: Callable[[JobStore, int], Awaitable[Any]],
+    table: Callable[[Any], Any],
+) -> Action:
+    """A read verb on one job: JSON with --json, else a rich table."""
     job_id = parse_job_id(args.id)
 
     async def action(store: JobStore) -> int:
-        job = JobOut.from_job(await store.get(job_id))
+        found = await fetch(store, job_id)
         if args.json:
-            print_json(job)
+            print_json(found)
         else:
-            console().print(job_details(job))
+            console().print(table(found))
         return 0
 
     return action
+
+
+@_guarded
+def _show(args: argparse.Namespace) -> Action:
+    async def fetch(store: JobStore, job_id: int) -> JobOut:
+        return JobOut.from_job(await store.get(job_id))
+
+    return _show_one(args, fetch, job_details)
 
 
 @_guarded
 def _history(args: argparse.Namespace) -> Action:
-    job_id = parse_job_id(args.id)
+    async def fetch(store: JobStore, job_id: int) -> HistoryList:
+        return HistoryList(history=[HistoryOut.from_entry(e) for e in await store.history(job_id)])
 
-    async def action(store: JobStore) -> int:
-        entries = [HistoryOut.from_entry(e) for e in await store.history(job_id)]
-        if args.json:
-            print_json(HistoryList(history=entries))
-        else:
-            console().print(history_table(entries))
-        return 0
-
-    return action
+    return _show_one(args, fetch, lambda found: history_table(found.history))
 
 
 @_guarded
 def _timeline(args: argparse.Namespace) -> Action:
-    job_id = parse_job_id(args.id)
-
-    async def action(store: JobStore) -> int:
+    async def fetch(store: JobStore, job_id: int) -> TimelineList:
         events = [TimelineOut.from_event(e) for e in await store.timeline(job_id)]
-        if args.json:
-            print_json(TimelineList(timeline=events))
-        else:
-            console().print(timeline_table(events))
-        return 0
+        return TimelineList(timeline=events)
 
-    return action
+    return _show_one(args, fetch, lambda found: timeline_table(found.timeline))
 
 
 def _transition(verb: str, args: argparse.Namespace) -> Action:
