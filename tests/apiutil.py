@@ -5,18 +5,17 @@
 - `live_server`: the app served by uvicorn on 127.0.0.1 and a free port,
   for what needs a real connection (event streams);
 - `failed_job`: a job that ran and failed for good, the only status `retry` accepts;
-- `scratch_database`: a migrated database for a whole module, for tests
-  that only read or check that nothing changed (a fresh one per test costs
-  half a second).
+- `READER`/`WRITER`/`TOKENS`: API tokens with the read and the write scope.
+
+(`tests.dbutil.scratch_database` gives a module-wide database to tests that
+only read or check that nothing changed: a fresh one per test costs half a
+second.)
 """
 
 from __future__ import annotations
 
-import asyncio
-import os
-import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -31,7 +30,6 @@ from jobengine.api.tokens import hash_token
 from jobengine.domain import Job, JobSpec, RetryPolicy
 from jobengine.metrics import REGISTRY
 from jobengine.store import Failure, JobStore
-from tests.dbutil import dsn_with_database
 
 ERROR_KEYS = {"error"}
 ERROR_DETAIL_KEYS = {"code", "message"}
@@ -109,22 +107,3 @@ async def row_count(pool: asyncpg.Pool) -> int:
     """How many jobs the database holds."""
     n: int = await pool.fetchval("SELECT count(*) FROM jobengine.jobs")
     return n
-
-
-async def _admin(server_dsn: str, sql: str) -> None:
-    conn = await asyncpg.connect(server_dsn)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
-@contextmanager
-def scratch_database(server_dsn: str, template_db: str) -> Iterator[str]:
-    """A database cloned from the migrated template, dropped afterwards; yields its DSN."""
-    name = f"jobengine_t_{os.getpid()}_{uuid.uuid4().hex[:10]}"  # pid: see conftest
-    asyncio.run(_admin(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
-    try:
-        yield dsn_with_database(server_dsn, name)
-    finally:
-        asyncio.run(_admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))

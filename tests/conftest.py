@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ import pytest
 
 from jobengine.store import create_pool, migrate
 from jobengine.store.pool import connect
-from tests.dbutil import dsn_with_database
+from tests.dbutil import admin, dsn_with_database, scratch_database
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 EMBEDDED_DIR = Path(os.environ.get("JOBENGINE_TEST_PGDATA", f"/tmp/jobengine-test-{os.getuid()}/pgdata"))
@@ -59,17 +58,9 @@ def server_dsn() -> str:
     return ensure_embedded(EMBEDDED_DIR)
 
 
-async def _admin(server: str, sql: str) -> None:
-    conn = await asyncpg.connect(server)
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 async def _build_template(server: str, name: str) -> None:
-    await _admin(server, f'DROP DATABASE IF EXISTS "{name}"')
-    await _admin(server, f'CREATE DATABASE "{name}"')
+    await admin(server, f'DROP DATABASE IF EXISTS "{name}"')
+    await admin(server, f'CREATE DATABASE "{name}"')
     conn = await connect(dsn_with_database(server, name), actor="tests")
     try:
         await migrate(conn)
@@ -109,26 +100,23 @@ def template_db(server_dsn: str) -> Iterator[str]:
     name = f"jobengine_tpl_{os.getpid()}"
     asyncio.run(_build_template(server_dsn, name))
     yield name
-    asyncio.run(_admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}"'))
+    asyncio.run(admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}"'))
 
 
 @pytest.fixture(scope="session")
 def shared_dsn(server_dsn: str, template_db: str) -> Iterator[str]:
     """A migrated database for rolled-back tests (never committed to)."""
     name = f"jobengine_shared_{os.getpid()}"
-    asyncio.run(_admin(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
+    asyncio.run(admin(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
     yield dsn_with_database(server_dsn, name)
-    asyncio.run(_admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    asyncio.run(admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture
 def db_dsn(server_dsn: str, template_db: str) -> Iterator[str]:
     """A fresh, migrated database for this test only."""
-    # the pid lets a later run drop it if this run is killed
-    name = f"jobengine_t_{os.getpid()}_{uuid.uuid4().hex[:10]}"
-    asyncio.run(_admin(server_dsn, f'CREATE DATABASE "{name}" TEMPLATE "{template_db}"'))
-    yield dsn_with_database(server_dsn, name)
-    asyncio.run(_admin(server_dsn, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with scratch_database(server_dsn, template_db) as dsn:
+        yield dsn
 
 
 @pytest.fixture
@@ -152,3 +140,14 @@ async def tx(shared_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     finally:
         await transaction.rollback()
         await conn.close()
+
+
+@pytest.fixture
+async def recording_db(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to this test's database, with `test_executions` (see tests/handlers.py)."""
+    from tests.handlers import SCHEMA
+
+    conn = await asyncpg.connect(db_dsn)
+    await conn.execute(SCHEMA)
+    yield conn
+    await conn.close()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import anyio
 import asyncpg
 
 from jobengine.daemon import DaemonConfig, DaemonSettings
@@ -88,3 +90,12 @@ async def assert_every_history_is_a_valid_path(conn: asyncpg.Connection | asyncp
             assert key in TRANSITIONS, f"job {job['id']}: {src} -> {dst} is not allowed"
             current = dst
         assert current == job["status"], f"job {job['id']}: history ends at {current}"
+
+
+async def daemon_ready(log: Path) -> None:
+    """Until a `jobengine run` process writing to `log` says it is claiming."""
+
+    async def probe() -> bool:
+        return "daemon ready" in await anyio.Path(log).read_text(errors="replace")
+
+    await wait_for(probe, within=30, message=f"daemon ready in {log}")

@@ -11,7 +11,8 @@ import pytest
 
 from jobengine.api.config import HttpSettings
 from jobengine.store import create_pool
-from tests.apiutil import app_client, assert_error, scratch_database
+from tests.apiutil import app_client, assert_error
+from tests.dbutil import scratch_database
 
 pytestmark = [pytest.mark.anyio, pytest.mark.usefixtures("unchanged")]
 

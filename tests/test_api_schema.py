@@ -29,7 +29,8 @@ from jobengine.api.openapi import ERROR_STATUSES, openapi_document
 from jobengine.api.server import serve
 from jobengine.api.tokens import TokenAuthorizer
 from jobengine.store import create_pool
-from tests.apiutil import TOKENS, WRITER, scratch_database
+from tests.apiutil import TOKENS, WRITER
+from tests.dbutil import scratch_database
 
 # The fuzzing runs as an operator would: with tokens configured, sending a write token.
 AUTH = {"Authorization": f"Bearer {WRITER}"}

@@ -16,9 +16,8 @@ import anyio
 import asyncpg
 import pytest
 
-from tests.daemon_helpers import assert_every_history_is_a_valid_path, wait_settled
+from tests.daemon_helpers import assert_every_history_is_a_valid_path, daemon_ready, wait_settled
 from tests.dbutil import wait_for
-from tests.handlers import SCHEMA
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
 
@@ -70,108 +69,93 @@ def daemons(db_dsn: str, tmp_path: Path) -> Iterator[Daemons]:
     d.stop_all()
 
 
-@pytest.fixture
-async def db(db_dsn: str) -> Any:
-    conn = await asyncpg.connect(db_dsn)
-    await conn.execute(SCHEMA)
-    yield conn
-    await conn.close()
-
-
-async def ready(log: Path) -> None:
-    async def probe() -> bool:
-        return "daemon ready" in await anyio.Path(log).read_text(errors="replace")
-
-    await wait_for(probe, within=30, message=f"daemon ready in {log}")
-
-
 async def test_sigkilled_daemon_job_runs_again_on_another_within_lease_ttl_plus_2s(
-    daemons: Daemons, db: asyncpg.Connection
+    daemons: Daemons, recording_db: asyncpg.Connection
 ) -> None:
     lease_ttl = 3.0
     first, log1 = daemons.start(lease_ttl=lease_ttl)
-    await ready(log1)
-    job_id = await db.fetchval(
+    await daemon_ready(log1)
+    job_id = await recording_db.fetchval(
         "INSERT INTO jobengine.jobs (kind, payload) VALUES ('record', '{\"sleep\": 60}') RETURNING id")
 
     async def started(attempt: int) -> bool:
-        return bool(await db.fetchval(
+        return bool(await recording_db.fetchval(
             "SELECT count(*) FROM test_executions WHERE job_id = $1 AND attempt = $2",
             job_id, attempt))
 
     await wait_for(lambda: started(1), within=10, message="first attempt")
     second, log2 = daemons.start(lease_ttl=lease_ttl)
-    await ready(log2)
+    await daemon_ready(log2)
     first.send_signal(signal.SIGKILL)
     first.wait(10)
     killed_at = time.monotonic()
     await wait_for(lambda: started(2), within=lease_ttl + 10, interval=0.05,
                    message="second attempt on the other daemon")
     assert time.monotonic() - killed_at <= lease_ttl + 2.0
-    row = await db.fetchrow("SELECT status::text AS s, attempt, lease_owner FROM jobengine.jobs WHERE id = $1", job_id)
+    row = await recording_db.fetchrow("SELECT status::text AS s, attempt, lease_owner FROM jobengine.jobs WHERE id = $1", job_id)
     assert row["s"] == "running"
     assert row["attempt"] == 2
-    pids = [r["pid"] for r in await db.fetch("SELECT pid FROM test_executions ORDER BY attempt")]
+    pids = [r["pid"] for r in await recording_db.fetch("SELECT pid FROM test_executions ORDER BY attempt")]
     assert pids == [first.pid, second.pid]
-    reasons = [r["reason"] for r in await db.fetch(
+    reasons = [r["reason"] for r in await recording_db.fetch(
         "SELECT reason FROM jobengine.job_history WHERE job_id = $1 ORDER BY id", job_id)]
     assert "lease_expired" in reasons
 
 
 async def test_three_daemons_share_600_jobs_each_run_exactly_once(
-    daemons: Daemons, db: asyncpg.Connection
+    daemons: Daemons, recording_db: asyncpg.Connection
 ) -> None:
     logs = [daemons.start(concurrency=20)[1] for _ in range(3)]
     for log in logs:
-        await ready(log)
-    await db.execute(
+        await daemon_ready(log)
+    await recording_db.execute(
         "INSERT INTO jobengine.jobs (kind, payload)"
         " SELECT 'record', '{\"sleep\": 0.01}' FROM generate_series(1, 600)")
-    await wait_settled(db, within=120)
-    odd = await db.fetch("SELECT id, status::text, attempt, last_error FROM jobengine.jobs"
+    await wait_settled(recording_db, within=120)
+    odd = await recording_db.fetch("SELECT id, status::text, attempt, last_error FROM jobengine.jobs"
                          " WHERE status <> 'completed'")
     assert [dict(r) for r in odd] == []
-    runs = await db.fetch("SELECT job_id, attempt, pid FROM test_executions")
+    runs = await recording_db.fetch("SELECT job_id, attempt, pid FROM test_executions")
     assert len(runs) == 600
-    assert {r["job_id"] for r in runs} == {r["id"] for r in await db.fetch("SELECT id FROM jobengine.jobs")}
+    assert {r["job_id"] for r in runs} == {r["id"] for r in await recording_db.fetch("SELECT id FROM jobengine.jobs")}
     assert {r["attempt"] for r in runs} == {1}
     assert len({r["pid"] for r in runs}) >= 2, "the work should be shared"
-    await assert_every_history_is_a_valid_path(db)
+    await assert_every_history_is_a_valid_path(recording_db)
 
 
 async def test_sigterm_drains_and_gives_jobs_back_and_exits_0(
-    daemons: Daemons, db: asyncpg.Connection
+    daemons: Daemons, recording_db: asyncpg.Connection
 ) -> None:
     proc, log = daemons.start(shutdown_grace=0.5)
-    await ready(log)
-    job_id = await db.fetchval(
+    await daemon_ready(log)
+    job_id = await recording_db.fetchval(
         "INSERT INTO jobengine.jobs (kind, payload, max_retries) VALUES ('record', '{\"sleep\": 60}', 0) RETURNING id")
-    await wait_for(lambda: _ran(db, job_id), within=10, message="job start")
+    await wait_for(lambda: _ran(recording_db, job_id), within=10, message="job start")
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(20) == 0
-    row = await db.fetchrow("SELECT status::text AS s, status_reason, released FROM jobengine.jobs WHERE id = $1", job_id)
+    row = await recording_db.fetchrow("SELECT status::text AS s, status_reason, released FROM jobengine.jobs WHERE id = $1", job_id)
     assert (row["s"], row["status_reason"], row["released"]) == ("scheduled", "shutdown", 1)
 
 
 async def test_a_second_signal_stops_at_once_still_giving_jobs_back(
-    daemons: Daemons, db: asyncpg.Connection
+    daemons: Daemons, recording_db: asyncpg.Connection
 ) -> None:
     proc, log = daemons.start(shutdown_grace=60)
-    await ready(log)
-    job_id = await db.fetchval(
+    await daemon_ready(log)
+    job_id = await recording_db.fetchval(
         "INSERT INTO jobengine.jobs (kind, payload) VALUES ('record', '{\"sleep\": 60}') RETURNING id")
-    await wait_for(lambda: _ran(db, job_id), within=10, message="job start")
+    await wait_for(lambda: _ran(recording_db, job_id), within=10, message="job start")
     proc.send_signal(signal.SIGTERM)
     await wait_for(lambda: _logged(log, "daemon stopping"), within=10, message="draining")
     t0 = time.monotonic()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0
     assert time.monotonic() - t0 < 10
-    assert await db.fetchval("SELECT status::text FROM jobengine.jobs WHERE id = $1", job_id) == "scheduled"
+    assert await recording_db.fetchval("SELECT status::text FROM jobengine.jobs WHERE id = $1", job_id) == "scheduled"
 
 
-async def _ran(db: asyncpg.Connection, job_id: int) -> bool:
-    return bool(await db.fetchval("SELECT count(*) FROM test_executions WHERE job_id = $1", job_id))
+async def _ran(recording_db: asyncpg.Connection, job_id: int) -> bool:
+    return bool(await recording_db.fetchval("SELECT count(*) FROM test_executions WHERE job_id = $1", job_id))
 
 
 async def _logged(log: Path, text: str) -> bool:
@@ -179,7 +163,7 @@ async def _logged(log: Path, text: str) -> bool:
 
 
 async def test_systemd_notify_ready_watchdog_status_stopping(
-    daemons: Daemons, db: asyncpg.Connection, tmp_path: Path
+    daemons: Daemons, recording_db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     path = str(tmp_path / "notify.sock")
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)

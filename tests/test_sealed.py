@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import anyio
 import asyncpg
 import pytest
 
@@ -29,9 +28,8 @@ from jobengine.daemon.maintenance import Scheduler
 from jobengine.daemon.sealed import AllowList, database_endpoints, netns_wrapper
 from jobengine.domain import ConfigError, JobSpec
 from jobengine.store import JobStore
-from tests.daemon_helpers import wait_status
-from tests.dbutil import dsn_with_database, wait_for
-from tests.handlers import SCHEMA
+from tests.daemon_helpers import daemon_ready, wait_status
+from tests.dbutil import dsn_with_database
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -167,50 +165,35 @@ def _env(dsn: str, **extra: str) -> dict[str, str]:
     return env
 
 
-@pytest.fixture
-async def db(db_dsn: str) -> Any:
-    conn = await asyncpg.connect(db_dsn)
-    await conn.execute(SCHEMA)
-    yield conn
-    await conn.close()
-
-
 def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with log.open("wb") as out:
         return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
                                 cwd=str(log.parent))
 
 
-async def _ready(log: Path) -> None:
-    async def probe() -> bool:
-        return "daemon ready" in await anyio.Path(log).read_text(errors="replace")
-
-    await wait_for(probe, within=30, message="daemon ready")
-
-
 @pytest.mark.anyio
 @pytest.mark.slow
 async def test_handler_egress_fails_the_attempt_and_the_retry_policy_applies(
-    db_dsn: str, db: asyncpg.Connection, tmp_path: Path
+    db_dsn: str, recording_db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     log = tmp_path / "daemon.log"
     proc = _spawn([sys.executable, "-m", "jobengine.cli.main", "run", "--sealed"],
                   _env(db_dsn, JOBENGINE_HANDLERS_EGRESS="tests.handlers:egress"), log)
     try:
-        await _ready(log)
-        job_id = await db.fetchval(
+        await daemon_ready(log)
+        job_id = await recording_db.fetchval(
             "INSERT INTO jobengine.jobs (kind, payload, max_retries)"
             " VALUES ('egress', '{\"host\": \"127.0.0.2\", \"port\": 9}', 1) RETURNING id")
-        await wait_status(db, job_id, "failed", within=20)
+        await wait_status(recording_db, job_id, "failed", within=20)
     finally:
         proc.terminate()
         proc.wait(20)
-    row = await db.fetchrow("SELECT attempt, last_error, status_reason FROM jobengine.jobs WHERE id = $1", job_id)
+    row = await recording_db.fetchrow("SELECT attempt, last_error, status_reason FROM jobengine.jobs WHERE id = $1", job_id)
     assert row["attempt"] == 2  # failed, retried once, failed for good
     assert row["status_reason"] == "egress_blocked"
     assert row["last_error"] == (
         "EgressBlocked: egress blocked: sealed mode blocked a connection to 127.0.0.2:9")
-    failed = await db.fetch(
+    failed = await recording_db.fetch(
         "SELECT envelope->>'reason' AS reason FROM jobengine.timeline_events"
         " WHERE job_id = $1 AND event_type = 'job.failed'", job_id)
     assert [r["reason"] for r in failed] == ["egress_blocked", "egress_blocked"]
@@ -220,7 +203,7 @@ async def test_handler_egress_fails_the_attempt_and_the_retry_policy_applies(
 @pytest.mark.slow
 @pytest.mark.skipif(shutil.which("unshare") is None, reason="needs util-linux unshare")
 async def test_sealed_command_handlers_run_without_a_network(
-    db_dsn: str, db: asyncpg.Connection, tmp_path: Path
+    db_dsn: str, recording_db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     show = [sys.executable, "-c",
             "import json, sys; sys.stdin.read(); lines = open('/proc/self/net/dev').read().splitlines()[2:];"
@@ -233,13 +216,13 @@ async def test_sealed_command_handlers_run_without_a_network(
     proc = _spawn([sys.executable, "-m", "jobengine.cli.main", "run", "--sealed"],
                   _env(db_dsn, JOBENGINE_HANDLERS_SHOW=json.dumps({"command": show})), log)
     try:
-        await _ready(log)
-        job_id = await db.fetchval("INSERT INTO jobengine.jobs (kind) VALUES ('show') RETURNING id")
-        await wait_status(db, job_id, "completed", within=20)
+        await daemon_ready(log)
+        job_id = await recording_db.fetchval("INSERT INTO jobengine.jobs (kind) VALUES ('show') RETURNING id")
+        await wait_status(recording_db, job_id, "completed", within=20)
     finally:
         proc.terminate()
         proc.wait(20)
-    assert await db.fetchval("SELECT result::text FROM jobengine.jobs WHERE id = $1", job_id) == '["lo"]'
+    assert await recording_db.fetchval("SELECT result::text FROM jobengine.jobs WHERE id = $1", job_id) == '["lo"]'
 
 
 def test_sealed_refuses_to_start_a_command_handler_it_cannot_isolate(
@@ -285,7 +268,7 @@ def _unix_socket_dsn(server_dsn: str, database: str) -> str | None:
 @pytest.mark.skipif(shutil.which("strace") is None or shutil.which("unshare") is None,
                     reason="needs strace and unshare")
 async def test_sealed_daemon_in_an_empty_network_namespace_makes_no_inet_connect(
-    server_dsn: str, db_dsn: str, db: asyncpg.Connection, tmp_path: Path
+    server_dsn: str, db_dsn: str, recording_db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     database = urlsplit(db_dsn).path.lstrip("/")
     dsn = _unix_socket_dsn(server_dsn, database)
@@ -297,11 +280,11 @@ async def test_sealed_daemon_in_an_empty_network_namespace_makes_no_inet_connect
                    "-o", str(trace), sys.executable, "-m", "jobengine.cli.main", "run", "--sealed"],
                   _env(dsn, JOBENGINE_HANDLERS_EGRESS="tests.handlers:egress"), log)
     try:
-        await _ready(log)
-        job_id = await db.fetchval(
+        await daemon_ready(log)
+        job_id = await recording_db.fetchval(
             "INSERT INTO jobengine.jobs (kind, payload, max_retries)"
             " VALUES ('egress', '{\"host\": \"203.0.113.7\", \"port\": 80}', 0) RETURNING id")
-        await wait_status(db, job_id, "failed", within=30)
+        await wait_status(recording_db, job_id, "failed", within=30)
         # Stop the traced daemon itself (strace would only detach on SIGTERM).
         os.kill(_daemon_pid(log), signal.SIGTERM)
         assert proc.wait(30) == 0
@@ -309,7 +292,7 @@ async def test_sealed_daemon_in_an_empty_network_namespace_makes_no_inet_connect
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
-    last_error = await db.fetchval("SELECT last_error FROM jobengine.jobs WHERE id = $1", job_id)
+    last_error = await recording_db.fetchval("SELECT last_error FROM jobengine.jobs WHERE id = $1", job_id)
     assert last_error == (
         "EgressBlocked: egress blocked: sealed mode blocked a connection to 203.0.113.7:80")
     calls = trace.read_text()
