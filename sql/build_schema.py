@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from jobengine.store.migrate import _BOOKKEEPING
+from jobengine.store.migrate import BOOKKEEPING_SQL
 from jobengine.store.sqlfiles import load_migrations
 
 HEADER = """\
@@ -33,7 +33,7 @@ def build(root: Path) -> str:
     parts.append(
         "-- ===== bookkeeping: the migrations this schema equals, so `jobengine migrate` "
         "finds nothing to do =====\n"
-        f"{_BOOKKEEPING.strip()}\n"
+        f"{BOOKKEEPING_SQL.strip()}\n"
         "INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES\n"
         f"{rows};\n"
     )

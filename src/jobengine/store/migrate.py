@@ -12,7 +12,8 @@ from jobengine.store.sqlfiles import Migration, load_migrations, sql_dir
 #: pg_advisory_lock key: two `jobengine migrate` runs at once apply each migration once.
 MIGRATION_LOCK_KEY = 0x6A6F62656E67  # "jobeng"
 
-_BOOKKEEPING = """
+#: Creates the schema and the table that records applied migrations.
+BOOKKEEPING_SQL = """
 CREATE SCHEMA IF NOT EXISTS jobengine;
 CREATE TABLE IF NOT EXISTS jobengine.schema_migrations (
     version integer PRIMARY KEY,
@@ -46,7 +47,7 @@ async def migrate(
     wanted = migrations if migrations is not None else load_migrations()
     await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_KEY)
     try:
-        await conn.execute(_BOOKKEEPING)
+        await conn.execute(BOOKKEEPING_SQL)
         rows = await conn.fetch("SELECT version, name, checksum FROM jobengine.schema_migrations")
         done = {r["version"]: r for r in rows}
         applied: list[AppliedMigration] = []
