@@ -5,7 +5,9 @@
 --
 -- jobengine_daemon: everything `jobengine run` / `jobengine api` need: read
 --   all, insert jobs, change jobs (the database still guards every status
---   change), claim, write timeline notes.
+--   change), the versioned write path (claim_v1, finish_v1, ...), timeline notes.
+--   Only members of this role (and the schema owner) are recorded under the
+--   name they give in jobengine.actor.
 -- jobengine_app: insert jobs, read everything, cancel with
 --   UPDATE jobengine.jobs SET status = 'cancelled' (status and status_reason
 --   are the only columns it may change; any other transition is refused).
@@ -26,20 +28,41 @@ $$;
 GRANT USAGE ON SCHEMA jobengine TO jobengine_daemon, jobengine_app;
 GRANT SELECT ON ALL TABLES IN SCHEMA jobengine TO jobengine_daemon, jobengine_app;
 
-GRANT INSERT, UPDATE ON jobengine.jobs TO jobengine_daemon;
+-- Inserting: the job's content only. Who inserted it, its status and the
+-- lifecycle columns are the database's to fill in (column defaults).
+REVOKE INSERT ON jobengine.jobs FROM jobengine_daemon, jobengine_app;
+GRANT INSERT (kind, queue, payload, priority, run_at, depends_on, max_retries, retry_policy,
+              timeout, requires_network, idempotency_key)
+    ON jobengine.jobs TO jobengine_daemon, jobengine_app;
+-- Daemons change jobs (every change still guarded by the database) through
+-- the versioned write path.
+GRANT UPDATE ON jobengine.jobs TO jobengine_daemon;
 GRANT EXECUTE ON FUNCTION
+    jobengine.claim_v1(text, text[], text[], integer, interval, boolean),
     jobengine.claim_jobs(text, text[], text[], integer, interval, timestamptz, boolean),
+    jobengine.lock_running(text, bigint[], integer[]),
+    jobengine.finish_v1(text, bigint[], integer[], text[]),
+    jobengine.release_v1(text, bigint[], integer[]),
+    jobengine.fail_v1(text, bigint[], integer[], text[], text[], double precision[]),
+    jobengine.schedule_retries(bigint[], double precision[], text),
+    jobengine.reap_candidates_v1(integer),
+    jobengine.reap_v1(bigint[], integer[], text[], double precision[]),
+    jobengine.renew_v1(text, bigint[], integer[], interval),
+    jobengine.retry_v1(bigint[], double precision[], text),
+    jobengine.retry_candidates_v1(integer),
+    jobengine.promote_v1(text[], integer, boolean),
+    jobengine.cascade_v1(integer),
+    jobengine.cancel_v1(bigint[], text),
     jobengine.add_timeline_note(bigint[], text, text)
     TO jobengine_daemon;
 
-GRANT INSERT (kind, queue, payload, priority, run_at, depends_on, max_retries, retry_policy,
-              timeout, requires_network, idempotency_key)
-    ON jobengine.jobs TO jobengine_app;
+-- Apps cancel: a plain UPDATE of status (and their own status_reason), or cancel_v1.
 GRANT UPDATE (status, status_reason) ON jobengine.jobs TO jobengine_app;
+GRANT EXECUTE ON FUNCTION jobengine.cancel_v1(bigint[], text) TO jobengine_app;
 
 -- What the roles must never have, in case someone granted it by hand.
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON jobengine.job_history, jobengine.timeline_events
     FROM jobengine_daemon, jobengine_app;
 REVOKE DELETE, TRUNCATE ON jobengine.jobs FROM jobengine_daemon, jobengine_app;
-REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON jobengine.schema_migrations
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON jobengine.schema_migrations, jobengine.settings
     FROM jobengine_daemon, jobengine_app;

@@ -1,51 +1,312 @@
--- jobengine: the canonical schema, equal to all of sql/migrations/ applied in order.
--- A test (tests/test_schema.py) keeps the two identical. Install with:
+-- jobengine: the canonical schema, the current state of all of sql/migrations/ applied
+-- in order (a normalised pg_dump; rebuilt by `python sql/build_schema.py`). A test
+-- (tests/test_migrations.py) keeps the two identical. Install with:
 --   psql -v ON_ERROR_STOP=1 -f sql/schema.sql
--- (jobengine migrate is the usual way: it also records the migrations.)
+-- (jobengine migrate is the usual way: it also upgrades.)
 
--- ===== from 0001_lifecycle.sql =====
--- jobengine 0001: the job lifecycle, guarded and recorded by the database itself.
 --
--- Every status change, whoever makes it (the daemon, the API, or a hand-written
--- UPDATE), is checked against the transition table and writes one
--- job_history row, one timeline_events row and one NOTIFY on jobengine_events,
--- in the same transaction. The audit writing is done per *statement* (AFTER
--- triggers with transition tables), because a daemon moves jobs in batches and
--- per-row inserts are where job engines lose their speed.
+-- PostgreSQL database dump
+--
 
-CREATE SCHEMA IF NOT EXISTS jobengine;
+SET statement_timeout = 0;
+SET lock_timeout = 0;
+SET idle_in_transaction_session_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+SET xmloption = content;
+SET client_min_messages = warning;
+SET row_security = off;
 
-CREATE TYPE jobengine.job_status AS ENUM
-    ('pending', 'scheduled', 'running', 'completed', 'failed', 'cancelled');
+--
+-- Name: jobengine; Type: SCHEMA; Schema: -; Owner: -
+--
 
--- The transition table. NULL as from_status is the insert. Returns the
--- timeline event type, or NULL when the transition is not allowed. Kept as an
--- IMMUTABLE CASE so the per-row guard costs no table lookup.
-CREATE FUNCTION jobengine.transition_event_type(
-    from_status jobengine.job_status, to_status jobengine.job_status
-) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
-    SELECT CASE
-        WHEN from_status IS NULL AND to_status = 'pending' THEN 'job.created'
-        WHEN from_status = 'pending' AND to_status = 'scheduled' THEN 'job.scheduled'
-        WHEN from_status = 'pending' AND to_status = 'cancelled' THEN 'job.cancelled'
-        WHEN from_status = 'scheduled' AND to_status = 'running' THEN 'job.started'
-        WHEN from_status = 'scheduled' AND to_status = 'cancelled' THEN 'job.cancelled'
-        WHEN from_status = 'running' AND to_status = 'completed' THEN 'job.completed'
-        WHEN from_status = 'running' AND to_status = 'failed' THEN 'job.failed'
-        WHEN from_status = 'running' AND to_status = 'cancelled' THEN 'job.cancelled'
-        WHEN from_status = 'running' AND to_status = 'scheduled' THEN 'job.released'
-        WHEN from_status = 'failed' AND to_status = 'scheduled' THEN 'job.retry_scheduled'
-    END
+CREATE SCHEMA jobengine;
+
+--
+-- Name: job_status; Type: TYPE; Schema: jobengine; Owner: -
+--
+
+CREATE TYPE jobengine.job_status AS ENUM (
+    'pending',
+    'scheduled',
+    'running',
+    'completed',
+    'failed',
+    'cancelled'
+);
+
+--
+-- Name: add_timeline_note(bigint[], text, text); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.add_timeline_note(p_job_ids bigint[], p_event_type text, p_reason text) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+    n integer;
+    v_actor text := coalesce(nullif(current_setting('jobengine.actor', true), ''), 'sql');
+BEGIN
+    IF p_event_type !~ '^job\.[a-z_]+$' OR EXISTS (
+        SELECT 1 FROM unnest(enum_range(NULL::jobengine.job_status) || NULL::jobengine.job_status) AS a(s),
+                      unnest(enum_range(NULL::jobengine.job_status)) AS b(s)
+        WHERE jobengine.transition_event_type(a.s, b.s) = p_event_type) THEN
+        RAISE EXCEPTION 'jobengine: % is not a valid note type: use job.<word>, not a transition''s type', p_event_type
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    WITH c AS (
+        SELECT j.id, j.status, j.attempt, j.kind, j.queue, gen_random_uuid() AS event_id,
+               statement_timestamp() AS occurred_at
+        FROM jobengine.jobs j WHERE j.id = ANY (p_job_ids)
+    ), e AS (
+        INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
+        SELECT c.event_id, c.id, p_event_type, c.occurred_at,
+               jobengine.envelope(c.event_id, p_event_type, c.occurred_at, c.id, c.kind,
+                                  c.queue, c.status, c.status, c.attempt, v_actor, p_reason)
+        FROM c ORDER BY c.id
+        RETURNING envelope
+    )
+    SELECT count(pg_notify('jobengine_events', e.envelope::text)) INTO n FROM e;
+    RETURN n;
+END
+$_$;
+
+--
+-- Name: cancel_v1(bigint[], text); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.cancel_v1(p_ids bigint[], p_reason text DEFAULT NULL::text) RETURNS TABLE(id bigint, from_status jobengine.job_status, status jobengine.job_status)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+BEGIN
+    RETURN QUERY
+    WITH target AS (
+        SELECT j.id, j.status FROM jobengine.jobs j
+        WHERE j.id = ANY (p_ids) AND j.status IN ('pending', 'scheduled', 'running')
+        ORDER BY j.id
+        FOR NO KEY UPDATE
+    ), upd AS (
+        UPDATE jobengine.jobs j
+        SET status = 'cancelled', status_reason = coalesce(p_reason, 'cancelled_by_user')
+        FROM target WHERE j.id = target.id
+        RETURNING j.id
+    )
+    SELECT t.id, target.status,
+           CASE WHEN upd.id IS NOT NULL THEN 'cancelled'::jobengine.job_status ELSE j.status END
+    FROM unnest(p_ids) AS t(id)
+    LEFT JOIN target ON target.id = t.id
+    LEFT JOIN upd ON upd.id = t.id
+    LEFT JOIN jobengine.jobs j ON j.id = t.id;
+END
 $$;
 
--- The reason recorded when the writer gave none (a hand-written UPDATE, say).
-CREATE FUNCTION jobengine.default_reason(
-    from_status jobengine.job_status, to_status jobengine.job_status
-) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
+--
+-- Name: cancelled_dependents(bigint); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.cancelled_dependents(p_id bigint) RETURNS bigint[]
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    WITH RECURSIVE down(id) AS (
+        SELECT j.id FROM jobengine.jobs j
+        WHERE j.depends_on @> ARRAY[p_id] AND j.status = 'cancelled'
+          AND j.status_reason = 'dependency_failed'
+        UNION
+        SELECT j.id FROM down d JOIN jobengine.jobs j ON j.depends_on @> ARRAY[d.id]
+        WHERE j.status = 'cancelled' AND j.status_reason = 'dependency_failed'
+    )
+    SELECT coalesce(array_agg(id ORDER BY id), '{}') FROM down
+$$;
+
+--
+-- Name: cascade_v1(integer); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.cascade_v1(p_limit integer) RETURNS SETOF bigint
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    UPDATE jobengine.jobs AS j
+    SET status = 'cancelled', status_reason = 'dependency_failed',
+        last_error = 'dependency ' || (
+            SELECT min(x.id) FROM jobengine.jobs x
+            WHERE x.id = ANY (j.depends_on)
+              AND (x.status = 'cancelled' OR (x.status = 'failed' AND x.attempt - x.released > x.max_retries))
+        ) || ' ended failed or cancelled'
+    WHERE j.id IN (
+        SELECT p.id FROM jobengine.jobs p
+        WHERE p.status = 'pending' AND p.depends_on <> '{}'
+          AND EXISTS (
+              SELECT 1 FROM jobengine.jobs x
+              WHERE x.id = ANY (p.depends_on)
+                AND (x.status = 'cancelled' OR (x.status = 'failed' AND x.attempt - x.released > x.max_retries)))
+        ORDER BY p.id
+        LIMIT p_limit
+        FOR NO KEY UPDATE SKIP LOCKED
+    )
+    RETURNING j.id
+$$;
+
+--
+-- Name: check_lease(bigint, timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.check_lease(p_job_id bigint, p_expires timestamp with time zone, p_now timestamp with time zone) RETURNS void
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_max interval;
+BEGIN
+    IF p_expires IS NULL OR p_expires <= p_now THEN
+        RAISE EXCEPTION 'jobengine: job %: a running job''s lease must end in the future, not at %', p_job_id, p_expires
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_lease_bounded', TABLE = 'jobs', SCHEMA = 'jobengine';
+    END IF;
+    -- (Leases of a minute or less need no look-up: max_lease_ttl is at least a minute.)
+    IF p_expires > p_now + interval '1 minute' THEN
+        v_max := jobengine.max_lease_ttl();
+        IF p_expires > p_now + v_max THEN
+            RAISE EXCEPTION 'jobengine: job %: a lease may last at most % (jobengine.settings max_lease_ttl), not until %',
+                p_job_id, v_max, p_expires
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_lease_bounded', TABLE = 'jobs', SCHEMA = 'jobengine';
+        END IF;
+    END IF;
+END
+$$;
+
+--
+-- Name: current_actor(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.current_actor() RETURNS text
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT CASE WHEN jobengine.writer_trusted()
+                THEN coalesce(nullif(current_setting('jobengine.actor', true), ''), 'sql')
+                ELSE 'sql' END
+$$;
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: jobs; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.jobs (
+    id bigint NOT NULL,
+    kind text NOT NULL,
+    queue text DEFAULT 'default'::text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    status jobengine.job_status DEFAULT 'pending'::jobengine.job_status NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    depends_on bigint[] DEFAULT '{}'::bigint[] NOT NULL,
+    attempt integer DEFAULT 0 NOT NULL,
+    released integer DEFAULT 0 NOT NULL,
+    max_retries integer DEFAULT 3 NOT NULL,
+    retry_policy jsonb,
+    timeout interval,
+    requires_network boolean DEFAULT false NOT NULL,
+    idempotency_key text,
+    lease_owner text,
+    lease_expires_at timestamp with time zone,
+    result jsonb,
+    last_error text,
+    status_reason text DEFAULT 'created'::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    scheduled_at timestamp with time zone,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    status_actor text DEFAULT jobengine.current_actor() NOT NULL,
+    status_role text DEFAULT CURRENT_USER NOT NULL,
+    CONSTRAINT jobs_max_retries_must_not_be_negative CHECK ((max_retries >= 0)),
+    CONSTRAINT jobs_payload_must_be_a_json_object CHECK ((jsonb_typeof(payload) = 'object'::text)),
+    CONSTRAINT jobs_retry_policy_must_be_an_object_or_null CHECK (((retry_policy IS NULL) OR (jsonb_typeof(retry_policy) = 'object'::text))),
+    CONSTRAINT jobs_status_reason_at_most_200_chars CHECK ((length(status_reason) <= 200)),
+    CONSTRAINT jobs_timeout_must_be_positive CHECK (((timeout IS NULL) OR (timeout > '00:00:00'::interval)))
+);
+
+--
+-- Name: claim_jobs(text, text[], text[], integer, interval, timestamp with time zone, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.claim_jobs(p_owner text, p_queues text[], p_kinds text[], p_limit integer, p_lease_ttl interval, p_now timestamp with time zone DEFAULT NULL::timestamp with time zone, p_sealed boolean DEFAULT false) RETURNS SETOF jobengine.jobs
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT * FROM jobengine.claim_v1(p_owner, p_queues, p_kinds, p_limit, p_lease_ttl, p_sealed)
+$$;
+
+--
+-- Name: claim_v1(text, text[], text[], integer, interval, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.claim_v1(p_owner text, p_queues text[], p_kinds text[], p_limit integer, p_lease_ttl interval, p_sealed boolean DEFAULT false) RETURNS SETOF jobengine.jobs
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET enable_bitmapscan TO 'off'
+    SET "jobengine.claiming" TO 'on'
+    AS $$
+DECLARE
+    v_now timestamptz := statement_timestamp();
+BEGIN
+    IF p_limit IS NULL OR p_limit <= 0 THEN
+        RETURN;
+    END IF;
+    IF p_lease_ttl IS NULL OR p_lease_ttl <= interval '0' THEN
+        RAISE EXCEPTION 'jobengine: claim: lease_ttl must be positive, not %', p_lease_ttl
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY
+    WITH ready AS (
+        SELECT s.id, s.priority, s.run_at FROM jobengine.jobs s
+        WHERE s.status = 'scheduled' AND s.queue = ANY (p_queues) AND s.run_at <= v_now
+          AND s.kind = ANY (p_kinds) AND NOT (p_sealed AND s.requires_network)
+          AND (s.depends_on = '{}' OR NOT EXISTS (
+              SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (s.depends_on) AND d.status <> 'completed'))
+        ORDER BY s.priority DESC, s.run_at, s.id
+        LIMIT p_limit
+        FOR NO KEY UPDATE SKIP LOCKED
+    ), due AS (
+        SELECT p.id, p.priority, p.run_at FROM jobengine.jobs p
+        WHERE p.status = 'pending' AND p.queue = ANY (p_queues) AND p.run_at <= v_now
+          AND p.depends_on = '{}' AND p.kind = ANY (p_kinds)
+          AND NOT (p_sealed AND p.requires_network)
+        ORDER BY p.priority DESC, p.run_at, p.id
+        LIMIT p_limit
+        FOR NO KEY UPDATE SKIP LOCKED
+    ), chosen AS (
+        SELECT c.id FROM (SELECT * FROM ready UNION ALL SELECT * FROM due) AS c
+        ORDER BY c.priority DESC, c.run_at, c.id
+        LIMIT p_limit
+    )
+    UPDATE jobengine.jobs j
+    SET status = 'running', status_reason = 'claimed',
+        lease_owner = p_owner, lease_expires_at = v_now + p_lease_ttl
+    FROM chosen
+    WHERE j.id = chosen.id
+    RETURNING j.*;
+END
+$$;
+
+--
+-- Name: default_reason(jobengine.job_status, jobengine.job_status); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.default_reason(from_status jobengine.job_status, to_status jobengine.job_status) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
     SELECT CASE
         WHEN from_status IS NULL THEN 'created'
         WHEN to_status = 'cancelled' THEN 'cancelled_by_user'
@@ -58,137 +319,103 @@ AS $$
     END
 $$;
 
--- Who made a change: the daemon, API and CLI set jobengine.actor on their
--- connections; anything else (psql, an app's driver) is recorded as 'sql'.
-CREATE FUNCTION jobengine.current_actor() RETURNS text
-LANGUAGE sql STABLE PARALLEL SAFE
-AS $$
-    SELECT coalesce(nullif(current_setting('jobengine.actor', true), ''), 'sql')
+--
+-- Name: engine_reason(text); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.engine_reason(reason text) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT reason IN ('created', 'ready', 'claimed', 'completed', 'error', 'timeout',
+                      'lease_expired', 'retry', 'operator_retry', 'shutdown', 'released',
+                      'dependency_failed', 'egress_blocked')
 $$;
 
--- Whether the current role may only cancel jobs: a member of jobengine_app
--- that is not also jobengine_daemon (see `jobengine migrate --roles`).
--- Superusers are members of every role, so never restricted.
-CREATE FUNCTION jobengine.may_only_cancel() RETURNS boolean
-LANGUAGE sql STABLE
-AS $$
-    SELECT CASE
-        WHEN to_regrole('jobengine_app') IS NULL OR to_regrole('jobengine_daemon') IS NULL
-            THEN false
-        ELSE pg_has_role(current_user, 'jobengine_app', 'MEMBER')
-             AND NOT pg_has_role(current_user, 'jobengine_daemon', 'MEMBER')
-    END
+--
+-- Name: envelope(uuid, text, timestamp with time zone, bigint, text, text, jobengine.job_status, jobengine.job_status, integer, text, text); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.envelope(event_id uuid, event_type text, occurred_at timestamp with time zone, job_id bigint, kind text, queue text, from_status jobengine.job_status, to_status jobengine.job_status, attempt integer, actor text, reason text) RETURNS jsonb
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT jsonb_build_object(
+        'event_id', event_id, 'event_type', event_type, 'schema_version', 1,
+        'occurred_at', occurred_at, 'job_id', job_id, 'kind', kind, 'queue', queue,
+        'from_status', from_status, 'to_status', to_status, 'attempt', attempt,
+        'actor', actor, 'reason', reason)
 $$;
 
--- The payload size limit in bytes: ALTER DATABASE ... SET
--- jobengine.max_payload_bytes = ... changes it; 1 MiB when unset.
-CREATE FUNCTION jobengine.max_payload_bytes() RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE
-AS $$
-    SELECT coalesce(nullif(current_setting('jobengine.max_payload_bytes', true), '')::bigint, 1048576)
+--
+-- Name: fail_v1(text, bigint[], integer[], text[], text[], double precision[]); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.fail_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_reasons text[], p_errors text[], p_retry_delays double precision[]) RETURNS TABLE(id bigint, attempt integer, outcome text, retry_at timestamp with time zone)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_locked bigint[] := jobengine.lock_running(p_owner, p_ids, p_attempts);
+    v_done bigint[];
+BEGIN
+    WITH t AS (SELECT * FROM unnest(p_ids, p_attempts, p_reasons, p_errors) AS t(id, attempt, reason, error)),
+    upd AS (
+        UPDATE jobengine.jobs j
+        SET status = 'failed', status_reason = coalesce(t.reason, 'error'), last_error = t.error
+        FROM t
+        WHERE j.id = t.id AND j.attempt = t.attempt AND j.id = ANY (v_locked)
+        RETURNING j.id
+    )
+    SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
+    RETURN QUERY
+    WITH r AS (
+        SELECT * FROM jobengine.schedule_retries(
+            ARRAY(SELECT t.id FROM unnest(p_ids, p_retry_delays) AS t(id, delay)
+                  WHERE t.id = ANY (v_done) AND t.delay IS NOT NULL),
+            ARRAY(SELECT t.delay FROM unnest(p_ids, p_retry_delays) AS t(id, delay)
+                  WHERE t.id = ANY (v_done) AND t.delay IS NOT NULL),
+            'retry')
+    )
+    SELECT o.id, o.attempt, o.outcome, r.run_at
+    FROM jobengine.running_outcomes(p_owner, p_ids, p_attempts, v_done) o
+    LEFT JOIN r ON r.id = o.id AND o.outcome = 'done';
+END
 $$;
 
-CREATE TABLE jobengine.jobs (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    kind text NOT NULL,
-    queue text NOT NULL DEFAULT 'default',
-    payload jsonb NOT NULL DEFAULT '{}',
-    status jobengine.job_status NOT NULL DEFAULT 'pending',
-    priority integer NOT NULL DEFAULT 0,
-    run_at timestamptz NOT NULL DEFAULT now(),
-    depends_on bigint[] NOT NULL DEFAULT '{}',
-    attempt integer NOT NULL DEFAULT 0,
-    -- attempts given back at shutdown: counted in attempt, not against max_retries
-    released integer NOT NULL DEFAULT 0,
-    max_retries integer NOT NULL DEFAULT 3,
-    retry_policy jsonb,
-    timeout interval,
-    requires_network boolean NOT NULL DEFAULT false,
-    idempotency_key text,
-    lease_owner text,
-    lease_expires_at timestamptz,
-    result jsonb,
-    last_error text,
-    -- why the job entered its current status (the reason of its last history row)
-    status_reason text NOT NULL DEFAULT 'created',
-    created_at timestamptz NOT NULL DEFAULT now(),
-    scheduled_at timestamptz,
-    started_at timestamptz,
-    finished_at timestamptz,
-    updated_at timestamptz NOT NULL DEFAULT now(),
-    CONSTRAINT jobs_payload_must_be_a_json_object CHECK (jsonb_typeof(payload) = 'object'),
-    CONSTRAINT jobs_max_retries_must_not_be_negative CHECK (max_retries >= 0),
-    CONSTRAINT jobs_timeout_must_be_positive CHECK (timeout IS NULL OR timeout > interval '0'),
-    CONSTRAINT jobs_retry_policy_must_be_an_object_or_null
-        CHECK (retry_policy IS NULL OR jsonb_typeof(retry_policy) = 'object'),
-    CONSTRAINT jobs_status_reason_at_most_200_chars CHECK (length(status_reason) <= 200)
-);
+--
+-- Name: finish_v1(text, bigint[], integer[], text[]); Type: FUNCTION; Schema: jobengine; Owner: -
+--
 
--- Claiming: only runnable rows are indexed, so the index stays small and the
--- claim stays an index scan however many finished jobs the table holds.
--- Queue and kind are filters, not leading columns: the scan then runs in
--- claim order and stops at the batch size, instead of sorting the backlog.
-CREATE INDEX jobs_claim_idx ON jobengine.jobs (priority DESC, run_at, id)
-    WHERE status = 'scheduled';
-CREATE INDEX jobs_pending_idx ON jobengine.jobs (priority DESC, run_at, id)
-    WHERE status = 'pending';
-CREATE INDEX jobs_lease_idx ON jobengine.jobs (lease_expires_at)
-    WHERE status = 'running';
--- Failed jobs that still have retries left (normally empty: the daemon
--- re-schedules in the same transaction that records the failure).
-CREATE INDEX jobs_retryable_idx ON jobengine.jobs (id)
-    WHERE status = 'failed' AND attempt - released <= max_retries;
--- Jobs waiting on dependencies, for DAG promotion and failure cascades.
-CREATE INDEX jobs_waiting_idx ON jobengine.jobs (id)
-    WHERE status = 'pending' AND depends_on <> '{}';
--- A second job with the same idempotency key is refused. Partial, so the
--- many jobs without a key cost this index nothing on every status change.
-CREATE UNIQUE INDEX jobs_idempotency_key_unique ON jobengine.jobs (idempotency_key)
-    WHERE idempotency_key IS NOT NULL;
--- Operator listings of jobs that went wrong, paged by id. (Active statuses
--- have their partial indexes above; completed jobs are most of the table, so
--- a primary-key scan finds them.)
-CREATE INDEX jobs_failed_cancelled_idx ON jobengine.jobs (status, id)
-    WHERE status IN ('failed', 'cancelled');
+CREATE FUNCTION jobengine.finish_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_results text[]) RETURNS TABLE(id bigint, attempt integer, outcome text)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_locked bigint[] := jobengine.lock_running(p_owner, p_ids, p_attempts);
+    v_done bigint[];
+BEGIN
+    WITH t AS (SELECT * FROM unnest(p_ids, p_attempts, p_results) AS t(id, attempt, result)),
+    upd AS (
+        UPDATE jobengine.jobs j
+        SET status = 'completed', status_reason = 'completed', result = t.result::jsonb
+        FROM t
+        WHERE j.id = t.id AND j.attempt = t.attempt AND j.id = ANY (v_locked)
+        RETURNING j.id
+    )
+    SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
+    RETURN QUERY SELECT * FROM jobengine.running_outcomes(p_owner, p_ids, p_attempts, v_done);
+END
+$$;
 
-CREATE TABLE jobengine.job_history (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    job_id bigint NOT NULL,
-    from_status jobengine.job_status,
-    to_status jobengine.job_status NOT NULL,
-    attempt integer NOT NULL,
-    occurred_at timestamptz NOT NULL,
-    reason text,
-    actor text NOT NULL
-);
-CREATE INDEX job_history_job_idx ON jobengine.job_history (job_id, id);
+--
+-- Name: job_content_ok(text, text, jsonb, jsonb, bigint); Type: FUNCTION; Schema: jobengine; Owner: -
+--
 
-CREATE TABLE jobengine.timeline_events (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    event_id uuid NOT NULL,
-    job_id bigint NOT NULL,
-    event_type text NOT NULL,
-    occurred_at timestamptz NOT NULL,
-    envelope jsonb NOT NULL,
-    -- The writing transaction. Readers page by (tx_id, id) and stop below the
-    -- oldest transaction still open, so an event committed late by a slow
-    -- transaction is never skipped (ids alone are assigned before commit).
-    tx_id xid8 NOT NULL DEFAULT pg_current_xact_id()
-);
-CREATE INDEX timeline_events_job_idx ON jobengine.timeline_events (job_id, id);
-CREATE INDEX timeline_events_cursor_idx ON jobengine.timeline_events (tx_id, id);
-
--- ---------------------------------------------------------------------------
--- Validation of new and changed rows, one statement at a time.
--- ---------------------------------------------------------------------------
-
--- Whether a job's content is acceptable. Cheap enough to run on every row of
--- a bulk insert; when it says no, raise_invalid_job says exactly why.
-CREATE FUNCTION jobengine.job_content_ok(
-    kind text, queue text, payload jsonb, retry_policy jsonb, max_bytes bigint
-) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-AS $$
+CREATE FUNCTION jobengine.job_content_ok(kind text, queue text, payload jsonb, retry_policy jsonb, max_bytes bigint) RETURNS boolean
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
     SELECT kind ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$'
        AND queue ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$'
        -- the JSON text's size, as a client sends it (not the compressed datum)
@@ -203,14 +430,425 @@ AS $$
             AND coalesce(jsonb_typeof(retry_policy -> 'jitter'), 'boolean') = 'boolean'
             AND coalesce((retry_policy ->> 'base_delay')::numeric, 0) >= 0
             AND coalesce((retry_policy ->> 'max_delay')::numeric, 0) >= 0))
+$_$;
+
+--
+-- Name: jobs_guard_columns(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.jobs_guard_columns() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_column text;
+BEGIN
+    v_column := CASE
+        WHEN NEW.attempt IS DISTINCT FROM OLD.attempt THEN 'attempt'
+        WHEN NEW.released IS DISTINCT FROM OLD.released THEN 'released'
+        WHEN NEW.status_reason IS DISTINCT FROM OLD.status_reason THEN 'status_reason'
+        WHEN NEW.status_actor IS DISTINCT FROM OLD.status_actor THEN 'status_actor'
+        WHEN NEW.status_role IS DISTINCT FROM OLD.status_role THEN 'status_role'
+        WHEN NEW.result IS DISTINCT FROM OLD.result THEN 'result'
+        WHEN NEW.last_error IS DISTINCT FROM OLD.last_error THEN 'last_error'
+        WHEN NEW.created_at IS DISTINCT FROM OLD.created_at THEN 'created_at'
+        WHEN NEW.scheduled_at IS DISTINCT FROM OLD.scheduled_at THEN 'scheduled_at'
+        WHEN NEW.started_at IS DISTINCT FROM OLD.started_at THEN 'started_at'
+        WHEN NEW.finished_at IS DISTINCT FROM OLD.finished_at THEN 'finished_at'
+        WHEN NEW.updated_at IS DISTINCT FROM OLD.updated_at THEN 'updated_at'
+        WHEN NEW.lease_owner IS DISTINCT FROM OLD.lease_owner THEN 'lease_owner'
+    END;
+    IF v_column IS NOT NULL THEN
+        RAISE EXCEPTION 'jobengine: job %: % changes only with a status transition', OLD.id, v_column
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_lifecycle_columns', TABLE = 'jobs', SCHEMA = 'jobengine';
+    END IF;
+    IF NEW.lease_expires_at IS DISTINCT FROM OLD.lease_expires_at THEN
+        IF OLD.status <> 'running' THEN
+            RAISE EXCEPTION 'jobengine: job %: only a running job holds a lease (it is %)', OLD.id, OLD.status
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_lease_bounded', TABLE = 'jobs', SCHEMA = 'jobengine';
+        END IF;
+        PERFORM jobengine.check_lease(OLD.id, NEW.lease_expires_at, statement_timestamp());
+    END IF;
+    RETURN NEW;
+END
 $$;
 
--- Raise the error that says what is wrong with a job job_content_ok refused.
-CREATE FUNCTION jobengine.raise_invalid_job(
-    id bigint, kind text, queue text, payload jsonb, retry_policy jsonb, max_bytes bigint
-) RETURNS void
-LANGUAGE plpgsql
-AS $$
+--
+-- Name: jobs_guard_transition(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.jobs_guard_transition() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_now timestamptz := statement_timestamp();
+    v_trusted boolean := jobengine.writer_trusted();
+    v_blocker record;
+    v_reason text;
+BEGIN
+    IF jobengine.transition_event_type(OLD.status, NEW.status) IS NULL
+       -- The claim (claim_v1) takes a due, dependency-free job straight from
+       -- pending to running in one statement; the recorder writes both steps
+       -- (pending -> scheduled -> running). Only a trusted role inside the
+       -- claim, whose definition sets jobengine.claiming; the setting alone
+       -- gives an untrusted role nothing.
+       AND NOT (OLD.status = 'pending' AND NEW.status = 'running' AND v_trusted
+                AND coalesce(current_setting('jobengine.claiming', true), '') = 'on')
+    THEN
+        RAISE EXCEPTION 'jobengine: illegal transition for job %: % -> %', OLD.id, OLD.status, NEW.status
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_status_transition', TABLE = 'jobs', SCHEMA = 'jobengine',
+                  HINT = 'see the lifecycle table in the jobengine README';
+    END IF;
+    IF NOT v_trusted AND NEW.status <> 'cancelled' THEN
+        RAISE EXCEPTION 'jobengine: job %: role % may only cancel jobs, not move them % -> %',
+            OLD.id, current_user, OLD.status, NEW.status
+            USING ERRCODE = 'insufficient_privilege', TABLE = 'jobs', SCHEMA = 'jobengine';
+    END IF;
+    -- A job runs only after every job it depends on completed (completed is
+    -- final, and depends_on is frozen once pending is left, so checking on
+    -- the way in is enough).
+    IF NEW.status IN ('scheduled', 'running') AND NEW.depends_on <> '{}' THEN
+        SELECT d.id, d.status INTO v_blocker FROM jobengine.jobs d
+        WHERE d.id = ANY (NEW.depends_on) AND d.status <> 'completed'
+        ORDER BY d.id LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION 'jobengine: job % cannot become %: its dependency % is %, not completed',
+                OLD.id, NEW.status, v_blocker.id, v_blocker.status
+                USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_dependencies_completed', TABLE = 'jobs', SCHEMA = 'jobengine';
+        END IF;
+    END IF;
+
+    -- Why: the writer's reason if it gave one, else the transition's default;
+    -- a role that is not trusted cannot pass its change off as the engine's.
+    v_reason := CASE WHEN NEW.status_reason IS DISTINCT FROM OLD.status_reason THEN NEW.status_reason
+                     ELSE jobengine.default_reason(OLD.status, NEW.status) END;
+    IF NOT v_trusted AND jobengine.engine_reason(v_reason) AND v_reason <> 'cancelled_by_user' THEN
+        RAISE EXCEPTION 'jobengine: job %: reason % is the engine''s own; role % may give its own words',
+            OLD.id, quote_literal(v_reason), current_user
+            USING ERRCODE = 'insufficient_privilege', TABLE = 'jobs', SCHEMA = 'jobengine';
+    END IF;
+    NEW.status_reason := v_reason;
+    -- Who and when come from the database, not from the writer.
+    NEW.status_actor := CASE WHEN v_trusted
+                             THEN coalesce(nullif(current_setting('jobengine.actor', true), ''), 'sql')
+                             ELSE 'sql' END;
+    NEW.status_role := current_user;
+    NEW.updated_at := v_now;
+    NEW.created_at := OLD.created_at;
+    NEW.attempt := OLD.attempt;
+    NEW.released := OLD.released;
+    IF NEW.status <> 'completed' THEN
+        NEW.result := OLD.result;
+    END IF;
+    IF NEW.status NOT IN ('failed', 'cancelled') THEN
+        NEW.last_error := OLD.last_error;
+    END IF;
+    NEW.scheduled_at := OLD.scheduled_at;
+    NEW.started_at := OLD.started_at;
+    NEW.finished_at := OLD.finished_at;
+
+    IF NEW.status = 'running' THEN
+        -- Entering running counts an attempt, and a running job always holds
+        -- a bounded lease: one given by hand without an expiry gets 30 s.
+        NEW.attempt := OLD.attempt + 1;
+        NEW.started_at := v_now;
+        NEW.finished_at := NULL;
+        IF OLD.status = 'pending' THEN
+            NEW.scheduled_at := v_now;
+        END IF;
+        IF NEW.lease_expires_at IS NULL OR NEW.lease_expires_at IS NOT DISTINCT FROM OLD.lease_expires_at THEN
+            NEW.lease_expires_at := v_now + interval '30 seconds';
+        END IF;
+        NEW.lease_owner := coalesce(NEW.lease_owner, NEW.status_actor);
+        PERFORM jobengine.check_lease(OLD.id, NEW.lease_expires_at, v_now);
+    ELSE
+        NEW.lease_owner := NULL;
+        NEW.lease_expires_at := NULL;
+        IF NEW.status = 'scheduled' THEN
+            NEW.scheduled_at := v_now;
+            IF OLD.status = 'running' THEN
+                NEW.released := OLD.released + 1;  -- given back: not counted against max_retries
+            END IF;
+        ELSE
+            NEW.finished_at := v_now;
+        END IF;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+--
+-- Name: jobs_record_insert(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.jobs_record_insert() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    max_bytes bigint := jobengine.max_payload_bytes();
+    bad record;
+    ids bigint[];
+    n_sent bigint;
+BEGIN
+    SELECT n.id, n.status INTO bad FROM new_jobs n WHERE n.status <> 'pending' LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'jobengine: job % must be inserted as pending, not %', bad.id, bad.status
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_status_transition', TABLE = 'jobs', SCHEMA = 'jobengine';
+    END IF;
+    -- A new job starts its life at the beginning: no attempts, lease or outcome.
+    SELECT n.id INTO bad FROM new_jobs n
+    WHERE n.attempt <> 0 OR n.released <> 0 OR n.lease_owner IS NOT NULL OR n.lease_expires_at IS NOT NULL
+       OR n.result IS NOT NULL OR n.last_error IS NOT NULL OR n.started_at IS NOT NULL
+       OR n.finished_at IS NOT NULL OR n.scheduled_at IS NOT NULL OR n.status_reason <> 'created'
+    LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'jobengine: job % must be inserted new: attempt, released, lease, result, last_error, status_reason and the started/scheduled/finished times are the database''s to set', bad.id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_lifecycle_columns', TABLE = 'jobs', SCHEMA = 'jobengine';
+    END IF;
+    SELECT n.* INTO bad FROM new_jobs n
+    WHERE NOT jobengine.job_content_ok(n.kind, n.queue, n.payload, n.retry_policy, max_bytes) LIMIT 1;
+    IF FOUND THEN
+        PERFORM jobengine.raise_invalid_job(bad.id, bad.kind, bad.queue, bad.payload, bad.retry_policy, max_bytes);
+    END IF;
+    SELECT array_agg(n.id) INTO ids FROM new_jobs n WHERE n.depends_on <> '{}';
+    IF ids IS NOT NULL THEN
+        PERFORM jobengine.validate_dependencies(ids);
+    END IF;
+
+    WITH c AS (
+        SELECT n.id, NULL::jobengine.job_status AS from_status, n.status AS to_status, n.attempt,
+               n.kind, n.queue, n.status_reason AS reason, n.created_at AS occurred_at,
+               n.status_actor AS actor, n.status_role AS role, gen_random_uuid() AS event_id
+        FROM new_jobs n
+    ), h AS (
+        INSERT INTO jobengine.job_history (job_id, from_status, to_status, attempt, occurred_at, reason, actor, role)
+        SELECT c.id, c.from_status, c.to_status, c.attempt, c.occurred_at, c.reason, c.actor, c.role FROM c
+    ), e AS (
+        INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
+        SELECT c.event_id, c.id, 'job.created', c.occurred_at,
+               jobengine.envelope(c.event_id, 'job.created', c.occurred_at, c.id, c.kind,
+                                  c.queue, c.from_status, c.to_status, c.attempt, c.actor, c.reason)
+        FROM c
+        RETURNING envelope
+    )
+    SELECT count(pg_notify('jobengine_events', e.envelope::text)) INTO n_sent FROM e;
+
+    PERFORM pg_notify('jobengine_wake', q.queue || ':new') FROM (SELECT DISTINCT n.queue FROM new_jobs n) q;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: jobs_record_update(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.jobs_record_update() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    n_changed bigint;
+BEGIN
+    -- Statements that touch no status (lease renewals) or no row at all (an
+    -- empty claim) leave here, at the cost of one tuplestore peek.
+    PERFORM 1 FROM new_jobs LIMIT 1;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    WITH moved AS MATERIALIZED (
+        SELECT n.id, o.status AS old_status, n.status AS new_status, n.attempt,
+               n.kind, n.queue, n.status_reason AS reason, n.updated_at AS occurred_at,
+               n.status_actor AS actor, n.status_role AS role
+        FROM new_jobs n JOIN old_jobs o ON o.id = n.id
+        WHERE n.status IS DISTINCT FROM o.status
+    ), c AS MATERIALIZED (
+        -- one step per transition; a claim straight from pending took two
+        SELECT m.id, s.from_status, s.to_status, s.attempt, m.kind, m.queue, s.reason,
+               m.occurred_at, m.actor, m.role, s.step, gen_random_uuid() AS event_id,
+               jobengine.transition_event_type(s.from_status, s.to_status) AS event_type
+        FROM moved m
+        CROSS JOIN LATERAL (
+            SELECT m.old_status AS from_status, m.new_status AS to_status,
+                   m.attempt, m.reason, 1 AS step
+            WHERE NOT (m.old_status = 'pending' AND m.new_status = 'running')
+            UNION ALL
+            SELECT 'pending'::jobengine.job_status, 'scheduled'::jobengine.job_status,
+                   m.attempt - 1, 'ready', 1
+            WHERE m.old_status = 'pending' AND m.new_status = 'running'
+            UNION ALL
+            SELECT 'scheduled'::jobengine.job_status, 'running'::jobengine.job_status,
+                   m.attempt, m.reason, 2
+            WHERE m.old_status = 'pending' AND m.new_status = 'running'
+        ) AS s
+    ), h AS (
+        INSERT INTO jobengine.job_history (job_id, from_status, to_status, attempt, occurred_at, reason, actor, role)
+        SELECT c.id, c.from_status, c.to_status, c.attempt, c.occurred_at, c.reason, c.actor, c.role
+        FROM c ORDER BY c.id, c.step
+    ), e AS (
+        INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
+        SELECT c.event_id, c.id, c.event_type, c.occurred_at,
+               jobengine.envelope(c.event_id, c.event_type, c.occurred_at, c.id, c.kind,
+                                  c.queue, c.from_status, c.to_status, c.attempt, c.actor, c.reason)
+        FROM c ORDER BY c.id, c.step
+        RETURNING envelope
+    ), w AS (
+        -- by where jobs ended up (a claim from pending wakes no one)
+        SELECT pg_notify('jobengine_wake', q.queue || q.what)
+        FROM (SELECT DISTINCT m.queue,
+                     CASE WHEN m.new_status = 'scheduled' THEN ':ready' ELSE ':done' END AS what
+              FROM moved m WHERE m.new_status <> 'running') q
+    ), x AS (
+        -- running -> cancelled: tell the daemons (ids chunked to stay far
+        -- below the NOTIFY payload limit)
+        SELECT pg_notify('jobengine_cancel', string_agg(k.id::text, ','))
+        FROM (SELECT m.id, (row_number() OVER (ORDER BY m.id) - 1) / 500 AS chunk
+              FROM moved m WHERE m.old_status = 'running' AND m.new_status = 'cancelled') k
+        GROUP BY k.chunk
+    )
+    SELECT (SELECT count(pg_notify('jobengine_events', e.envelope::text)) FROM e)
+         + (SELECT count(*) FROM w) + (SELECT count(*) FROM x)
+    INTO n_changed;
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: jobs_refuse_id_change(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.jobs_refuse_id_change() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    RAISE EXCEPTION 'jobengine: job %: id cannot change', OLD.id
+        USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_id_immutable', TABLE = 'jobs', SCHEMA = 'jobengine';
+END
+$$;
+
+--
+-- Name: jobs_validate_content(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.jobs_validate_content() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    max_bytes bigint := jobengine.max_payload_bytes();
+BEGIN
+    IF NOT jobengine.job_content_ok(NEW.kind, NEW.queue, NEW.payload, NEW.retry_policy, max_bytes) THEN
+        PERFORM jobengine.raise_invalid_job(NEW.id, NEW.kind, NEW.queue, NEW.payload, NEW.retry_policy, max_bytes);
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+--
+-- Name: jobs_validate_dependencies(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.jobs_validate_dependencies() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF OLD.status <> 'pending' THEN
+        RAISE EXCEPTION 'jobengine: job %: depends_on cannot change once the job left pending (it is %)', OLD.id, OLD.status
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_frozen', TABLE = 'jobs', SCHEMA = 'jobengine';
+    END IF;
+    -- One dependency change at a time, database-wide: a cycle needs two.
+    PERFORM pg_advisory_xact_lock(7666530082071394660);
+    PERFORM jobengine.validate_dependencies(ARRAY[NEW.id]);
+    RETURN NULL;
+END
+$$;
+
+--
+-- Name: lock_running(text, bigint[], integer[]); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.lock_running(p_owner text, p_ids bigint[], p_attempts integer[]) RETURNS bigint[]
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT coalesce(array_agg(j.id), '{}') FROM (
+        SELECT j.id FROM jobengine.jobs j
+        JOIN unnest(p_ids, p_attempts) AS t(id, attempt) ON t.id = j.id
+        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
+        FOR NO KEY UPDATE OF j SKIP LOCKED
+    ) j
+$$;
+
+--
+-- Name: max_lease_ttl(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.max_lease_ttl() RETURNS interval
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT coalesce((SELECT s.value::interval FROM jobengine.settings s WHERE s.name = 'max_lease_ttl'),
+                    interval '1 hour')
+$$;
+
+--
+-- Name: max_payload_bytes(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.max_payload_bytes() RETURNS bigint
+    LANGUAGE sql STABLE PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT coalesce((SELECT s.value::bigint FROM jobengine.settings s WHERE s.name = 'max_payload_bytes'),
+                    1048576)
+$$;
+
+--
+-- Name: may_only_cancel(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.may_only_cancel() RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT NOT jobengine.writer_trusted()
+$$;
+
+--
+-- Name: promote_v1(text[], integer, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.promote_v1(p_queues text[], p_limit integer, p_sealed boolean DEFAULT false) RETURNS SETOF bigint
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    UPDATE jobengine.jobs AS j
+    SET status = 'scheduled', status_reason = 'ready'
+    WHERE j.id IN (
+        SELECT p.id FROM jobengine.jobs p
+        WHERE p.status = 'pending' AND p.depends_on <> '{}' AND p.queue = ANY (p_queues)
+          AND p.run_at <= statement_timestamp()
+          AND NOT (p_sealed AND p.requires_network)
+          AND NOT EXISTS (
+              SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (p.depends_on) AND d.status <> 'completed')
+        ORDER BY p.id
+        LIMIT p_limit
+        FOR NO KEY UPDATE SKIP LOCKED
+    )
+    RETURNING j.id
+$$;
+
+--
+-- Name: raise_invalid_job(bigint, text, text, jsonb, jsonb, bigint); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.raise_invalid_job(id bigint, kind text, queue text, payload jsonb, retry_policy jsonb, max_bytes bigint) RETURNS void
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
 BEGIN
     IF kind !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$' THEN
         RAISE EXCEPTION 'jobengine: job %: kind % is invalid: use 1-100 characters from A-Z a-z 0-9 _ . : - starting with a letter or digit',
@@ -237,16 +875,257 @@ BEGIN
         id, retry_policy
         USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_retry_policy_valid', TABLE = 'jobs', SCHEMA = 'jobengine';
 END
+$_$;
+
+--
+-- Name: reap_candidates_v1(integer); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.reap_candidates_v1(p_limit integer) RETURNS TABLE(id bigint, attempt integer, released integer, max_retries integer, retry_policy jsonb, lease_owner text, lease_expires_at timestamp with time zone)
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT r.id, r.attempt, r.released, r.max_retries, r.retry_policy, r.lease_owner, r.lease_expires_at
+    FROM jobengine.jobs r
+    WHERE r.status = 'running' AND r.lease_expires_at < statement_timestamp()
+    ORDER BY r.lease_expires_at
+    LIMIT p_limit
+    FOR NO KEY UPDATE SKIP LOCKED
 $$;
 
--- Refuse a dependency on a job that does not exist, and any dependency cycle
--- through the jobs `ids`.
+--
+-- Name: reap_v1(bigint[], integer[], text[], double precision[]); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.reap_v1(p_ids bigint[], p_attempts integer[], p_owners text[], p_retry_delays double precision[]) RETURNS TABLE(id bigint, outcome text, retry_at timestamp with time zone)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_done bigint[];
+BEGIN
+    WITH t AS (SELECT * FROM unnest(p_ids, p_attempts, p_owners) AS t(id, attempt, owner)),
+    upd AS (
+        UPDATE jobengine.jobs j
+        SET status = 'failed', status_reason = 'lease_expired',
+            last_error = 'LeaseExpired: the lease held by ' || coalesce(j.lease_owner, '?')
+                         || ' expired at ' || j.lease_expires_at::text
+        FROM t
+        WHERE j.id = t.id AND j.status = 'running' AND j.attempt = t.attempt
+          AND j.lease_owner IS NOT DISTINCT FROM t.owner
+          AND j.lease_expires_at < statement_timestamp()
+        RETURNING j.id
+    )
+    SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
+    RETURN QUERY
+    WITH r AS (
+        SELECT * FROM jobengine.schedule_retries(
+            ARRAY(SELECT t.id FROM unnest(p_ids, p_retry_delays) AS t(id, delay)
+                  WHERE t.id = ANY (v_done) AND t.delay IS NOT NULL),
+            ARRAY(SELECT t.delay FROM unnest(p_ids, p_retry_delays) AS t(id, delay)
+                  WHERE t.id = ANY (v_done) AND t.delay IS NOT NULL),
+            'retry')
+    )
+    SELECT t.id, CASE WHEN t.id = ANY (v_done) THEN 'done' ELSE 'moved' END, r.run_at
+    FROM unnest(p_ids) AS t(id) LEFT JOIN r ON r.id = t.id;
+END
+$$;
+
+--
+-- Name: refuse_rewrite(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.refuse_rewrite() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    RAISE EXCEPTION 'jobengine: %.% is append-only: % refused', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'restrict_violation', TABLE = TG_TABLE_NAME, SCHEMA = TG_TABLE_SCHEMA;
+END
+$$;
+
+--
+-- Name: release_v1(text, bigint[], integer[]); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.release_v1(p_owner text, p_ids bigint[], p_attempts integer[]) RETURNS TABLE(id bigint, attempt integer, outcome text)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_locked bigint[] := jobengine.lock_running(p_owner, p_ids, p_attempts);
+    v_done bigint[];
+BEGIN
+    WITH upd AS (
+        UPDATE jobengine.jobs j
+        SET status = 'scheduled', status_reason = 'shutdown', run_at = statement_timestamp()
+        WHERE j.id = ANY (v_locked)
+        RETURNING j.id
+    )
+    SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
+    RETURN QUERY SELECT * FROM jobengine.running_outcomes(p_owner, p_ids, p_attempts, v_done);
+END
+$$;
+
+--
+-- Name: renew_v1(text, bigint[], integer[], interval); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.renew_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_lease_ttl interval) RETURNS TABLE(id bigint, attempt integer, outcome text)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_locked bigint[];
+    v_done bigint[];
+BEGIN
+    IF p_lease_ttl IS NULL OR p_lease_ttl <= interval '0' THEN
+        RAISE EXCEPTION 'jobengine: renew: lease_ttl must be positive, not %', p_lease_ttl
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    v_locked := jobengine.lock_running(p_owner, p_ids, p_attempts);
+    WITH upd AS (
+        UPDATE jobengine.jobs j
+        SET lease_expires_at = statement_timestamp() + p_lease_ttl
+        WHERE j.id = ANY (v_locked)
+        RETURNING j.id
+    )
+    SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
+    RETURN QUERY SELECT * FROM jobengine.running_outcomes(p_owner, p_ids, p_attempts, v_done);
+END
+$$;
+
+--
+-- Name: retry_candidates_v1(integer); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.retry_candidates_v1(p_limit integer) RETURNS TABLE(id bigint, attempt integer, released integer, max_retries integer, retry_policy jsonb)
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT j.id, j.attempt, j.released, j.max_retries, j.retry_policy FROM jobengine.jobs j
+    WHERE j.status = 'failed' AND j.attempt - j.released <= j.max_retries
+    ORDER BY j.id
+    LIMIT p_limit
+    FOR NO KEY UPDATE SKIP LOCKED
+$$;
+
+--
+-- Name: retry_v1(bigint[], double precision[], text); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.retry_v1(p_ids bigint[], p_delays double precision[] DEFAULT NULL::double precision[], p_reason text DEFAULT 'operator_retry'::text) RETURNS TABLE(id bigint, retried boolean, run_at timestamp with time zone, stays_cancelled bigint[])
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET lock_timeout TO '5s'
+    AS $$
+BEGIN
+    -- Wait (briefly) for failed rows someone holds: an operator expects an answer.
+    PERFORM 1 FROM jobengine.jobs j WHERE j.id = ANY (p_ids) AND j.status = 'failed' FOR NO KEY UPDATE;
+    RETURN QUERY
+    WITH r AS (
+        SELECT * FROM jobengine.schedule_retries(
+            p_ids, coalesce(p_delays, array_fill(0::double precision, ARRAY[cardinality(p_ids)])),
+            p_reason)
+    )
+    SELECT t.id, r.id IS NOT NULL, r.run_at,
+           CASE WHEN r.id IS NOT NULL THEN jobengine.cancelled_dependents(t.id) ELSE '{}' END
+    FROM unnest(p_ids) AS t(id) LEFT JOIN r ON r.id = t.id;
+END
+$$;
+
+--
+-- Name: running_outcomes(text, bigint[], integer[], bigint[]); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.running_outcomes(p_owner text, p_ids bigint[], p_attempts integer[], p_done bigint[]) RETURNS TABLE(id bigint, attempt integer, outcome text)
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT t.id, t.attempt, CASE
+        WHEN t.id = ANY (p_done) AND j.attempt = t.attempt THEN 'done'
+        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
+        ELSE 'moved' END
+    FROM unnest(p_ids, p_attempts) AS t(id, attempt)
+    LEFT JOIN jobengine.jobs j ON j.id = t.id
+$$;
+
+--
+-- Name: schedule_retries(bigint[], double precision[], text); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.schedule_retries(p_ids bigint[], p_delays double precision[], p_reason text) RETURNS TABLE(id bigint, run_at timestamp with time zone)
+    LANGUAGE sql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    WITH t AS (SELECT * FROM unnest(p_ids, p_delays) AS t(id, delay)),
+    locked AS (
+        SELECT j.id FROM jobengine.jobs j JOIN t ON t.id = j.id
+        WHERE j.status = 'failed'
+        FOR NO KEY UPDATE OF j SKIP LOCKED
+    )
+    UPDATE jobengine.jobs j
+    SET status = 'scheduled', status_reason = p_reason,
+        run_at = statement_timestamp() + make_interval(secs => greatest(t.delay, 0))
+    FROM t, locked
+    WHERE j.id = t.id AND locked.id = t.id
+    RETURNING j.id, j.run_at
+$$;
+
+--
+-- Name: settings_check(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.settings_check() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF NEW.name = 'max_lease_ttl' AND NEW.value::interval < interval '1 minute' THEN
+        RAISE EXCEPTION 'jobengine: setting max_lease_ttl must be an interval of at least 1 minute, not %', NEW.value
+            USING ERRCODE = 'check_violation', TABLE = 'settings', SCHEMA = 'jobengine';
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+--
+-- Name: transition_event_type(jobengine.job_status, jobengine.job_status); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.transition_event_type(from_status jobengine.job_status, to_status jobengine.job_status) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT CASE
+        WHEN from_status IS NULL AND to_status = 'pending' THEN 'job.created'
+        WHEN from_status = 'pending' AND to_status = 'scheduled' THEN 'job.scheduled'
+        WHEN from_status = 'pending' AND to_status = 'cancelled' THEN 'job.cancelled'
+        WHEN from_status = 'scheduled' AND to_status = 'running' THEN 'job.started'
+        WHEN from_status = 'scheduled' AND to_status = 'cancelled' THEN 'job.cancelled'
+        WHEN from_status = 'running' AND to_status = 'completed' THEN 'job.completed'
+        WHEN from_status = 'running' AND to_status = 'failed' THEN 'job.failed'
+        WHEN from_status = 'running' AND to_status = 'cancelled' THEN 'job.cancelled'
+        WHEN from_status = 'running' AND to_status = 'scheduled' THEN 'job.released'
+        WHEN from_status = 'failed' AND to_status = 'scheduled' THEN 'job.retry_scheduled'
+    END
+$$;
+
+--
+-- Name: validate_dependencies(bigint[]); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
 CREATE FUNCTION jobengine.validate_dependencies(ids bigint[]) RETURNS void
-LANGUAGE plpgsql
-AS $$
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
 DECLARE
     bad record;
+    visited bigint[];
 BEGIN
+    -- Each dependency must exist, and keeps existing while this transaction
+    -- runs: the key-share lock holds off a concurrent removal.
     SELECT j.id, d.dep INTO bad
     FROM jobengine.jobs j, unnest(j.depends_on) AS d(dep)
     WHERE j.id = ANY (ids)
@@ -256,9 +1135,11 @@ BEGIN
         RAISE EXCEPTION 'jobengine: job % depends on job %, which does not exist', bad.id, coalesce(bad.dep::text, 'NULL')
             USING ERRCODE = 'foreign_key_violation', CONSTRAINT = 'jobs_depends_on_exists', TABLE = 'jobs', SCHEMA = 'jobengine';
     END IF;
+    PERFORM 1 FROM jobengine.jobs x
+    WHERE x.id IN (SELECT d.dep FROM jobengine.jobs j, unnest(j.depends_on) AS d(dep) WHERE j.id = ANY (ids))
+    FOR KEY SHARE;
     -- Walk the dependency graph from each changed job; reaching the start
-    -- again is a cycle. UNION (not UNION ALL) stops the walk on a cycle that
-    -- does not pass through the start.
+    -- again is a cycle.
     WITH RECURSIVE walk(start, node) AS (
         SELECT j.id, d.dep FROM jobengine.jobs j, unnest(j.depends_on) AS d(dep) WHERE j.id = ANY (ids)
         UNION
@@ -266,436 +1147,474 @@ BEGIN
         FROM walk w JOIN jobengine.jobs x ON x.id = w.node, unnest(x.depends_on) AS d(dep)
         WHERE w.node <> w.start
     )
-    SELECT start INTO bad FROM walk WHERE node = start LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'jobengine: job %: depends_on would create a dependency cycle', bad.start
+    SELECT min(start) FILTER (WHERE node = start), array_agg(DISTINCT node)
+    INTO bad.id, visited FROM walk;
+    IF bad.id IS NOT NULL THEN
+        RAISE EXCEPTION 'jobengine: job %: depends_on would create a dependency cycle', bad.id
             USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_depends_on_acyclic', TABLE = 'jobs', SCHEMA = 'jobengine';
     END IF;
+    -- Under REPEATABLE READ or SERIALIZABLE the walk read a snapshot: locking
+    -- what it read fails (serialization_failure, retry the transaction) if a
+    -- concurrent change to those jobs committed after it.
+    IF visited IS NOT NULL AND current_setting('transaction_isolation') <> 'read committed' THEN
+        PERFORM 1 FROM jobengine.jobs x WHERE x.id = ANY (visited) FOR SHARE;
+    END IF;
 END
 $$;
 
--- ---------------------------------------------------------------------------
--- The guard: one cheap per-row check that a status change is allowed, and
--- the bookkeeping that follows from it.
--- ---------------------------------------------------------------------------
-
-CREATE FUNCTION jobengine.jobs_guard_transition() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    IF jobengine.transition_event_type(OLD.status, NEW.status) IS NULL
-       -- The claim (jobengine.claim_jobs) takes a due job straight from
-       -- pending to running in one statement; the recorder writes both steps
-       -- it takes, pending -> scheduled -> running, so the history is still a
-       -- path through the table. Only with the claim's flag set.
-       AND NOT (OLD.status = 'pending' AND NEW.status = 'running'
-                AND coalesce(current_setting('jobengine.claiming', true), '') = 'on')
-    THEN
-        RAISE EXCEPTION 'jobengine: illegal transition for job %: % -> %', OLD.id, OLD.status, NEW.status
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_status_transition', TABLE = 'jobs', SCHEMA = 'jobengine',
-                  HINT = 'see the lifecycle table in the jobengine README';
-    END IF;
-    IF NEW.status <> 'cancelled' AND jobengine.may_only_cancel() THEN
-        RAISE EXCEPTION 'jobengine: job %: role % may only cancel jobs, not move them % -> %',
-            OLD.id, current_user, OLD.status, NEW.status
-            USING ERRCODE = 'insufficient_privilege', TABLE = 'jobs', SCHEMA = 'jobengine';
-    END IF;
-    -- A writer that did not set these (a hand-written UPDATE) gets the defaults.
-    IF NEW.updated_at IS NOT DISTINCT FROM OLD.updated_at THEN
-        NEW.updated_at := now();
-    END IF;
-    IF NEW.status_reason IS NOT DISTINCT FROM OLD.status_reason THEN
-        NEW.status_reason := jobengine.default_reason(OLD.status, NEW.status);
-    END IF;
-    IF NEW.status = 'running' THEN
-        -- Entering running counts an attempt, and a running job always holds a
-        -- lease: one given by hand gets 30 s, after which the reaper takes over.
-        NEW.attempt := OLD.attempt + 1;
-        NEW.started_at := NEW.updated_at;
-        NEW.finished_at := NULL;
-        IF OLD.status = 'pending' THEN
-            NEW.scheduled_at := NEW.updated_at;
-        END IF;
-        IF NEW.lease_expires_at IS NULL OR NEW.lease_expires_at IS NOT DISTINCT FROM OLD.lease_expires_at THEN
-            NEW.lease_owner := coalesce(NEW.lease_owner, jobengine.current_actor());
-            NEW.lease_expires_at := NEW.updated_at + interval '30 seconds';
-        END IF;
-    ELSE
-        NEW.lease_owner := NULL;
-        NEW.lease_expires_at := NULL;
-        IF NEW.status = 'scheduled' THEN
-            NEW.scheduled_at := NEW.updated_at;
-            IF OLD.status = 'running' THEN
-                NEW.released := OLD.released + 1;
-            END IF;
-        ELSE
-            NEW.finished_at := NEW.updated_at;
-        END IF;
-    END IF;
-    RETURN NEW;
-END
-$$;
-
-CREATE TRIGGER jobs_guard_transition
-    BEFORE UPDATE OF status ON jobengine.jobs
-    FOR EACH ROW WHEN (OLD.status IS DISTINCT FROM NEW.status)
-    EXECUTE FUNCTION jobengine.jobs_guard_transition();
-
--- The id is the job's identity in history and timeline: it never changes.
-CREATE FUNCTION jobengine.jobs_refuse_id_change() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    RAISE EXCEPTION 'jobengine: job %: id cannot change', OLD.id
-        USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_id_immutable', TABLE = 'jobs', SCHEMA = 'jobengine';
-END
-$$;
-
-CREATE TRIGGER jobs_refuse_id_change
-    BEFORE UPDATE OF id ON jobengine.jobs
-    FOR EACH ROW WHEN (OLD.id IS DISTINCT FROM NEW.id)
-    EXECUTE FUNCTION jobengine.jobs_refuse_id_change();
-
--- ---------------------------------------------------------------------------
--- The recorder: history, timeline and NOTIFY for a whole statement at once.
--- ---------------------------------------------------------------------------
-
--- The EventEnvelope (the contract's keys), in one place: every timeline row
--- and every notification on jobengine_events is built here. A one-expression
--- SQL function, so the planner inlines it: it costs no call.
-CREATE FUNCTION jobengine.envelope(
-    event_id uuid, event_type text, occurred_at timestamptz, job_id bigint, kind text,
-    queue text, from_status jobengine.job_status, to_status jobengine.job_status,
-    attempt integer, actor text, reason text
-) RETURNS jsonb
-LANGUAGE sql STABLE PARALLEL SAFE
-AS $$
-    SELECT jsonb_build_object(
-        'event_id', event_id, 'event_type', event_type, 'schema_version', 1,
-        'occurred_at', occurred_at, 'job_id', job_id, 'kind', kind, 'queue', queue,
-        'from_status', from_status, 'to_status', to_status, 'attempt', attempt,
-        'actor', actor, 'reason', reason)
-$$;
-
--- Both recorders below build the envelope with jobengine.envelope. Payload and result never go in it (NOTIFY's 8000-byte limit).
--- pg_notify is called per transition: listeners get one message per change.
--- Two extra, per-statement channels let daemons wake without parsing every
--- envelope: jobengine_wake (payload: "<queue>:new" for inserted jobs,
--- "<queue>:ready" for jobs that became scheduled, "<queue>:done" for jobs that
--- finished, which may free their dependents)
--- and jobengine_cancel (payload: ids of running jobs just cancelled).
-
--- The recorders run with their owner's rights (SECURITY DEFINER): roles that
--- may change jobs need no right to write history or timeline rows themselves.
-CREATE FUNCTION jobengine.jobs_record_insert() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    who text := jobengine.current_actor();
-    max_bytes bigint := jobengine.max_payload_bytes();
-    bad record;
-    ids bigint[];
-    n_sent bigint;
-BEGIN
-    SELECT n.id, n.status INTO bad FROM new_jobs n WHERE n.status <> 'pending' LIMIT 1;
-    IF FOUND THEN
-        RAISE EXCEPTION 'jobengine: job % must be inserted as pending, not %', bad.id, bad.status
-            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_status_transition', TABLE = 'jobs', SCHEMA = 'jobengine';
-    END IF;
-    SELECT n.* INTO bad FROM new_jobs n
-    WHERE NOT jobengine.job_content_ok(n.kind, n.queue, n.payload, n.retry_policy, max_bytes) LIMIT 1;
-    IF FOUND THEN
-        PERFORM jobengine.raise_invalid_job(bad.id, bad.kind, bad.queue, bad.payload, bad.retry_policy, max_bytes);
-    END IF;
-    SELECT array_agg(n.id) INTO ids FROM new_jobs n WHERE n.depends_on <> '{}';
-    IF ids IS NOT NULL THEN
-        PERFORM jobengine.validate_dependencies(ids);
-    END IF;
-
-    WITH c AS (
-        SELECT n.id, NULL::jobengine.job_status AS from_status, n.status AS to_status, n.attempt,
-               n.kind, n.queue, n.status_reason AS reason, n.created_at AS occurred_at,
-               gen_random_uuid() AS event_id
-        FROM new_jobs n
-    ), h AS (
-        INSERT INTO jobengine.job_history (job_id, from_status, to_status, attempt, occurred_at, reason, actor)
-        SELECT c.id, c.from_status, c.to_status, c.attempt, c.occurred_at, c.reason, who FROM c
-    ), e AS (
-        INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
-        SELECT c.event_id, c.id, 'job.created', c.occurred_at,
-               jobengine.envelope(c.event_id, 'job.created', c.occurred_at, c.id, c.kind,
-                                  c.queue, c.from_status, c.to_status, c.attempt, who, c.reason)
-        FROM c
-        RETURNING envelope
-    )
-    SELECT count(pg_notify('jobengine_events', e.envelope::text)) INTO n_sent FROM e;
-
-    PERFORM pg_notify('jobengine_wake', q.queue || ':new') FROM (SELECT DISTINCT n.queue FROM new_jobs n) q;
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER jobs_record_insert
-    AFTER INSERT ON jobengine.jobs
-    REFERENCING NEW TABLE AS new_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION jobengine.jobs_record_insert();
-
-CREATE FUNCTION jobengine.jobs_record_update() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    who text;
-    n_changed bigint;
-BEGIN
-    -- Most statements that touch no status (lease renewals) or no row at all
-    -- (an empty claim) leave here, at the cost of one tuplestore peek.
-    PERFORM 1 FROM new_jobs LIMIT 1;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    who := jobengine.current_actor();
-    WITH moved AS MATERIALIZED (
-        SELECT n.id, o.status AS old_status, n.status AS new_status, n.attempt,
-               n.kind, n.queue, n.status_reason AS reason, n.updated_at AS occurred_at
-        FROM new_jobs n JOIN old_jobs o ON o.id = n.id
-        WHERE n.status IS DISTINCT FROM o.status
-    ), c AS MATERIALIZED (
-        -- one step per transition; a claim straight from pending took two
-        SELECT m.id, s.from_status, s.to_status, s.attempt, m.kind, m.queue, s.reason,
-               m.occurred_at, s.step, gen_random_uuid() AS event_id,
-               jobengine.transition_event_type(s.from_status, s.to_status) AS event_type
-        FROM moved m
-        CROSS JOIN LATERAL (
-            SELECT m.old_status AS from_status, m.new_status AS to_status,
-                   m.attempt, m.reason, 1 AS step
-            WHERE NOT (m.old_status = 'pending' AND m.new_status = 'running')
-            UNION ALL
-            SELECT 'pending'::jobengine.job_status, 'scheduled'::jobengine.job_status,
-                   m.attempt - 1, 'ready', 1
-            WHERE m.old_status = 'pending' AND m.new_status = 'running'
-            UNION ALL
-            SELECT 'scheduled'::jobengine.job_status, 'running'::jobengine.job_status,
-                   m.attempt, m.reason, 2
-            WHERE m.old_status = 'pending' AND m.new_status = 'running'
-        ) AS s
-    ), h AS (
-        INSERT INTO jobengine.job_history (job_id, from_status, to_status, attempt, occurred_at, reason, actor)
-        SELECT c.id, c.from_status, c.to_status, c.attempt, c.occurred_at, c.reason, who
-        FROM c ORDER BY c.id, c.step
-    ), e AS (
-        INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
-        SELECT c.event_id, c.id, c.event_type, c.occurred_at,
-               jobengine.envelope(c.event_id, c.event_type, c.occurred_at, c.id, c.kind,
-                                  c.queue, c.from_status, c.to_status, c.attempt, who, c.reason)
-        FROM c ORDER BY c.id, c.step
-        RETURNING envelope
-    ), w AS (
-        -- by where jobs ended up (a claim from pending wakes no one)
-        SELECT pg_notify('jobengine_wake', q.queue || q.what)
-        FROM (SELECT DISTINCT m.queue,
-                     CASE WHEN m.new_status = 'scheduled' THEN ':ready' ELSE ':done' END AS what
-              FROM moved m WHERE m.new_status <> 'running') q
-    ), x AS (
-        -- running -> cancelled: tell the daemons (ids chunked to stay far
-        -- below the NOTIFY payload limit)
-        SELECT pg_notify('jobengine_cancel', string_agg(k.id::text, ','))
-        FROM (SELECT m.id, (row_number() OVER (ORDER BY m.id) - 1) / 500 AS chunk
-              FROM moved m WHERE m.old_status = 'running' AND m.new_status = 'cancelled') k
-        GROUP BY k.chunk
-    )
-    SELECT (SELECT count(pg_notify('jobengine_events', e.envelope::text)) FROM e)
-         + (SELECT count(*) FROM w) + (SELECT count(*) FROM x)
-    INTO n_changed;
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER jobs_record_update
-    AFTER UPDATE ON jobengine.jobs
-    REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION jobengine.jobs_record_update();
-
--- Content changed after insert is validated like new content. Row triggers
--- limited to the columns concerned: the daemon's status changes never set
--- them, so they cost the hot path nothing.
-CREATE FUNCTION jobengine.jobs_validate_content() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-DECLARE
-    max_bytes bigint := jobengine.max_payload_bytes();
-BEGIN
-    IF NOT jobengine.job_content_ok(NEW.kind, NEW.queue, NEW.payload, NEW.retry_policy, max_bytes) THEN
-        PERFORM jobengine.raise_invalid_job(NEW.id, NEW.kind, NEW.queue, NEW.payload, NEW.retry_policy, max_bytes);
-    END IF;
-    RETURN NEW;
-END
-$$;
-
-CREATE TRIGGER jobs_validate_content
-    BEFORE UPDATE OF kind, queue, payload, retry_policy ON jobengine.jobs
-    FOR EACH ROW EXECUTE FUNCTION jobengine.jobs_validate_content();
-
--- A changed depends_on must name existing jobs and close no cycle. AFTER ROW
--- triggers run at the end of the statement, so the walk sees every row the
--- statement changed.
-CREATE FUNCTION jobengine.jobs_validate_dependencies() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    PERFORM jobengine.validate_dependencies(ARRAY[NEW.id]);
-    RETURN NULL;
-END
-$$;
-
-CREATE TRIGGER jobs_validate_dependencies
-    AFTER UPDATE OF depends_on ON jobengine.jobs
-    FOR EACH ROW WHEN (OLD.depends_on IS DISTINCT FROM NEW.depends_on)
-    EXECUTE FUNCTION jobengine.jobs_validate_dependencies();
-
--- ---------------------------------------------------------------------------
--- The audit trail is append-only; jobs are never deleted (their history
--- would lose its subject).
--- ---------------------------------------------------------------------------
-
-CREATE FUNCTION jobengine.refuse_rewrite() RETURNS trigger
-LANGUAGE plpgsql
-AS $$
-BEGIN
-    RAISE EXCEPTION 'jobengine: %.% is append-only: % refused', TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP
-        USING ERRCODE = 'restrict_violation', TABLE = TG_TABLE_NAME, SCHEMA = TG_TABLE_SCHEMA;
-END
-$$;
-
-CREATE TRIGGER job_history_append_only
-    BEFORE UPDATE OR DELETE ON jobengine.job_history
-    FOR EACH ROW EXECUTE FUNCTION jobengine.refuse_rewrite();
-CREATE TRIGGER job_history_no_truncate
-    BEFORE TRUNCATE ON jobengine.job_history
-    FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite();
-CREATE TRIGGER timeline_events_append_only
-    BEFORE UPDATE OR DELETE ON jobengine.timeline_events
-    FOR EACH ROW EXECUTE FUNCTION jobengine.refuse_rewrite();
-CREATE TRIGGER timeline_events_no_truncate
-    BEFORE TRUNCATE ON jobengine.timeline_events
-    FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite();
-CREATE TRIGGER jobs_no_delete
-    BEFORE DELETE ON jobengine.jobs
-    FOR EACH ROW EXECUTE FUNCTION jobengine.refuse_rewrite();
-CREATE TRIGGER jobs_no_truncate
-    BEFORE TRUNCATE ON jobengine.jobs
-    FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite();
-
--- ===== from 0002_claim.sql =====
--- jobengine 0002: the claim, in one statement and one round trip.
 --
--- The best runnable jobs go to running with a lease: jobs already scheduled
--- (retries, jobs whose dependencies completed) and due dependency-free jobs
--- still pending, which the claim takes straight to running. That is one
--- guarded UPDATE; the recorder writes both steps such a job took (pending ->
--- scheduled -> running: two history rows, two timeline events, two
--- notifications), so the audit trail is the same as with two statements, at
--- the cost of one.
+-- Name: writer_trusted(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
 
-CREATE FUNCTION jobengine.claim_jobs(
-    p_owner text,
-    p_queues text[],
-    p_kinds text[],
-    p_limit integer,
-    p_lease_ttl interval,
-    p_now timestamptz DEFAULT NULL,
-    p_sealed boolean DEFAULT false
-) RETURNS SETOF jobengine.jobs
-LANGUAGE plpgsql
--- The claim walks a partial index in claim order and stops at the batch
--- size. On a table without fresh statistics (just bulk-loaded) the planner
--- would rather bitmap-scan the whole backlog and sort it; this keeps the
--- plan independent of statistics.
-SET enable_bitmapscan = off
--- Lets the guard accept pending -> running for this statement only.
-SET jobengine.claiming = 'on'
-AS $$
-DECLARE
-    v_now timestamptz := coalesce(p_now, now());
-BEGIN
-    IF p_limit IS NULL OR p_limit <= 0 THEN
-        RETURN;
-    END IF;
-    RETURN QUERY
-    WITH ready AS (
-        SELECT s.id, s.priority, s.run_at FROM jobengine.jobs s
-        WHERE s.status = 'scheduled' AND s.queue = ANY (p_queues) AND s.run_at <= v_now
-          AND s.kind = ANY (p_kinds) AND NOT (p_sealed AND s.requires_network)
-        ORDER BY s.priority DESC, s.run_at, s.id
-        LIMIT p_limit
-        FOR UPDATE SKIP LOCKED
-    ), due AS (
-        SELECT p.id, p.priority, p.run_at FROM jobengine.jobs p
-        WHERE p.status = 'pending' AND p.queue = ANY (p_queues) AND p.run_at <= v_now
-          AND p.depends_on = '{}' AND p.kind = ANY (p_kinds)
-          AND NOT (p_sealed AND p.requires_network)
-        ORDER BY p.priority DESC, p.run_at, p.id
-        LIMIT p_limit
-        FOR UPDATE SKIP LOCKED
-    ), chosen AS (
-        SELECT c.id FROM (SELECT * FROM ready UNION ALL SELECT * FROM due) AS c
-        ORDER BY c.priority DESC, c.run_at, c.id
-        LIMIT p_limit
-    )
-    UPDATE jobengine.jobs j
-    SET status = 'running', status_reason = 'claimed', updated_at = v_now,
-        lease_owner = p_owner, lease_expires_at = v_now + p_lease_ttl
-    FROM chosen
-    WHERE j.id = chosen.id
-    RETURNING j.*;
-END
+CREATE FUNCTION jobengine.writer_trusted() RETURNS boolean
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT to_regrole('jobengine_daemon') IS NULL
+        OR pg_has_role(current_user, 'jobengine_daemon', 'MEMBER')
+        OR has_schema_privilege(current_user, 'jobengine', 'CREATE')
 $$;
 
--- A note on a job's timeline that is not a status change (a job held by
--- sealed mode, an egress attempt blocked, ...). Recorded and notified exactly
--- like a transition's event, with from_status = to_status = the job's status.
-CREATE FUNCTION jobengine.add_timeline_note(
-    p_job_ids bigint[], p_event_type text, p_reason text
-) RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    n integer;
-BEGIN
-    IF p_event_type !~ '^job\.[a-z_]+$' OR p_event_type IN (
-        'job.created', 'job.scheduled', 'job.started', 'job.completed', 'job.failed',
-        'job.cancelled', 'job.released', 'job.retry_scheduled') THEN
-        RAISE EXCEPTION 'jobengine: % is not a valid note type: use job.<word>, not a transition''s type', p_event_type
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    WITH c AS (
-        SELECT j.id, j.status, j.attempt, j.kind, j.queue, gen_random_uuid() AS event_id, now() AS occurred_at
-        FROM jobengine.jobs j WHERE j.id = ANY (p_job_ids)
-    ), e AS (
-        INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
-        SELECT c.event_id, c.id, p_event_type, c.occurred_at,
-               jobengine.envelope(c.event_id, p_event_type, c.occurred_at, c.id, c.kind,
-                                  c.queue, c.status, c.status, c.attempt,
-                                  jobengine.current_actor(), p_reason)
-        FROM c ORDER BY c.id
-        RETURNING envelope
-    )
-    SELECT count(pg_notify('jobengine_events', e.envelope::text)) INTO n FROM e;
-    RETURN n;
-END
-$$;
+--
+-- Name: job_history; Type: TABLE; Schema: jobengine; Owner: -
+--
 
--- Only daemons claim and write notes (see `jobengine migrate --roles`).
-REVOKE EXECUTE ON FUNCTION jobengine.claim_jobs(text, text[], text[], integer, interval, timestamptz, boolean) FROM PUBLIC;
-REVOKE EXECUTE ON FUNCTION jobengine.add_timeline_note(bigint[], text, text) FROM PUBLIC;
+CREATE TABLE jobengine.job_history (
+    id bigint NOT NULL,
+    job_id bigint NOT NULL,
+    from_status jobengine.job_status,
+    to_status jobengine.job_status NOT NULL,
+    attempt integer NOT NULL,
+    occurred_at timestamp with time zone NOT NULL,
+    reason text,
+    actor text NOT NULL,
+    role text DEFAULT ''::text NOT NULL
+);
 
--- ===== bookkeeping: the migrations this schema equals, so `jobengine migrate` finds nothing to do =====
-CREATE SCHEMA IF NOT EXISTS jobengine;
-CREATE TABLE IF NOT EXISTS jobengine.schema_migrations (
-    version integer PRIMARY KEY,
+--
+-- Name: job_history_id_seq; Type: SEQUENCE; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE jobengine.job_history ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME jobengine.job_history_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: jobs_id_seq; Type: SEQUENCE; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE jobengine.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME jobengine.jobs_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: schema_migrations; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.schema_migrations (
+    version integer NOT NULL,
     name text NOT NULL,
     checksum text NOT NULL,
-    applied_at timestamptz NOT NULL DEFAULT now()
+    applied_at timestamp with time zone DEFAULT now() NOT NULL
 );
+
+--
+-- Name: settings; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.settings (
+    name text NOT NULL,
+    value text NOT NULL,
+    CONSTRAINT settings_name_known CHECK ((name = ANY (ARRAY['max_payload_bytes'::text, 'max_lease_ttl'::text]))),
+    CONSTRAINT settings_value_valid CHECK (
+CASE name
+    WHEN 'max_payload_bytes'::text THEN (value ~ '^[1-9][0-9]{0,17}$'::text)
+    WHEN 'max_lease_ttl'::text THEN (value ~ '^[0-9 a-z:.]+$'::text)
+    ELSE NULL::boolean
+END)
+);
+
+--
+-- Name: TABLE settings; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON TABLE jobengine.settings IS 'Limits that protect the server; only the schema owner may change them.';
+
+--
+-- Name: timeline_events; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.timeline_events (
+    id bigint NOT NULL,
+    event_id uuid NOT NULL,
+    job_id bigint NOT NULL,
+    event_type text NOT NULL,
+    occurred_at timestamp with time zone NOT NULL,
+    envelope jsonb NOT NULL,
+    tx_id xid8 DEFAULT pg_current_xact_id() NOT NULL
+);
+
+--
+-- Name: timeline_events_id_seq; Type: SEQUENCE; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE jobengine.timeline_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME jobengine.timeline_events_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1
+);
+
+--
+-- Name: job_history job_history_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE ONLY jobengine.job_history
+    ADD CONSTRAINT job_history_pkey PRIMARY KEY (id);
+
+--
+-- Name: jobs jobs_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE ONLY jobengine.jobs
+    ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
+
+--
+-- Name: schema_migrations schema_migrations_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE ONLY jobengine.schema_migrations
+    ADD CONSTRAINT schema_migrations_pkey PRIMARY KEY (version);
+
+--
+-- Name: settings settings_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE ONLY jobengine.settings
+    ADD CONSTRAINT settings_pkey PRIMARY KEY (name);
+
+--
+-- Name: timeline_events timeline_events_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE ONLY jobengine.timeline_events
+    ADD CONSTRAINT timeline_events_pkey PRIMARY KEY (id);
+
+--
+-- Name: job_history_job_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX job_history_job_idx ON jobengine.job_history USING btree (job_id, id);
+
+--
+-- Name: jobs_claim_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX jobs_claim_idx ON jobengine.jobs USING btree (priority DESC, run_at, id) WHERE (status = 'scheduled'::jobengine.job_status);
+
+--
+-- Name: jobs_failed_cancelled_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX jobs_failed_cancelled_idx ON jobengine.jobs USING btree (status, id) WHERE (status = ANY (ARRAY['failed'::jobengine.job_status, 'cancelled'::jobengine.job_status]));
+
+--
+-- Name: jobs_idempotency_key_unique; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE UNIQUE INDEX jobs_idempotency_key_unique ON jobengine.jobs USING btree (idempotency_key) WHERE (idempotency_key IS NOT NULL);
+
+--
+-- Name: jobs_lease_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX jobs_lease_idx ON jobengine.jobs USING btree (lease_expires_at) WHERE (status = 'running'::jobengine.job_status);
+
+--
+-- Name: jobs_pending_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX jobs_pending_idx ON jobengine.jobs USING btree (priority DESC, run_at, id) WHERE (status = 'pending'::jobengine.job_status);
+
+--
+-- Name: jobs_retryable_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX jobs_retryable_idx ON jobengine.jobs USING btree (id) WHERE ((status = 'failed'::jobengine.job_status) AND ((attempt - released) <= max_retries));
+
+--
+-- Name: jobs_waiting_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX jobs_waiting_idx ON jobengine.jobs USING btree (id) WHERE ((status = 'pending'::jobengine.job_status) AND (depends_on <> '{}'::bigint[]));
+
+--
+-- Name: timeline_events_cursor_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX timeline_events_cursor_idx ON jobengine.timeline_events USING btree (tx_id, id);
+
+--
+-- Name: timeline_events_job_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX timeline_events_job_idx ON jobengine.timeline_events USING btree (job_id, id);
+
+--
+-- Name: job_history job_history_append_only; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER job_history_append_only BEFORE DELETE OR UPDATE ON jobengine.job_history FOR EACH ROW EXECUTE FUNCTION jobengine.refuse_rewrite();
+
+ALTER TABLE jobengine.job_history ENABLE ALWAYS TRIGGER job_history_append_only;
+
+--
+-- Name: job_history job_history_no_truncate; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER job_history_no_truncate BEFORE TRUNCATE ON jobengine.job_history FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite();
+
+ALTER TABLE jobengine.job_history ENABLE ALWAYS TRIGGER job_history_no_truncate;
+
+--
+-- Name: jobs jobs_guard_columns; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER jobs_guard_columns BEFORE UPDATE OF attempt, released, status_reason, status_actor, status_role, result, last_error, created_at, scheduled_at, started_at, finished_at, updated_at, lease_owner, lease_expires_at ON jobengine.jobs FOR EACH ROW WHEN ((NOT (old.status IS DISTINCT FROM new.status))) EXECUTE FUNCTION jobengine.jobs_guard_columns();
+
+ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_guard_columns;
+
+--
+-- Name: jobs jobs_guard_transition; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER jobs_guard_transition BEFORE UPDATE OF status ON jobengine.jobs FOR EACH ROW WHEN ((old.status IS DISTINCT FROM new.status)) EXECUTE FUNCTION jobengine.jobs_guard_transition();
+
+ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_guard_transition;
+
+--
+-- Name: jobs jobs_no_delete; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER jobs_no_delete BEFORE DELETE ON jobengine.jobs FOR EACH ROW EXECUTE FUNCTION jobengine.refuse_rewrite();
+
+ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_no_delete;
+
+--
+-- Name: jobs jobs_no_truncate; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER jobs_no_truncate BEFORE TRUNCATE ON jobengine.jobs FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite();
+
+ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_no_truncate;
+
+--
+-- Name: jobs jobs_record_insert; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER jobs_record_insert AFTER INSERT ON jobengine.jobs REFERENCING NEW TABLE AS new_jobs FOR EACH STATEMENT EXECUTE FUNCTION jobengine.jobs_record_insert();
+
+ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_record_insert;
+
+--
+-- Name: jobs jobs_record_update; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER jobs_record_update AFTER UPDATE ON jobengine.jobs REFERENCING OLD TABLE AS old_jobs NEW TABLE AS new_jobs FOR EACH STATEMENT EXECUTE FUNCTION jobengine.jobs_record_update();
+
+ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_record_update;
+
+--
+-- Name: jobs jobs_refuse_id_change; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER jobs_refuse_id_change BEFORE UPDATE OF id ON jobengine.jobs FOR EACH ROW WHEN ((old.id IS DISTINCT FROM new.id)) EXECUTE FUNCTION jobengine.jobs_refuse_id_change();
+
+ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_refuse_id_change;
+
+--
+-- Name: jobs jobs_validate_content; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER jobs_validate_content BEFORE UPDATE OF kind, queue, payload, retry_policy ON jobengine.jobs FOR EACH ROW EXECUTE FUNCTION jobengine.jobs_validate_content();
+
+ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_validate_content;
+
+--
+-- Name: jobs jobs_validate_dependencies; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER jobs_validate_dependencies AFTER UPDATE OF depends_on ON jobengine.jobs FOR EACH ROW WHEN ((old.depends_on IS DISTINCT FROM new.depends_on)) EXECUTE FUNCTION jobengine.jobs_validate_dependencies();
+
+ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_validate_dependencies;
+
+--
+-- Name: settings settings_check; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER settings_check BEFORE INSERT OR UPDATE ON jobengine.settings FOR EACH ROW EXECUTE FUNCTION jobengine.settings_check();
+
+ALTER TABLE jobengine.settings ENABLE ALWAYS TRIGGER settings_check;
+
+--
+-- Name: timeline_events timeline_events_append_only; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER timeline_events_append_only BEFORE DELETE OR UPDATE ON jobengine.timeline_events FOR EACH ROW EXECUTE FUNCTION jobengine.refuse_rewrite();
+
+ALTER TABLE jobengine.timeline_events ENABLE ALWAYS TRIGGER timeline_events_append_only;
+
+--
+-- Name: timeline_events timeline_events_no_truncate; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER timeline_events_no_truncate BEFORE TRUNCATE ON jobengine.timeline_events FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite();
+
+ALTER TABLE jobengine.timeline_events ENABLE ALWAYS TRIGGER timeline_events_no_truncate;
+
+--
+-- Name: FUNCTION add_timeline_note(p_job_ids bigint[], p_event_type text, p_reason text); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.add_timeline_note(p_job_ids bigint[], p_event_type text, p_reason text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION cancel_v1(p_ids bigint[], p_reason text); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.cancel_v1(p_ids bigint[], p_reason text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION cascade_v1(p_limit integer); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.cascade_v1(p_limit integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION claim_jobs(p_owner text, p_queues text[], p_kinds text[], p_limit integer, p_lease_ttl interval, p_now timestamp with time zone, p_sealed boolean); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.claim_jobs(p_owner text, p_queues text[], p_kinds text[], p_limit integer, p_lease_ttl interval, p_now timestamp with time zone, p_sealed boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION claim_v1(p_owner text, p_queues text[], p_kinds text[], p_limit integer, p_lease_ttl interval, p_sealed boolean); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.claim_v1(p_owner text, p_queues text[], p_kinds text[], p_limit integer, p_lease_ttl interval, p_sealed boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION fail_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_reasons text[], p_errors text[], p_retry_delays double precision[]); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.fail_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_reasons text[], p_errors text[], p_retry_delays double precision[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION finish_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_results text[]); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.finish_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_results text[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION lock_running(p_owner text, p_ids bigint[], p_attempts integer[]); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.lock_running(p_owner text, p_ids bigint[], p_attempts integer[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION promote_v1(p_queues text[], p_limit integer, p_sealed boolean); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.promote_v1(p_queues text[], p_limit integer, p_sealed boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION reap_candidates_v1(p_limit integer); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.reap_candidates_v1(p_limit integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION reap_v1(p_ids bigint[], p_attempts integer[], p_owners text[], p_retry_delays double precision[]); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.reap_v1(p_ids bigint[], p_attempts integer[], p_owners text[], p_retry_delays double precision[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION release_v1(p_owner text, p_ids bigint[], p_attempts integer[]); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.release_v1(p_owner text, p_ids bigint[], p_attempts integer[]) FROM PUBLIC;
+
+--
+-- Name: FUNCTION renew_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_lease_ttl interval); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.renew_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_lease_ttl interval) FROM PUBLIC;
+
+--
+-- Name: FUNCTION retry_candidates_v1(p_limit integer); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.retry_candidates_v1(p_limit integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION retry_v1(p_ids bigint[], p_delays double precision[], p_reason text); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.retry_v1(p_ids bigint[], p_delays double precision[], p_reason text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION schedule_retries(p_ids bigint[], p_delays double precision[], p_reason text); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.schedule_retries(p_ids bigint[], p_delays double precision[], p_reason text) FROM PUBLIC;
+
+--
+-- PostgreSQL database dump complete
+--
+
+-- ===== data: the owner's settings =====
+
+--
+-- PostgreSQL database dump
+--
+
+SET statement_timeout = 0;
+SET lock_timeout = 0;
+SET idle_in_transaction_session_timeout = 0;
+SET client_encoding = 'UTF8';
+SET standard_conforming_strings = on;
+SELECT pg_catalog.set_config('search_path', '', false);
+SET check_function_bodies = false;
+SET xmloption = content;
+SET client_min_messages = warning;
+SET row_security = off;
+
+--
+-- Data for Name: settings; Type: TABLE DATA; Schema: jobengine; Owner: -
+--
+
+INSERT INTO jobengine.settings VALUES ('max_payload_bytes', '1048576');
+INSERT INTO jobengine.settings VALUES ('max_lease_ttl', '1 hour');
+
+--
+-- PostgreSQL database dump complete
+--
+
+-- ===== bookkeeping: the migrations this schema equals, so `jobengine migrate` finds nothing to do =====
+
 INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (1, 'lifecycle', '8618960b3a0a93b2322701929ebb939acba318dde5f31e372fcb492881d26d7d'),
-    (2, 'claim', '86d63803a175883f4540732205a839bba3f261f4b8751194f6a5cd3efd1e7753');
+    (2, 'claim', '86d63803a175883f4540732205a839bba3f261f4b8751194f6a5cd3efd1e7753'),
+    (3, 'guarantees', '7a226f2ff06daf353a7f442b02b176dbee6e171e45b7af2935a27c882f03637b');

@@ -27,7 +27,7 @@ from jobengine.api.app import create_app
 from jobengine.api.config import HttpSettings, TokenSettings
 from jobengine.api.server import serve
 from jobengine.api.tokens import hash_token
-from jobengine.domain import Job, JobSpec, RetryPolicy
+from jobengine.domain import Job, JobSpec
 from jobengine.metrics import REGISTRY
 from jobengine.store import Failure, JobStore
 
@@ -76,10 +76,8 @@ async def failed_job(pool: asyncpg.Pool, kind: str = "flaky") -> Job:
         owner="d1", queues=["default"], kinds=[kind], limit=1, lease_ttl=timedelta(seconds=30)
     )
     assert [j.id for j in claimed] == [job.id]
-    outcome = await store.fail_many(
-        [Failure(job.id, 1, "d1", "ValueError: boom")], RetryPolicy(jitter=False)
-    )
-    assert outcome.terminal == [job.id]
+    outcome = await store.fail("d1", [Failure(job.id, 1, "ValueError: boom")])  # no retry
+    assert outcome[(job.id, 1)].retry_at is None
     return await store.get(job.id)
 
 

@@ -16,12 +16,14 @@ import pytest
 
 from jobengine import metrics
 from jobengine.daemon import CommandHandler, from_callables, resolve_handlers, run_daemon
+from jobengine.daemon.testsignals import DaemonSignals
 from jobengine.domain import Job
 from tests.daemon_helpers import (
     assert_every_history_is_a_valid_path,
     config,
     history,
     insert,
+    status_of,
     wait_settled,
     wait_status,
 )
@@ -272,11 +274,11 @@ async def test_cancel_by_hand_written_update_interrupts_async_handler_within_a_s
 
 
 async def _has_actor(daemon: Any, job_id: int) -> bool:
-    return job_id in daemon.actors
+    return daemon.running(job_id)
 
 
 async def _no_actor(daemon: Any, job_id: int) -> bool:
-    return job_id not in daemon.actors
+    return not daemon.running(job_id)
 
 
 async def test_cancelled_sync_handler_is_abandoned_and_cannot_change_the_job(
@@ -364,20 +366,21 @@ async def test_command_handler_gets_the_job_on_stdin_and_its_json_stdout_is_the_
 # -- leases and fencing ----------------------------------------------------------------------
 
 
-async def test_a_job_whose_lease_is_taken_is_interrupted_and_its_outcome_refused(
+async def test_a_job_whose_lease_is_lost_is_interrupted_and_writes_nothing(
     db_dsn: str, pool: asyncpg.Pool, rec: Recorder
 ) -> None:
     fenced_before = metrics.FENCED_WRITES._value.get()
+    signals = DaemonSignals.enabled()
     cfg = config(lease_ttl=3.0, lease_renew_interval=0.3)
-    async with run_daemon(cfg, db_dsn, handlers=handlers(rec)) as daemon:
-        job_id = await insert(pool, "hold")
+    async with run_daemon(cfg, db_dsn, handlers=handlers(rec), signals=signals) as daemon:
+        job_id = await insert(pool, "hold", max_retries=0)
         await wait_for(lambda: _has_actor(daemon, job_id), message="actor")
-        # Another worker took the job over (as after a reap and re-claim).
-        await pool.execute("UPDATE jobengine.jobs SET lease_owner = 'other' WHERE id = $1", job_id)
+        # Failed behind the daemon's back: its next renewal finds the job gone.
+        await pool.execute("UPDATE jobengine.jobs SET status = 'failed' WHERE id = $1", job_id)
+        while not (await signals.renewed.wait()).lost:
+            pass
         await wait_for(lambda: _no_actor(daemon, job_id), within=3, message="interruption")
-    row = await pool.fetchrow("SELECT status::text AS s, lease_owner FROM jobengine.jobs WHERE id = $1",
-                              job_id)
-    assert (row["s"], row["lease_owner"]) == ("running", "other")
+    assert await status_of(pool, job_id) == "failed"
     assert metrics.FENCED_WRITES._value.get() == fenced_before  # nothing was even attempted
 
 
@@ -412,13 +415,16 @@ async def test_stale_outcome_is_refused_when_the_job_moved_on(
 async def test_reaper_rescues_a_job_whose_daemon_vanished(
     db_dsn: str, pool: asyncpg.Pool, rec: Recorder
 ) -> None:
-    # A job left running by a daemon that died: its lease is already past.
+    # A job left running by a daemon that died: its lease runs out in a moment.
     job_id = await insert(pool, "ok")
     await pool.execute("UPDATE jobengine.jobs SET status = 'scheduled' WHERE id = $1", job_id)
     await pool.execute(
         "UPDATE jobengine.jobs SET status = 'running', lease_owner = 'dead-daemon',"
-        " lease_expires_at = now() - interval '1 s' WHERE id = $1", job_id)
-    async with run_daemon(config(lease_ttl=2.0), db_dsn, handlers=handlers(rec)):
+        " lease_expires_at = clock_timestamp() + interval '200 ms' WHERE id = $1", job_id)
+    signals = DaemonSignals.enabled()
+    async with run_daemon(config(lease_ttl=2.0), db_dsn, handlers=handlers(rec), signals=signals):
+        reaped = await signals.reaped.wait()
+        assert (reaped.expired, reaped.retried) == (1, 1)
         await wait_status(pool, job_id, "completed", within=10)
     reasons = [r for _f, _t, r, _a in await history(pool, job_id)]
     assert "lease_expired" in reasons
@@ -561,29 +567,25 @@ async def test_every_line_an_actor_writes_carries_the_job_id(
     assert failed["error"] == "RuntimeError: attempt 1 broke"
 
 
-async def test_reaper_and_leases_follow_an_injected_clock(pool: asyncpg.Pool) -> None:
-    from datetime import UTC, datetime
-
-    from jobengine.daemon.maintenance import LeaseKeeper, Reaper
-    from jobengine.domain import JobSpec, ManualClock
+async def test_lease_keeper_fences_on_its_own_clock(pool: asyncpg.Pool) -> None:
+    """A renewal that never succeeds: the attempt is stopped at claim + ttl - margin."""
+    from jobengine.daemon.maintenance import LeaseKeeper
+    from jobengine.domain import ManualClock
     from jobengine.store import JobStore
 
-    clock = ManualClock(datetime(2031, 5, 1, tzinfo=UTC))
-    store = JobStore(pool)
-    job, _ = await store.insert(JobSpec(kind="ok", run_at=clock.now()))
-    (claimed,) = await store.claim(owner="d1", queues=["default"], kinds=["ok"], limit=1,
-                                   lease_ttl=timedelta(seconds=10), now=clock.now())
-    lost: list[int] = []
-    keeper = LeaseKeeper(store, "d1", 10.0, 3.0, held=lambda: {job.id: 1},
-                         on_lost=lost.extend, clock=clock)
-    reaper = Reaper(store, config().retry, 1.0, clock=clock)
-    clock.advance(8)
-    assert (await keeper.run_once()).renewed == 1   # lease now runs to +18 s
-    clock.advance(9)
-    assert (await reaper.run_once()).expired == 0   # +17 s: still held
-    clock.advance(2)
-    reaped = await reaper.run_once()                # +19 s: expired, no one renewed
-    assert (reaped.expired, reaped.retried) == (1, 1)
-    assert (await keeper.run_once()).lost == [job.id]
-    assert lost == [job.id]
-    assert claimed.attempt == 1
+    clock = ManualClock()
+    deadlines: dict[tuple[int, int], float] = {}
+    fenced: list[tuple[int, int]] = []
+    keeper = LeaseKeeper(
+        JobStore(pool), "d1", 30.0, 10.0, 5.0, held=lambda: list(deadlines),
+        on_renewed=lambda keys, d: deadlines.update(dict.fromkeys(keys, d)),
+        on_lost=fenced.extend, deadlines=lambda: dict(deadlines),
+        on_fenced=lambda keys: [fenced.extend(keys), [deadlines.pop(k) for k in keys]],
+        clock=clock,
+    )
+    deadlines[(1, 1)] = keeper.deadline_after(clock.monotonic())  # claimed now
+    clock.advance(24.9)
+    assert keeper.fence_once() == []
+    clock.advance(0.1)  # 25 s = ttl - margin after the claim was sent
+    assert keeper.fence_once() == [(1, 1)]
+    assert fenced == [(1, 1)]

@@ -20,7 +20,7 @@ from tests.dbutil import dsn_with_database
 pytestmark = pytest.mark.anyio
 
 # A fingerprint of everything in schema jobengine: tables, columns, constraints,
-# indexes, triggers, functions, types.
+# indexes, triggers (and whether they fire under replica), functions, types, grants, settings.
 FINGERPRINT = {
     "columns": """
         SELECT table_name, column_name, ordinal_position, data_type, udt_name,
@@ -35,7 +35,8 @@ FINGERPRINT = {
         SELECT tablename, indexname, indexdef FROM pg_indexes
         WHERE schemaname = 'jobengine' ORDER BY 1, 2""",
     "triggers": """
-        SELECT tgrelid::regclass::text AS rel, tgname, pg_get_triggerdef(t.oid) AS def
+        SELECT tgrelid::regclass::text AS rel, tgname, pg_get_triggerdef(t.oid) AS def,
+               t.tgenabled::text AS enabled
         FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid
         JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE n.nspname = 'jobengine' AND NOT t.tgisinternal ORDER BY 1, 2""",
@@ -49,6 +50,14 @@ FINGERPRINT = {
         FROM pg_type t JOIN pg_namespace n ON n.oid = t.typnamespace
         LEFT JOIN pg_enum e ON e.enumtypid = t.oid
         WHERE n.nspname = 'jobengine' AND t.typtype = 'e' GROUP BY 1 ORDER BY 1""",
+    "privileges": """
+        SELECT c.relname AS name, c.relacl::text AS acl FROM pg_class c
+        JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = 'jobengine'
+        UNION ALL
+        SELECT p.oid::regprocedure::text, p.proacl::text FROM pg_proc p
+        JOIN pg_namespace n ON n.oid = p.pronamespace WHERE n.nspname = 'jobengine'
+        ORDER BY 1""",
+    "settings": "SELECT name, value FROM jobengine.settings ORDER BY 1",
     "migrations": "SELECT version, name, checksum FROM jobengine.schema_migrations ORDER BY 1",
 }
 

@@ -471,12 +471,39 @@ async def test_kind_and_queue_are_short_names(
     assert needle in str(err)
 
 
+BIG_PAYLOAD = "INSERT INTO jobengine.jobs (kind, payload) VALUES ('x', jsonb_build_object('b', repeat(md5(random()::text), 100)))"
+
+
 async def test_payload_over_the_size_limit_is_refused(tx: asyncpg.Connection) -> None:
-    await tx.execute("SET LOCAL jobengine.max_payload_bytes = 1000")
-    err = await _refused(
-        tx, "INSERT INTO jobengine.jobs (kind, payload) VALUES ('x', jsonb_build_object('b', repeat(md5(random()::text), 100)))"
-    )
+    # The owner sets the limit in jobengine.settings.
+    await tx.execute("UPDATE jobengine.settings SET value = '1000' WHERE name = 'max_payload_bytes'")
+    err = await _refused(tx, BIG_PAYLOAD)
     assert "over the limit of 1000 bytes" in str(err)
+
+
+async def test_a_session_setting_cannot_lift_the_payload_limit(tx: asyncpg.Connection) -> None:
+    await tx.execute("UPDATE jobengine.settings SET value = '1000' WHERE name = 'max_payload_bytes'")
+    # (0001 read this session setting: anyone could lift the limit for themselves)
+    await tx.execute("SET LOCAL jobengine.max_payload_bytes = 100000000")
+    err = await _refused(tx, BIG_PAYLOAD)
+    assert "over the limit of 1000 bytes" in str(err)
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "needle"),
+    [("max_payload_bytes", "-5", "settings_value_valid"),
+     ("max_payload_bytes", "lots", "settings_value_valid"),
+     ("max_lease_ttl", "5 seconds", "at least 1 minute"),
+     ("max_lease_ttl", "soon", "invalid input syntax"),
+     ("max_retries", "3", "settings_name_known")],
+)
+async def test_bad_settings_are_refused(tx: asyncpg.Connection, name: str, value: str, needle: str) -> None:
+    with pytest.raises(asyncpg.PostgresError) as err:
+        async with tx.transaction():
+            await tx.execute(
+                "INSERT INTO jobengine.settings (name, value) VALUES ($1, $2)"
+                " ON CONFLICT (name) DO UPDATE SET value = excluded.value", name, value)
+    assert needle in str(err.value) or needle in (getattr(err.value, "constraint_name", "") or "")
 
 
 async def test_invalid_retry_policy_fields_are_refused(tx: asyncpg.Connection) -> None:

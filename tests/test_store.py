@@ -1,9 +1,13 @@
-"""The store: reads, the guarded batched write path, claims, leases, retries, the DAG."""
+"""The store: reads, the versioned write path, claims, leases, retries, the DAG.
+
+Times come from the database's clock: jobs are inserted due now, and lease
+expiry is reached with a short lease and a polled condition, never a wait.
+"""
 
 from __future__ import annotations
 
 import random
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import asyncpg
 import pytest
@@ -14,15 +18,17 @@ from jobengine.domain import (
     InvalidJob,
     JobNotFound,
     JobSpec,
+    Job,
     JobStatus,
     RetryPolicy,
     RetryStrategy,
 )
-from jobengine.store import Failure, JobStore, Transition
+from jobengine.domain import retry_delay
+from jobengine.store import Completion, Failure, JobStore, Written
+from tests.dbutil import wait_for
 
 pytestmark = pytest.mark.anyio
 
-T0 = datetime(2030, 1, 1, tzinfo=UTC)
 NO_JITTER = RetryPolicy(strategy=RetryStrategy.FIXED, base_delay=5, max_delay=60, jitter=False)
 TTL = timedelta(seconds=30)
 
@@ -32,11 +38,31 @@ def store(tx: asyncpg.Connection) -> JobStore:
     return JobStore(tx)
 
 
-async def claim_one(store: JobStore, owner: str = "d1", now: datetime = T0, kinds: tuple[str, ...] = ("email",)):  # type: ignore[no-untyped-def]
+async def claim_one(store: JobStore, owner: str = "d1", kinds: tuple[str, ...] = ("email",),
+                    ttl: timedelta = TTL) -> Job:
     jobs = await store.claim(owner=owner, queues=["default"], kinds=list(kinds), limit=1,
-                             lease_ttl=TTL, now=now)
+                             lease_ttl=ttl)
     assert len(jobs) == 1
     return jobs[0]
+
+
+async def expire(store: JobStore, job: Job) -> None:
+    """Until the job's (short) lease has run out by the database's clock."""
+
+    async def probe() -> bool:
+        rows = await store.db.fetch(
+            "SELECT 1 FROM jobengine.jobs WHERE id = $1 AND lease_expires_at < statement_timestamp()",
+            job.id)
+        return bool(rows)
+
+    await wait_for(probe, message=f"job {job.id}'s lease to expire")
+
+
+def fail(job: Job, error: str = "E: x", policy: RetryPolicy = NO_JITTER) -> Failure:
+    """A failed attempt of `job`, with the domain's retry decision."""
+    delay = retry_delay(attempt=job.attempt, released=job.released, max_retries=job.max_retries,
+                        policy=policy)
+    return Failure(job.id, job.attempt, error, retry_delay=delay)
 
 
 # -- insert and read -------------------------------------------------------------
@@ -131,54 +157,61 @@ async def test_list_pages_and_filters(store: JobStore) -> None:
     assert counts[JobStatus.PENDING] == 6
 
 
-# -- the guarded write path -------------------------------------------------------
+# -- the write path ----------------------------------------------------------------
 
 
-async def test_transition_many_reports_what_it_did_not_change(store: JobStore) -> None:
+async def test_writes_say_per_attempt_what_they_did(store: JobStore) -> None:
     a = (await store.insert(JobSpec(kind="email")))[0]
     b = (await store.insert(JobSpec(kind="email")))[0]
+    await store.claim(owner="d1", queues=["default"], kinds=["email"], limit=2, lease_ttl=TTL)
     await store.cancel(b.id)
-    outcome = await store.transition_many([
-        Transition(a.id, JobStatus.PENDING, JobStatus.SCHEDULED),
-        Transition(b.id, JobStatus.PENDING, JobStatus.SCHEDULED),
-    ])
-    assert outcome.changed == {a.id}
-    assert outcome.refused == {b.id}
-    assert (await store.get(a.id)).status is JobStatus.SCHEDULED
+    done = await store.finish("d1", [Completion(a.id, 1, {"ok": 1}), Completion(b.id, 1)])
+    assert done == {(a.id, 1): Written.DONE, (b.id, 1): Written.MOVED}
+    assert (await store.get(a.id)).result == {"ok": 1}
     assert (await store.get(b.id)).status is JobStatus.CANCELLED
 
 
 async def test_stale_worker_cannot_overwrite_a_newer_attempt(store: JobStore) -> None:
     await store.insert(JobSpec(kind="email", max_retries=3))
-    first = await claim_one(store, owner="d1")
+    first = await claim_one(store, owner="d1", ttl=timedelta(milliseconds=1))
     # d1's lease runs out; the reaper fails it and schedules a retry
-    reaped = await store.reap_expired(NO_JITTER, now=T0 + timedelta(seconds=31))
+    await expire(store, first)
+    reaped = await store.reap(NO_JITTER)
     assert list(reaped.retried) == [first.id]
-    second = await claim_one(store, owner="d2", now=T0 + timedelta(seconds=60))
+    second = await claim_one(store, owner="d2")
     assert second.attempt == 2
     # d1 comes back and tries to record its outcome: refused, d2's attempt untouched
-    late = await store.transition_many([
-        Transition(first.id, JobStatus.RUNNING, JobStatus.COMPLETED, attempt=1,
-                   lease_owner="d1", result={"late": True}),
-    ])
-    assert late.refused == {first.id}
+    late = await store.finish("d1", [Completion(first.id, 1, {"late": True})])
+    assert late == {(first.id, 1): Written.MOVED}
     now_job = await store.get(first.id)
     assert (now_job.status, now_job.lease_owner, now_job.attempt, now_job.result) == (
         JobStatus.RUNNING, "d2", 2, None
     )
-    done = await store.transition_many([
-        Transition(first.id, JobStatus.RUNNING, JobStatus.COMPLETED, attempt=2,
-                   lease_owner="d2", result={"ok": 1}),
-    ])
-    assert done.changed == {first.id}
+    # the same owner with an old attempt is refused too
+    assert await store.finish("d2", [Completion(first.id, 1)]) == {(first.id, 1): Written.MOVED}
+    done = await store.finish("d2", [Completion(first.id, 2, {"ok": 1})])
+    assert done == {(first.id, 2): Written.DONE}
     assert (await store.get(first.id)).result == {"ok": 1}
 
 
-def test_transition_out_of_running_must_be_fenced() -> None:
-    with pytest.raises(ValueError, match="attempt and lease owner"):
-        Transition(1, JobStatus.RUNNING, JobStatus.COMPLETED)
-    with pytest.raises(IllegalTransition):
-        Transition(1, JobStatus.COMPLETED, JobStatus.RUNNING)
+async def test_a_row_locked_elsewhere_is_busy_not_waited_for(db_dsn: str, pool: asyncpg.Pool) -> None:
+    store = JobStore(pool)
+    a = (await store.insert(JobSpec(kind="email")))[0]
+    b = (await store.insert(JobSpec(kind="email")))[0]
+    await store.claim(owner="d1", queues=["default"], kinds=["email"], limit=2, lease_ttl=TTL)
+    holder = await asyncpg.connect(db_dsn)
+    try:
+        # an app's open transaction holds one job's row
+        await holder.execute("BEGIN")
+        await holder.execute("UPDATE jobengine.jobs SET status = 'cancelled' WHERE id = $1", a.id)
+        renewed = await store.renew("d1", [(a.id, 1), (b.id, 1)], TTL)
+        assert renewed == {(a.id, 1): Written.BUSY, (b.id, 1): Written.DONE}
+        done = await store.finish("d1", [Completion(a.id, 1), Completion(b.id, 1)])
+        assert done == {(a.id, 1): Written.BUSY, (b.id, 1): Written.DONE}
+        await holder.execute("ROLLBACK")
+    finally:
+        await holder.close()
+    assert await store.finish("d1", [Completion(a.id, 1)]) == {(a.id, 1): Written.DONE}
 
 
 async def test_cancel_and_retry(store: JobStore) -> None:
@@ -194,13 +227,21 @@ async def test_cancel_and_retry(store: JobStore) -> None:
     other = (await store.insert(JobSpec(kind="email", max_retries=0)))[0]
     claimed = await claim_one(store)
     assert claimed.id == other.id
-    outcome = await store.fail_many(
-        [Failure(other.id, 1, "d1", "ValueError: boom")], NO_JITTER, now=T0
-    )
-    assert outcome.terminal == [other.id]
+    outcome = await store.fail("d1", [fail(claimed, "ValueError: boom")])
+    assert outcome[(other.id, 1)].written is Written.DONE
+    assert outcome[(other.id, 1)].retry_at is None
     retried = await store.retry(other.id)
-    assert retried.status is JobStatus.SCHEDULED
-    assert retried.status_reason == "operator_retry"
+    assert retried.job.status is JobStatus.SCHEDULED
+    assert retried.job.status_reason == "operator_retry"
+    assert retried.stays_cancelled == []
+
+
+async def test_an_operator_cancel_of_a_running_job_needs_no_fencing(store: JobStore) -> None:
+    job = (await store.insert(JobSpec(kind="email")))[0]
+    await claim_one(store)
+    cancelled = await store.cancel(job.id, reason="customer asked")
+    assert (cancelled.status, cancelled.status_reason) == (JobStatus.CANCELLED, "customer asked")
+    assert cancelled.lease_owner is None
 
 
 # -- claiming ------------------------------------------------------------------------
@@ -209,13 +250,13 @@ async def test_cancel_and_retry(store: JobStore) -> None:
 async def test_claim_takes_a_lease_counts_the_attempt_and_records_both_steps(
     store: JobStore,
 ) -> None:
-    job = (await store.insert(JobSpec(kind="email", run_at=T0)))[0]
-    claimed = await claim_one(store, owner="d1", now=T0)
+    job = (await store.insert(JobSpec(kind="email")))[0]
+    claimed = await claim_one(store, owner="d1")
     assert claimed.id == job.id
     assert claimed.status is JobStatus.RUNNING
     assert claimed.attempt == 1
     assert claimed.lease_owner == "d1"
-    assert claimed.lease_expires_at == T0 + TTL
+    assert claimed.lease_expires_at == claimed.updated_at + TTL
     history = await store.history(job.id)
     assert [(h.from_status, h.to_status) for h in history] == [
         (None, JobStatus.PENDING),
@@ -225,82 +266,96 @@ async def test_claim_takes_a_lease_counts_the_attempt_and_records_both_steps(
 
 
 async def test_claim_respects_limit_priority_queue_kind_and_time(store: JobStore) -> None:
-    low = (await store.insert(JobSpec(kind="email", priority=0, run_at=T0)))[0]
-    high = (await store.insert(JobSpec(kind="email", priority=5, run_at=T0)))[0]
-    await store.insert(JobSpec(kind="email", queue="other", run_at=T0))
-    await store.insert(JobSpec(kind="sms", run_at=T0))
-    await store.insert(JobSpec(kind="email", run_at=T0 + timedelta(hours=1)))
+    low = (await store.insert(JobSpec(kind="email", priority=0)))[0]
+    high = (await store.insert(JobSpec(kind="email", priority=5)))[0]
+    await store.insert(JobSpec(kind="email", queue="other"))
+    await store.insert(JobSpec(kind="sms"))
+    later = (await store.get(low.id)).created_at
+    assert later is not None
+    await store.insert(JobSpec(kind="email", run_at=later + timedelta(hours=1)))
     first = await store.claim(owner="d", queues=["default"], kinds=["email"], limit=1,
-                              lease_ttl=TTL, now=T0)
+                              lease_ttl=TTL)
     assert [j.id for j in first] == [high.id]
     rest = await store.claim(owner="d", queues=["default"], kinds=["email"], limit=10,
-                             lease_ttl=TTL, now=T0)
+                             lease_ttl=TTL)
     assert [j.id for j in rest] == [low.id]
     assert await store.claim(owner="d", queues=["default"], kinds=[], limit=10,
-                             lease_ttl=TTL, now=T0) == []
+                             lease_ttl=TTL) == []
 
 
 async def test_sealed_claim_holds_jobs_that_need_the_network(store: JobStore) -> None:
-    job = (await store.insert(JobSpec(kind="email", requires_network=True, run_at=T0)))[0]
+    job = (await store.insert(JobSpec(kind="email", requires_network=True)))[0]
     assert await store.claim(owner="d", queues=["default"], kinds=["email"], limit=5,
-                             lease_ttl=TTL, now=T0, sealed=True) == []
+                             lease_ttl=TTL, sealed=True) == []
     assert (await store.get(job.id)).status is JobStatus.PENDING
     got = await store.claim(owner="d", queues=["default"], kinds=["email"], limit=5,
-                            lease_ttl=TTL, now=T0)
+                            lease_ttl=TTL)
     assert [j.id for j in got] == [job.id]
 
 
 # -- leases, the reaper, retries ------------------------------------------------------
 
 
-async def test_renew_leases_keeps_only_what_is_still_held(store: JobStore) -> None:
-    a = (await store.insert(JobSpec(kind="email", run_at=T0)))[0]
-    b = (await store.insert(JobSpec(kind="email", run_at=T0)))[0]
-    await store.claim(owner="d1", queues=["default"], kinds=["email"], limit=2,
-                      lease_ttl=TTL, now=T0)
+async def test_renew_keeps_only_what_is_still_held(store: JobStore) -> None:
+    a = (await store.insert(JobSpec(kind="email")))[0]
+    b = (await store.insert(JobSpec(kind="email")))[0]
+    await store.claim(owner="d1", queues=["default"], kinds=["email"], limit=2, lease_ttl=TTL)
     await store.cancel(b.id)
-    later = T0 + timedelta(seconds=20)
-    renewed = await store.renew_leases("d1", {a.id: 1, b.id: 1}, TTL, now=later)
-    assert renewed == {a.id}
-    assert (await store.get(a.id)).lease_expires_at == later + TTL
-    assert await store.renew_leases("someone-else", {a.id: 1}, TTL, now=later) == set()
-    assert await store.renew_leases("d1", {a.id: 7}, TTL, now=later) == set()
+    before = (await store.get(a.id)).lease_expires_at
+    renewed = await store.renew("d1", [(a.id, 1), (b.id, 1)], TTL)
+    assert renewed == {(a.id, 1): Written.DONE, (b.id, 1): Written.MOVED}
+    after = (await store.get(a.id)).lease_expires_at
+    assert before is not None and after is not None and after > before
+    assert await store.renew("someone-else", [(a.id, 1)], TTL) == {(a.id, 1): Written.MOVED}
+    assert await store.renew("d1", [(a.id, 7)], TTL) == {(a.id, 7): Written.MOVED}
 
 
 async def test_reaper_fails_expired_leases_and_retries_at_once(store: JobStore) -> None:
-    job = (await store.insert(JobSpec(kind="email", run_at=T0, max_retries=1)))[0]
-    await claim_one(store, now=T0)
-    assert (await store.reap_expired(NO_JITTER, now=T0 + timedelta(seconds=29))).retried == {}
-    outcome = await store.reap_expired(NO_JITTER, now=T0 + timedelta(seconds=31))
+    job = (await store.insert(JobSpec(kind="email", max_retries=1)))[0]
+    held = await claim_one(store)
+    assert (await store.reap(NO_JITTER)).retried == {}  # still held
+    assert held.lease_expires_at is not None
+    rescued = await claim_one_after_expiry(store, job)
     # a rescue is due at once: the worker died, not the job
-    assert outcome.retried == {job.id: T0 + timedelta(seconds=31)}
-    after = await store.get(job.id)
-    assert after.status is JobStatus.SCHEDULED
-    assert after.run_at == T0 + timedelta(seconds=31)
-    assert "LeaseExpired" in (after.last_error or "")
+    assert "LeaseExpired" in (rescued.last_error or "")
     reasons = [h.reason for h in await store.history(job.id)]
-    assert reasons[-2:] == ["lease_expired", "retry"]
+    assert reasons[-3:] == ["lease_expired", "retry", "claimed"]
     # second attempt expires too: no retries left, failed stays terminal
-    await claim_one(store, now=T0 + timedelta(seconds=40))
-    final = await store.reap_expired(NO_JITTER, now=T0 + timedelta(seconds=80))
+    await expire(store, rescued)
+    final = await store.reap(NO_JITTER)
     assert final.terminal == [job.id]
     assert (await store.get(job.id)).status is JobStatus.FAILED
 
 
+async def claim_one_after_expiry(store: JobStore, job: Job) -> Job:
+    """Let the job's short lease lapse, reap it, and claim its next attempt (due at once)."""
+    # The first claim held a 30 s lease: take it over with a 1 ms one, as a daemon would
+    # after a crash and a restart with a short lease_ttl.
+    await store.db.execute(
+        "UPDATE jobengine.jobs SET lease_expires_at = statement_timestamp() + interval '1 ms'"
+        " WHERE id = $1", job.id)
+    await expire(store, job)
+    outcome = await store.reap(NO_JITTER)
+    retry_at = outcome.retried[job.id]
+    after = await store.get(job.id)
+    assert after.status is JobStatus.SCHEDULED
+    assert after.run_at == retry_at == after.updated_at
+    return await claim_one(store, ttl=timedelta(milliseconds=1))
+
+
 async def test_max_retries_three_runs_at_most_four_times(store: JobStore) -> None:
-    job = (await store.insert(JobSpec(kind="email", run_at=T0, max_retries=3)))[0]
-    now = T0
+    job = (await store.insert(JobSpec(kind="email", max_retries=3, retry_policy={
+        "strategy": "fixed", "base_delay": 0, "max_delay": 0, "jitter": False})))[0]
     attempts = 0
     while True:
-        now += timedelta(minutes=10)
         claimed = await store.claim(owner="d", queues=["default"], kinds=["email"], limit=1,
-                                    lease_ttl=TTL, now=now)
+                                    lease_ttl=TTL)
         if not claimed:
             break
         attempts += 1
         (j,) = claimed
-        await store.fail_many([Failure(j.id, j.attempt, "d", "RuntimeError: no")], NO_JITTER,
-                              now=now)
+        await store.fail("d", [fail(j, "RuntimeError: no", policy=RetryPolicy(
+            strategy=RetryStrategy.FIXED, base_delay=0, jitter=False))])
     assert attempts == 4
     final = await store.get(job.id)
     assert final.status is JobStatus.FAILED
@@ -311,40 +366,43 @@ async def test_max_retries_three_runs_at_most_four_times(store: JobStore) -> Non
 
 
 async def test_backoff_follows_the_jobs_policy(store: JobStore) -> None:
+    from jobengine.domain import policy_for
+
     policy = {"strategy": "exponential", "base_delay": 2, "max_delay": 100, "jitter": False}
-    job = (await store.insert(JobSpec(kind="email", run_at=T0, retry_policy=policy)))[0]
-    now = T0
-    expected = [2, 4, 8]
-    for delay in expected:
+    job = (await store.insert(JobSpec(kind="email", retry_policy=policy)))[0]
+    for delay in [2, 4, 8]:
         (j,) = await store.claim(owner="d", queues=["default"], kinds=["email"], limit=1,
-                                 lease_ttl=TTL, now=now)
-        out = await store.fail_many([Failure(j.id, j.attempt, "d", "E: x")], NO_JITTER, now=now,
-                                    rng=random.Random(1))
-        assert out.retried[job.id] == now + timedelta(seconds=delay)
-        now = out.retried[job.id]
+                                 lease_ttl=TTL)
+        out = await store.fail("d", [fail(j, policy=policy_for(j.retry_policy, NO_JITTER))])
+        failed_at = (await store.get(job.id)).updated_at
+        assert failed_at is not None
+        assert out[(j.id, j.attempt)].retry_at == failed_at + timedelta(seconds=delay)
+        # (make it due now, to claim the next attempt)
+        await store.db.execute("UPDATE jobengine.jobs SET run_at = now() WHERE id = $1", job.id)
 
 
 async def test_shutdown_release_does_not_use_up_retries(store: JobStore) -> None:
-    job = (await store.insert(JobSpec(kind="email", run_at=T0, max_retries=0)))[0]
+    job = (await store.insert(JobSpec(kind="email", max_retries=0)))[0]
     j = await claim_one(store)
-    await store.transition_many([Transition(j.id, JobStatus.RUNNING, JobStatus.SCHEDULED,
-                                            attempt=1, lease_owner="d1", reason="shutdown")])
+    assert await store.release("d1", [(j.id, 1)]) == {(j.id, 1): Written.DONE}
     j2 = await claim_one(store, owner="d2")
     assert j2.attempt == 2
     assert j2.released == 1
-    out = await store.fail_many([Failure(job.id, 2, "d2", "E: x")], NO_JITTER, now=T0)
+    out = await store.fail("d2", [fail(j2)])
     # one counted attempt with max_retries = 0: terminal, never retried
-    assert out.terminal == [job.id]
+    assert out[(job.id, 2)].retry_at is None
 
 
 async def test_hand_failed_job_with_retries_left_is_retried(
     tx: asyncpg.Connection, store: JobStore
 ) -> None:
-    job = (await store.insert(JobSpec(kind="email", run_at=T0, max_retries=2)))[0]
+    job = (await store.insert(JobSpec(kind="email", max_retries=2)))[0]
     await claim_one(store)
     await tx.execute("UPDATE jobengine.jobs SET status = 'failed' WHERE id = $1", job.id)
-    out = await store.retry_failed_with_budget(NO_JITTER, now=T0)
-    assert out.retried == {job.id: T0 + timedelta(seconds=5)}
+    out = await store.retry_failed(NO_JITTER)
+    failed_at = (await store.get(job.id)).updated_at
+    assert failed_at is not None
+    assert out == {job.id: failed_at + timedelta(seconds=5)}
     assert (await store.get(job.id)).status is JobStatus.SCHEDULED
 
 
@@ -352,39 +410,49 @@ async def test_hand_failed_job_with_retries_left_is_retried(
 
 
 async def test_promote_waits_for_every_dependency(store: JobStore) -> None:
-    a = (await store.insert(JobSpec(kind="email", run_at=T0)))[0]
-    b = (await store.insert(JobSpec(kind="email", run_at=T0)))[0]
-    c = (await store.insert(JobSpec(kind="email", run_at=T0, depends_on=[a.id, b.id])))[0]
-    assert c.id not in await store.promote_ready(["default"], now=T0)
+    a = (await store.insert(JobSpec(kind="email")))[0]
+    b = (await store.insert(JobSpec(kind="email")))[0]
+    c = (await store.insert(JobSpec(kind="email", depends_on=[a.id, b.id])))[0]
+    assert c.id not in await store.promote(["default"])
     for _ in range(2):
         j = await claim_one(store)
-        await store.transition_many([Transition(j.id, JobStatus.RUNNING, JobStatus.COMPLETED,
-                                                attempt=1, lease_owner="d1")])
-    assert await store.promote_ready(["default"], now=T0) == [c.id]
+        await store.finish("d1", [Completion(j.id, 1)])
+    assert await store.promote(["default"]) == [c.id]
 
 
 async def test_failure_cascades_down_the_dag(store: JobStore) -> None:
-    a = (await store.insert(JobSpec(kind="email", run_at=T0, max_retries=0)))[0]
-    b = (await store.insert(JobSpec(kind="email", run_at=T0, depends_on=[a.id])))[0]
-    c = (await store.insert(JobSpec(kind="email", run_at=T0, depends_on=[b.id])))[0]
-    unrelated = (await store.insert(JobSpec(kind="email", run_at=T0 + timedelta(days=1))))[0]
+    a = (await store.insert(JobSpec(kind="email", max_retries=0)))[0]
+    b = (await store.insert(JobSpec(kind="email", depends_on=[a.id])))[0]
+    c = (await store.insert(JobSpec(kind="email", depends_on=[b.id])))[0]
+    created = (await store.get(a.id)).created_at
+    assert created is not None
+    unrelated = (await store.insert(JobSpec(kind="email", run_at=created + timedelta(days=1))))[0]
     j = await claim_one(store)
     assert j.id == a.id
-    await store.fail_many([Failure(a.id, 1, "d1", "E: x")], NO_JITTER, now=T0)
-    assert await store.cancel_orphans(now=T0) == [b.id, c.id]
+    await store.fail("d1", [fail(j)])
+    assert await store.cascade() == [b.id, c.id]
     for dependent in (b, c):
         got = await store.get(dependent.id)
         assert got.status is JobStatus.CANCELLED
         assert got.status_reason == "dependency_failed"
     assert "ended failed or cancelled" in ((await store.get(c.id)).last_error or "")
     assert (await store.get(unrelated.id)).status is JobStatus.PENDING
+    # retrying the failed job does not bring its dependents back: it says so
+    retried = await store.retry(a.id)
+    assert retried.stays_cancelled == [b.id, c.id]
 
 
 async def test_next_due(store: JobStore) -> None:
-    assert await store.next_due(["default"], now=T0) is None
-    await store.insert(JobSpec(kind="email", run_at=T0 + timedelta(seconds=3)))
-    await store.insert(JobSpec(kind="email", run_at=T0 + timedelta(seconds=9)))
-    assert await store.next_due(["default"], now=T0) == T0 + timedelta(seconds=3)
+    from datetime import UTC, datetime
+
+    t0 = datetime(2030, 1, 1, tzinfo=UTC)
+    assert await store.next_due(["default"], now=t0) is None
+    assert await store.next_due_in(["default"]) is None
+    await store.insert(JobSpec(kind="email", run_at=t0 + timedelta(seconds=3)))
+    await store.insert(JobSpec(kind="email", run_at=t0 + timedelta(seconds=9)))
+    assert await store.next_due(["default"], now=t0) == t0 + timedelta(seconds=3)
+    due_in = await store.next_due_in(["default"])
+    assert due_in is not None and due_in > 0
 
 
 async def test_timeline_note(store: JobStore) -> None:

@@ -2,7 +2,8 @@
 
 The finished jobs, with the four history rows and four timeline events each
 that a real run leaves, are generated once per bench run by SQL with triggers
-off (`session_replication_role = replica`) into a template database, which
+off (disabled by the owner: jobengine's triggers fire even under
+`session_replication_role = replica`) into a template database, which
 every repetition copies (`CREATE DATABASE ... TEMPLATE`). Each repetition
 also runs the same burn-down on empty tables, alternating, so the ratio
 compares neighbouring runs.
@@ -33,8 +34,10 @@ _STEPS = """(VALUES
     ('running', 'completed', 1, 'completed', 'job.completed')
 ) AS s(from_status, to_status, attempt, reason, event_type)"""
 
+#: The tables whose triggers the generator turns off, then back on as they were.
+TABLES = ("jobengine.jobs", "jobengine.job_history", "jobengine.timeline_events")
+
 GENERATE = [
-    "SET session_replication_role = replica",
     """INSERT INTO jobengine.jobs
         (kind, payload, status, attempt, status_reason, run_at, created_at, scheduled_at,
          started_at, finished_at, updated_at)
@@ -54,7 +57,6 @@ GENERATE = [
                'actor', 'bench', 'reason', e.reason)
     FROM (SELECT gen_random_uuid() AS event_id, j.id, j.kind, j.queue, j.created_at, s.*
           FROM jobengine.jobs AS j CROSS JOIN {_STEPS}) AS e""",
-    "RESET session_replication_role",
 ]
 
 
@@ -65,8 +67,17 @@ async def build_template(ctx: Context, rows: int) -> None:
     await step(JOBENGINE, "install", dsn, limit=ctx.limit)
     conn = await asyncpg.connect(dsn)
     try:
+        triggers = await conn.fetch(
+            "SELECT tgrelid::regclass::text AS rel, tgname, tgenabled::text FROM pg_trigger"
+            " WHERE tgrelid = ANY ($1::regclass[]) AND NOT tgisinternal", list(TABLES))
+        for table in TABLES:
+            await conn.execute(f"ALTER TABLE {table} DISABLE TRIGGER USER")
         for sql in GENERATE:
             await conn.execute(sql, rows) if "$1" in sql else await conn.execute(sql)
+        for t in triggers:
+            mode = {"A": "ENABLE ALWAYS", "R": "ENABLE REPLICA", "O": "ENABLE"}.get(
+                t["tgenabled"], "DISABLE")
+            await conn.execute(f'ALTER TABLE {t["rel"]} {mode} TRIGGER "{t["tgname"]}"')
         await conn.execute("VACUUM (ANALYZE) jobengine.jobs, jobengine.job_history,"
                            " jobengine.timeline_events")
         size = await conn.fetchval("SELECT pg_size_pretty(pg_database_size(current_database()))")

@@ -24,6 +24,7 @@ from jobengine.domain.errors import (
     DuplicateJob,
     IllegalTransition,
     InvalidJob,
+    JobBusy,
     JobEngineError,
     JobNotFound,
 )
@@ -113,6 +114,8 @@ def api_error_for(exc: BaseException) -> ApiError | None:
         return ApiError(404, str(exc), "job_not_found")
     if isinstance(exc, IllegalTransition):
         return ApiError(409, _transition_message(exc), "illegal_transition")
+    if isinstance(exc, JobBusy):
+        return ApiError(409, str(exc), "job_busy")
     if isinstance(exc, DuplicateJob):
         return ApiError(409, str(exc), "duplicate_job")
     if isinstance(exc, InvalidJob):

@@ -7,6 +7,7 @@ the lifecycle does not allow is a 409 and changes nothing.
 
 from __future__ import annotations
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
@@ -29,6 +30,7 @@ from jobengine.api.wire import (
     JobCreate,
     JobOut,
     JobPage,
+    RetryOut,
     TimelineList,
     TimelineOut,
 )
@@ -113,9 +115,11 @@ async def retry_job(request: Request) -> Response:
     """`POST /v1/jobs/{id}/retry`: run a failed job again now (409 for any other status)."""
     ctx = context(request)
     check_content_length(request, ctx.http.max_body_bytes)
-    job = await ctx.store.retry(path_id(request))
-    TRANSITIONS.labels(job.kind, JobStatus.SCHEDULED.value).inc()
-    return json_response(JobOut.from_job(job))
+    retried = await ctx.store.retry(path_id(request))
+    TRANSITIONS.labels(retried.job.kind, JobStatus.SCHEDULED.value).inc()
+    out = RetryOut(**msgspec.structs.asdict(JobOut.from_job(retried.job)),
+                   stays_cancelled=retried.stays_cancelled)
+    return json_response(out)
 
 
 #: The job routes, in the order the OpenAPI document lists them.

@@ -23,6 +23,7 @@ from jobengine.api.wire import (
     JobOut,
     JobPage,
     Readiness,
+    RetryOut,
     TimelineList,
 )
 from jobengine.domain.status import JobStatus
@@ -113,7 +114,9 @@ def _paths() -> dict[str, Any]:
         "/v1/jobs/{id}/cancel": {"post": _job_operation(
             "cancel_job", "Cancel a job that has not ended", job, 409, 413)},
         "/v1/jobs/{id}/retry": {"post": _job_operation(
-            "retry_job", "Run a failed job again (failed -> scheduled)", job, 409, 413)},
+            "retry_job", "Run a failed job again (failed -> scheduled); lists the dependents "
+            "that stay cancelled", _json(RetryOut, "The job, and its dependents that stay "
+                                         "cancelled."), 409, 413)},
         "/v1/events": {"get": {
             "operationId": "events", "tags": ["events"], "summary": "Follow the timeline",
             "description": "Timeline events after the cursor in commit order, gap-free. With "

@@ -132,6 +132,16 @@ class JobOut(msgspec.Struct, kw_only=True):
         )
 
 
+class RetryOut(JobOut, kw_only=True):
+    """`POST /v1/jobs/{id}/retry`: the job, and its dependents that stay cancelled.
+
+    `cancelled` is final: dependents a failure cancelled (down the whole DAG)
+    do not come back with the retry; submit them again to run them.
+    """
+
+    stays_cancelled: list[int] = msgspec.field(default_factory=list)
+
+
 class JobPage(msgspec.Struct, kw_only=True):
     """One page of `GET /v1/jobs`; pass `next` as `after` for the following page."""
 
@@ -150,6 +160,7 @@ class HistoryOut(msgspec.Struct, kw_only=True):
     occurred_at: datetime
     reason: str | None
     actor: str | None
+    role: str | None = None
 
     @classmethod
     def from_entry(cls, entry: HistoryEntry) -> HistoryOut:
@@ -287,6 +298,6 @@ def parse_cursor(text: str) -> tuple[int, int]:
 
 #: Every struct the OpenAPI document describes.
 SCHEMA_TYPES: tuple[type[msgspec.Struct], ...] = (
-    JobCreate, JobOut, JobPage, HistoryList, TimelineList, EventOut, EventPageOut,
+    JobCreate, JobOut, RetryOut, JobPage, HistoryList, TimelineList, EventOut, EventPageOut,
     ErrorBody, Health, Readiness,
 )

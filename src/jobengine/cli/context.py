@@ -74,11 +74,17 @@ async def ensure_schema(dsn: str, *, embedded: bool, actor: str) -> None:
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise unavailable(dsn, exc) from exc
     try:
+        have = await current_version(conn)
+        want = len(load_migrations())
+        if have > want:
+            raise ConfigError(
+                f"the database schema is at version {have}, newer than this jobengine knows "
+                f"({want}): upgrade jobengine (daemons already running keep working; "
+                "see Upgrading in the README)"
+            )
         if embedded:
             await migrate(conn)
             return
-        have = await current_version(conn)
-        want = len(load_migrations())
         if have < want:
             raise ConfigError(
                 f"the database schema is at version {have}, jobengine needs {want}: "

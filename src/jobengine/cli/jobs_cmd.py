@@ -16,6 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import anyio
+import msgspec
 
 from jobengine.api.wire import (
     INT32_MAX,
@@ -25,6 +26,7 @@ from jobengine.api.wire import (
     HistoryOut,
     JobOut,
     JobPage,
+    RetryOut,
     TimelineList,
     TimelineOut,
 )
@@ -248,11 +250,24 @@ def _transition(verb: str, args: argparse.Namespace) -> Action:
 
     async def action(store: JobStore) -> int:
         before = await store.get(job_id)
-        job = await (store.cancel(job_id) if verb == "cancel" else store.retry(job_id))
+        if verb == "cancel":
+            job = await store.cancel(job_id)
+            if args.json:
+                print_json(JobOut.from_job(job))
+            else:
+                print(f"job {job.id}: {before.status} -> {job.status}")
+            return 0
+        retried = await store.retry(job_id)
+        job, stays = retried.job, retried.stays_cancelled
         if args.json:
-            print_json(JobOut.from_job(job))
+            print_json(RetryOut(**msgspec.structs.asdict(JobOut.from_job(job)),
+                                stays_cancelled=stays))
         else:
             print(f"job {job.id}: {before.status} -> {job.status}")
+            if stays:
+                listed = ", ".join(str(i) for i in stays)
+                print(f"dependents that stay cancelled (cancelled is final; submit them again "
+                      f"to run them): {listed}")
         return 0
 
     return action

@@ -5,7 +5,14 @@ outcome writer, whose guarded write refuses it if the job has moved on.
 An actor can be interrupted (its cancel scope cancelled) for a reason:
 - `cancelled`: the job was cancelled (through any path) while running;
   the database already says so, nothing is written;
-- `lease_lost`: this daemon no longer holds the job; nothing is written;
+- `lease_lost`: this daemon no longer holds the job (its renewal found the
+  job moved, or the lease's local deadline passed before a renewal came
+  back: the daemon stops its handler before the lease can expire, so that
+  no other daemon can start the job while this attempt still runs); nothing
+  is written;
+- `superseded`: this daemon claimed a newer attempt of the same job (the job
+  was moved back by hand, or its lease was lost and it came back here); the
+  old attempt stops and nothing is written for it;
 - `shutdown`: the daemon is stopping; the job is given back
   (`running -> scheduled`, not counted against max_retries).
 """
@@ -37,6 +44,7 @@ _INTERRUPTED: dict[str, tuple[JobStatus, str] | None] = {
     "shutdown": (JobStatus.SCHEDULED, "shutdown"),
     "cancelled": None,
     "lease_lost": None,
+    "superseded": None,
 }
 
 
@@ -45,9 +53,16 @@ class Actor:
     """A running job's handle: the job, and how to interrupt it."""
 
     job: Job
+    #: monotonic time by which the handler must have stopped unless the lease is renewed
+    lease_deadline: float = float("inf")
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
     interrupted_for: str | None = None
     started_at: float = field(default_factory=time.monotonic)
+
+    @property
+    def key(self) -> tuple[int, int]:
+        """(job id, attempt): what this actor holds a lease on."""
+        return (self.job.id, self.job.attempt)
 
     def interrupt(self, reason: str) -> None:
         """Stop the handler at its next checkpoint, for `reason` (see module doc)."""

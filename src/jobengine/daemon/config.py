@@ -34,6 +34,9 @@ class DaemonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     shutdown_grace: float = 10.0
     #: how often leases are renewed (default: a third of lease_ttl)
     lease_renew_interval: float | None = None
+    #: how long before its lease could expire a daemon stops a handler whose
+    #: lease it could not renew (default: a sixth of lease_ttl)
+    lease_margin: float | None = None
     #: how often the reaper looks for expired leases (default: lease_ttl / 4, at most 1 s,
     #: so a crashed daemon's jobs run again within lease_ttl + about a second)
     reap_interval: float | None = None
@@ -57,12 +60,24 @@ class DaemonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
                 f"daemon.lease_renew_interval ({renew}) must be shorter than lease_ttl "
                 f"({self.lease_ttl}), or leases expire between renewals"
             )
+        margin = self.fence_margin
+        if not margin > 0 or renew + margin >= self.lease_ttl:
+            raise ConfigError(
+                f"daemon.lease_margin ({margin}) must be > 0 and leave room for a renewal: "
+                f"lease_renew_interval + lease_margin ({renew + margin}) must be shorter than "
+                f"lease_ttl ({self.lease_ttl})"
+            )
         return self
 
     @property
     def renew_interval(self) -> float:
         """Seconds between lease renewals."""
         return self.lease_renew_interval or self.lease_ttl / 3
+
+    @property
+    def fence_margin(self) -> float:
+        """Seconds before a lease's possible expiry by which its handler is stopped."""
+        return self.lease_margin if self.lease_margin is not None else self.lease_ttl / 6
 
     @property
     def reaper_interval(self) -> float:

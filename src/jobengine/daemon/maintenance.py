@@ -11,39 +11,42 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import timedelta
 
 import anyio
 import structlog
 from anyio.abc import TaskStatus
 
 from jobengine import metrics
-from jobengine.domain.clock import Clock
+from jobengine.daemon.testsignals import DaemonSignals
+from jobengine.domain.clock import Clock, SystemClock
 from jobengine.domain.retry import RetryPolicy
-from jobengine.store import JobStore
+from jobengine.store import TRANSIENT, AttemptKey, JobStore, Written
 
 log = structlog.get_logger("jobengine.maintenance")
-
-#: Errors a pass survives (a lost connection, a restart, a statement timeout):
-#: the loop logs them and tries again on its next tick.
-TRANSIENT = (Exception,)
-
-
-def _now(clock: Clock | None) -> datetime | None:
-    # None means "the database's now()": one clock for every daemon.
-    return clock.now() if clock is not None else None
 
 
 @dataclass
 class LeasePass:
-    """One lease renewal: how many were renewed, which were lost."""
+    """One lease renewal: how many were renewed, which were lost, which were busy."""
 
     renewed: int = 0
-    lost: list[int] = field(default_factory=list)
+    lost: list[AttemptKey] = field(default_factory=list)
+    busy: list[AttemptKey] = field(default_factory=list)
 
 
 class LeaseKeeper:
-    """Renews all of this daemon's leases in one statement per tick."""
+    """Renews all of this daemon's leases in one statement per tick, and fences the rest.
+
+    Renewal never waits on a row lock (the database skips rows another
+    transaction holds and says so) and never waits longer than one renewal
+    interval. Every attempt this daemon runs has a local deadline, `lease_ttl
+    - margin` after the claim or renewal *that was sent* last succeeded: the
+    database set the lease's end at least `lease_ttl` after that moment, so
+    stopping the handler by the deadline means it has stopped before any
+    other daemon could reap the job and start it again (self-fencing). A
+    renewal that does not come back in time counts as lost.
+    """
 
     def __init__(
         self,
@@ -51,41 +54,93 @@ class LeaseKeeper:
         owner: str,
         lease_ttl: float,
         interval: float,
-        held: Callable[[], dict[int, int]],
-        on_lost: Callable[[list[int]], None],
+        margin: float,
+        *,
+        held: Callable[[], list[AttemptKey]],
+        on_renewed: Callable[[list[AttemptKey], float], None],
+        on_lost: Callable[[list[AttemptKey]], None],
+        deadlines: Callable[[], dict[AttemptKey, float]],
+        on_fenced: Callable[[list[AttemptKey]], None],
         clock: Clock | None = None,
+        signals: DaemonSignals | None = None,
     ) -> None:
         self._store = store
         self._owner = owner
-        self._ttl = timedelta(seconds=lease_ttl)
+        self._ttl = lease_ttl
         self._interval = interval
+        self._margin = margin
         self._held = held
+        self._on_renewed = on_renewed
         self._on_lost = on_lost
-        self._clock = clock
+        self._deadlines = deadlines
+        self._on_fenced = on_fenced
+        self._clock = clock or SystemClock()
+        self._signals = signals or DaemonSignals()
+
+    def deadline_after(self, sent_at: float) -> float:
+        """The local deadline of a lease granted by a statement sent at `sent_at` (monotonic)."""
+        return sent_at + self._ttl - self._margin
 
     async def run_once(self) -> LeasePass:
-        """Renew every held lease; report (and hand on) the ones no longer ours."""
+        """Renew every held lease; hand on the ones lost; extend the renewed ones' deadlines."""
         held = self._held()
         if not held:
             return LeasePass()
-        renewed = await self._store.renew_leases(self._owner, held, self._ttl,
-                                                 now=_now(self._clock))
-        lost = sorted(set(held) - renewed)
+        sent_at = self._clock.monotonic()
+        result = LeasePass()
+        with anyio.move_on_after(self._interval) as timer:
+            written = await self._store.renew(self._owner, held,
+                                              timedelta(seconds=self._ttl))
+        if timer.cancelled_caught:
+            log.warning("lease.renew_timed_out", jobs=len(held), after=self._interval)
+            self._signals.renewed.signal(result)
+            return result
+        renewed = [k for k, w in written.items() if w is Written.DONE]
+        result.renewed = len(renewed)
+        result.lost = sorted(k for k, w in written.items() if w is Written.MOVED)
+        result.busy = sorted(k for k, w in written.items() if w is Written.BUSY)
         metrics.LEASE_RENEWALS.inc(len(renewed))
-        if lost:
-            log.info("leases lost", job_ids=lost)
-            self._on_lost(lost)
-        return LeasePass(len(renewed), lost)
+        self._on_renewed(renewed, self.deadline_after(sent_at))
+        if result.busy:
+            log.info("lease.busy", attempts=result.busy)
+        if result.lost:
+            log.info("lease.lost", attempts=result.lost)
+            self._on_lost(result.lost)
+        self._signals.renewed.signal(result)
+        return result
+
+    def fence_once(self) -> list[AttemptKey]:
+        """Stop every attempt whose local deadline passed; returns them."""
+        now = self._clock.monotonic()
+        late = sorted(k for k, d in self._deadlines().items() if d <= now)
+        if late:
+            log.warning("lease.fenced", attempts=late,
+                        reason="no renewal came back before the lease's local deadline")
+            self._on_fenced(late)
+            self._signals.fenced.signal(late)
+        return late
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
-        """Renew every `interval` seconds until cancelled."""
-        task_status.started()
+        """Renew every `interval` seconds and fence on time, until cancelled."""
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._fence_loop)
+            task_status.started()
+            while True:
+                await anyio.sleep(self._interval)
+                try:
+                    await self.run_once()
+                except TRANSIENT as exc:
+                    log.warning("lease.renew_failed", error=repr(exc))
+
+    async def _fence_loop(self) -> None:
+        # Wake at the earliest deadline, and at least every margin/2: a new
+        # attempt's deadline is never sooner than that from now.
         while True:
-            await anyio.sleep(self._interval)
-            try:
-                await self.run_once()
-            except TRANSIENT as exc:
-                log.warning("lease renewal failed", error=repr(exc))
+            self.fence_once()
+            deadlines = self._deadlines().values()
+            now = self._clock.monotonic()
+            wait = min([d - now for d in deadlines], default=self._margin)
+            await anyio.sleep(min(max(wait, 0.0), self._margin / 2) + 0.001)
 
 
 @dataclass
@@ -111,33 +166,32 @@ class Reaper:
         interval: float,
         *,
         on_retry: Callable[[], None] | None = None,
-        clock: Clock | None = None,
         rng: random.Random | None = None,
+        signals: DaemonSignals | None = None,
     ) -> None:
         self._store = store
         self._retry_default = retry_default
         self._interval = interval
         self._on_retry = on_retry
-        self._clock = clock
         self._rng = rng or random.Random()
+        self._signals = signals or DaemonSignals()
 
     async def run_once(self) -> ReapPass:
         """Reap every expired lease and retry what may be retried."""
-        now = _now(self._clock)
-        reaped = await self._store.reap_expired(self._retry_default, now=now, rng=self._rng)
-        by_hand = await self._store.retry_failed_with_budget(self._retry_default, now=now,
-                                                             rng=self._rng)
+        reaped = await self._store.reap(self._retry_default, rng=self._rng)
+        by_hand = await self._store.retry_failed(self._retry_default, rng=self._rng)
         expired = len(reaped.retried) + len(reaped.terminal)
-        result = ReapPass(expired, len(reaped.retried) + len(by_hand.retried),
-                          len(reaped.terminal))
+        result = ReapPass(expired, len(reaped.retried) + len(by_hand), len(reaped.terminal))
         if expired:
             metrics.LEASE_EXPIRIES.inc(expired)
-            log.info("reaped expired leases", expired=expired, retried=len(reaped.retried),
+            log.info("lease.reaped", expired=expired, retried=sorted(reaped.retried),
                      terminal=reaped.terminal)
-        if by_hand.retried:
-            log.info("scheduled retries for failed jobs", job_ids=sorted(by_hand.retried))
+        if by_hand:
+            log.info("job.retry_scheduled", job_ids=sorted(by_hand))
         if result.retried and self._on_retry is not None:
             self._on_retry()
+        if expired or by_hand:
+            self._signals.reaped.signal(result)
         return result
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
@@ -147,7 +201,7 @@ class Reaper:
             try:
                 await self.run_once()
             except TRANSIENT as exc:
-                log.warning("reaper pass failed", error=repr(exc))
+                log.warning("reaper.pass_failed", error=repr(exc))
             await anyio.sleep(self._interval * self._rng.uniform(0.8, 1.2))
 
 
@@ -180,7 +234,6 @@ class Scheduler:
         poll_interval: float,
         on_ready: Callable[[], None],
         sealed: bool = False,
-        clock: Clock | None = None,
         min_gap: float = 0.01,
     ) -> None:
         self._store = store
@@ -188,7 +241,6 @@ class Scheduler:
         self._poll = poll_interval
         self._on_ready = on_ready
         self._sealed = sealed
-        self._clock = clock
         self._min_gap = min_gap
         self._kick = anyio.Event()
         # False once a pass saw no job waiting on dependencies: finished jobs
@@ -204,16 +256,14 @@ class Scheduler:
 
     async def run_once(self) -> SchedulePass:
         """Cascade failures down the DAG, promote what is ready, find the next due time."""
-        now = _now(self._clock)
         cancelled: list[int] = []
         promoted: list[int] = []
         # One cheap look first: without waiting jobs there is nothing to
         # cascade or promote, and no statement (with its audit trigger) to run.
         self._maybe_waiting = await self._store.any_waiting()
         if self._maybe_waiting:
-            cancelled = await self._store.cancel_orphans(now=now)
-            promoted = await self._store.promote_ready(self._queues, now=now,
-                                                       sealed=self._sealed)
+            cancelled = await self._store.cascade()
+            promoted = await self._store.promote(self._queues, sealed=self._sealed)
         if cancelled:
             log.info("cancelled dependents of failed jobs", job_ids=cancelled)
         if promoted:
@@ -232,7 +282,7 @@ class Scheduler:
             try:
                 await self.run_once()
             except TRANSIENT as exc:
-                log.warning("scheduler pass failed", error=repr(exc))
+                log.warning("scheduler.pass_failed", error=repr(exc))
             with anyio.move_on_after(self._poll) as waited:
                 await self._kick.wait()
             self._kick = anyio.Event()

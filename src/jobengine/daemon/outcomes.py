@@ -2,12 +2,15 @@
 
 An actor does not wait for its own write: it hands the outcome over and frees
 its slot, and the writer flushes everything that arrived within a few
-milliseconds in one guarded statement (plus one transaction for failures and
-their retries). Until an outcome is written the job is still `running` with
-this daemon's lease, which keeps being renewed; if the daemon dies first,
-the lease expires and the reaper gives the job another attempt. So batching
-costs no guarantee, and a refused write (the job moved on: cancelled, reaped
-and re-claimed) is reported, never forced.
+milliseconds in one call of the database's write path per kind of outcome
+(`finish_v1`, `fail_v1` with the retry decided here, `release_v1`).
+
+Until an outcome is written the job is still `running` with this daemon's
+lease, which keeps being renewed; if the daemon dies first, the lease
+expires and the reaper gives the job another attempt. So batching costs no
+guarantee, and a refused write (the job moved on: cancelled, reaped and
+re-claimed) is reported, never forced. A row that another transaction holds
+locked is not waited for: its outcome goes back in the queue.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 import anyio
@@ -23,9 +27,9 @@ from anyio.abc import TaskStatus
 
 from jobengine import metrics
 from jobengine.domain.models import Job
-from jobengine.domain.retry import RetryPolicy
+from jobengine.domain.retry import RetryPolicy, policy_for, retry_delay
 from jobengine.domain.status import JobStatus
-from jobengine.store import Failure, JobStore, Transition
+from jobengine.store import Completion, Failure, JobStore, Written
 
 log = structlog.get_logger("jobengine.outcomes")
 
@@ -46,8 +50,9 @@ class FlushReport:
     """What one flush wrote."""
 
     written: list[Outcome] = field(default_factory=list)
-    refused: list[Outcome] = field(default_factory=list)
-    retried: dict[int, Any] = field(default_factory=dict)
+    refused: list[Outcome] = field(default_factory=list)  # the job moved on: dropped
+    busy: list[Outcome] = field(default_factory=list)  # row locked elsewhere: queued again
+    retried: dict[int, datetime] = field(default_factory=dict)  # job id -> next run_at
 
 
 class OutcomeWriter:
@@ -71,6 +76,7 @@ class OutcomeWriter:
         self._max_batch = max_batch
         self._on_flush = on_flush
         self._rng = rng
+        self._busy_wait = 0.05
         self._pending: list[Outcome] = []
         # being written right now (by a flush, or by the claimer with its claim)
         self._in_flight: list[Outcome] = []
@@ -118,8 +124,12 @@ class OutcomeWriter:
             if len(self._pending) < self._max_batch:
                 await anyio.sleep(self._flush_delay)
             try:
-                await self.flush()
+                report = await self.flush()
                 backoff = 0.05
+                if report.busy and not (report.written or report.refused):
+                    # Only rows another transaction holds locked are left:
+                    # give it a moment rather than ask again at once.
+                    await anyio.sleep(self._busy_wait)
             except (OSError, TimeoutError) as exc:
                 log.warning("outcome write failed; retrying", error=str(exc), retry_in=backoff)
                 await anyio.sleep(backoff)
@@ -133,12 +143,11 @@ class OutcomeWriter:
 
     async def flush(self) -> FlushReport:
         """Write what is pending now; outcomes stay queued if the write fails."""
-        batch = self._pending[: self._max_batch]
+        batch = self._take_batch()
         report = FlushReport()
         if not batch:
             self._settle()
             return report
-        del self._pending[: len(batch)]
         self._in_flight.extend(batch)
         try:
             # Shielded: a flush that started is finished even during shutdown,
@@ -149,46 +158,74 @@ class OutcomeWriter:
             self._requeue(batch)
             raise
         self._forget(batch)
+        if report.busy:
+            # Rows another transaction holds locked: not refused, not written.
+            # They go back in the queue for the next flush.
+            self._requeue(report.busy)
         self._settle()
         if self._on_flush is not None:
             self._on_flush(report)
         return report
+
+    def _take_batch(self) -> list[Outcome]:
+        """The next batch: at most one outcome per job (the database keys writes by job)."""
+        batch: list[Outcome] = []
+        later: list[Outcome] = []
+        seen: set[int] = set()
+        for o in self._pending:
+            if len(batch) < self._max_batch and o.job.id not in seen:
+                seen.add(o.job.id)
+                batch.append(o)
+            else:
+                later.append(o)
+        self._pending = later
+        return batch
 
     def _settle(self) -> None:
         if not self._pending and not self._in_flight:
             self._idle.set()
 
     async def _write(self, batch: Sequence[Outcome], report: FlushReport) -> None:
-        direct = [o for o in batch if o.to_status is not JobStatus.FAILED]
-        failed = [o for o in batch if o.to_status is JobStatus.FAILED]
-        if direct:
-            outcome = await self._store.transition_many([
-                Transition(o.job.id, JobStatus.RUNNING, o.to_status, attempt=o.job.attempt,
-                           lease_owner=self._owner, reason=o.reason, result=o.result,
-                           error=o.error)
-                for o in direct
-            ])
-            for o in direct:
-                (report.written if o.job.id in outcome.changed else report.refused).append(o)
-        if failed:
-            result = await self._store.fail_many(
-                [Failure(o.job.id, o.job.attempt, self._owner, o.error or "failed", o.reason)
-                 for o in failed],
-                self._retry_default,
-                rng=self._rng,
-            )
-            refused = set(result.refused)
-            for o in failed:
-                (report.refused if o.job.id in refused else report.written).append(o)
-            report.retried.update(result.retried)
-        self._report(report, failed)
+        by_status: dict[JobStatus, list[Outcome]] = {}
+        for o in batch:
+            by_status.setdefault(o.to_status, []).append(o)
+        results: dict[tuple[int, int], Written] = {}
+        if done := by_status.get(JobStatus.COMPLETED):
+            results.update(await self._store.finish(
+                self._owner, [Completion(o.job.id, o.job.attempt, o.result) for o in done]))
+        if given_back := by_status.get(JobStatus.SCHEDULED):
+            results.update(await self._store.release(
+                self._owner, [(o.job.id, o.job.attempt) for o in given_back]))
+        if failed := by_status.get(JobStatus.FAILED):
+            written = await self._store.fail(self._owner, [self._failure(o) for o in failed])
+            for key, result in written.items():
+                results[key] = result.written
+                if result.retry_at is not None:
+                    report.retried[key[0]] = result.retry_at
+        for o in batch:
+            outcome = results.get((o.job.id, o.job.attempt), Written.MOVED)
+            if outcome is Written.DONE:
+                report.written.append(o)
+            elif outcome is Written.BUSY:
+                report.busy.append(o)
+            else:
+                report.refused.append(o)
+        self._report(report)
 
-    def _report(self, report: FlushReport, failed: Sequence[Outcome]) -> None:
+    def _failure(self, o: Outcome) -> Failure:
+        """The failure to record, with the retry decision the domain makes for it."""
+        job = o.job
+        delay = retry_delay(
+            attempt=job.attempt, released=job.released, max_retries=job.max_retries,
+            policy=policy_for(job.retry_policy, self._retry_default), rng=self._rng,
+        )
+        return Failure(job.id, job.attempt, o.error or "failed", o.reason, delay)
+
+    def _report(self, report: FlushReport) -> None:
         for o in report.written:
             metrics.count_transition(o.job.kind, o.to_status.value)
-        kinds = {o.job.id: o.job.kind for o in failed}
-        for job_id in report.retried:
-            metrics.count_transition(kinds[job_id], JobStatus.SCHEDULED.value)
+            if o.job.id in report.retried:
+                metrics.count_transition(o.job.kind, JobStatus.SCHEDULED.value)
         if report.refused:
             metrics.FENCED_WRITES.inc(len(report.refused))
             for o in report.refused:

@@ -13,13 +13,11 @@ from __future__ import annotations
 import os
 import random
 import socket
-import time
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import anyio
-import asyncpg
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
@@ -32,9 +30,10 @@ from jobengine.daemon.maintenance import LeaseKeeper, Reaper, Scheduler
 from jobengine.daemon.outcomes import FlushReport, OutcomeWriter
 from jobengine.daemon.sealed import netns_wrapper, seal, wrap_command
 from jobengine.daemon.systemd import Notifier
-from jobengine.domain.clock import Clock
+from jobengine.daemon.testsignals import DaemonSignals
+from jobengine.domain.clock import Clock, SystemClock
 from jobengine.domain.models import Job
-from jobengine.store import JobStore, create_pool
+from jobengine.store import TRANSIENT, AttemptKey, JobStore, create_pool
 
 log = structlog.get_logger("jobengine.daemon")
 
@@ -61,17 +60,21 @@ class Daemon:
         notifier: Notifier | None = None,
         flush_delay: float = 0.002,
         api_address: tuple[str, int] | None = None,
+        signals: DaemonSignals | None = None,
     ) -> None:
         self.config = config
         self.settings = config.daemon.validate()
         self.dsn = dsn
         self.id = self.settings.id or new_daemon_id()
-        self.clock = clock
+        self.clock: Clock = clock or SystemClock()
         self.notifier = notifier or Notifier({})
+        self.signals = signals or DaemonSignals()
         self._handlers = handlers
         self._flush_delay = flush_delay
         self._api_address = api_address
-        self.actors: dict[int, Actor] = {}
+        #: every attempt this daemon runs, by (job id, attempt): an attempt
+        #: stays here (and counts against concurrency) until its handler ended
+        self.actors: dict[AttemptKey, Actor] = {}
         self.claimed_total = 0
         self._maybe_more = True
         self._stopping = False
@@ -81,6 +84,7 @@ class Daemon:
         self.listener: Listener
         self.writer: OutcomeWriter
         self.scheduler: Scheduler
+        self.leases: LeaseKeeper
 
     # -- control ------------------------------------------------------------------
 
@@ -94,6 +98,10 @@ class Daemon:
             event = getattr(self, name, None)
             if event is not None:
                 event.set()
+
+    def running(self, job_id: int) -> bool:
+        """Whether an attempt of this job is running in this daemon (its handler not ended)."""
+        return any(key[0] == job_id for key in self.actors)
 
     def status_line(self) -> str:
         """The STATUS= text for systemd."""
@@ -146,16 +154,19 @@ class Daemon:
         self.listener = Listener(self.dsn, self.id, s.queues, on_wake=self._on_wake,
                                  on_cancel=self._on_cancel)
         self.scheduler = Scheduler(self.store, s.queues, poll_interval=s.poll_interval,
-                                   on_ready=self._on_ready, sealed=self.config.sealed,
-                                   clock=self.clock)
-        leases = LeaseKeeper(self.store, self.id, s.lease_ttl, s.renew_interval,
-                             held=self._held, on_lost=self._on_lease_lost, clock=self.clock)
+                                   on_ready=self._on_ready, sealed=self.config.sealed)
+        self.leases = LeaseKeeper(
+            self.store, self.id, s.lease_ttl, s.renew_interval, s.fence_margin,
+            held=self._held, on_renewed=self._on_renewed, on_lost=self._on_lease_lost,
+            deadlines=self._deadlines, on_fenced=self._on_lease_lost, clock=self.clock,
+            signals=self.signals,
+        )
         reaper = Reaper(self.store, self.config.retry, s.reaper_interval,
-                        on_retry=self._on_ready, clock=self.clock)
+                        on_retry=self._on_ready, signals=self.signals)
         async with anyio.create_task_group() as services:
             await services.start(self.writer.run)
             await services.start(self.listener.run)
-            await services.start(leases.run)
+            await services.start(self.leases.run)
             await services.start(reaper.run)
             await services.start(self.scheduler.run)
             await services.start(self.notifier.watchdog, self.status_line)
@@ -199,71 +210,82 @@ class Daemon:
         ttl = timedelta(seconds=s.lease_ttl)
         task_status.started()
         backoff = 0.05
+        clock = self.clock
         # When to look again without being told: the next due time or the poll.
-        deadline = time.monotonic() + s.poll_interval
+        deadline = clock.monotonic() + s.poll_interval
         while not self._stopping:
             free = s.concurrency - len(self.actors)
             if free > 0 and self._maybe_more:
                 self._maybe_more = False
+                sent_at = clock.monotonic()
                 try:
                     jobs = await self.store.claim(
                         owner=self.id, queues=s.queues, kinds=kinds, limit=free,
-                        lease_ttl=ttl, now=self.clock.now() if self.clock else None,
-                        sealed=self.config.sealed,
+                        lease_ttl=ttl, sealed=self.config.sealed,
                     )
                     backoff = 0.05
-                except (OSError, TimeoutError, asyncpg.PostgresError,
-                        asyncpg.InterfaceError) as exc:
-                    log.warning("claim failed; retrying", error=repr(exc), retry_in=backoff)
+                except TRANSIENT as exc:
+                    log.warning("claim.failed", error=repr(exc), retry_in=backoff)
                     self._maybe_more = True
                     await anyio.sleep(backoff)
                     backoff = min(backoff * 2, s.poll_interval)
                     continue
                 metrics.CLAIM_BATCH.observe(len(jobs))
-                self._start(actors, jobs)
+                self._start(actors, jobs, self.leases.deadline_after(sent_at))
                 if len(jobs) == free:
                     self._maybe_more = True  # there may be more waiting
                     continue
                 # Drained: sleep until the next job comes due (exactly), a
                 # notification, a free slot, or the polling interval.
-                deadline = time.monotonic() + await self._until_next_due(s.poll_interval)
-            with anyio.move_on_after(max(deadline - time.monotonic(), 0.0)) as waited:
+                deadline = clock.monotonic() + await self._until_next_due(s.poll_interval)
+            with anyio.move_on_after(max(deadline - clock.monotonic(), 0.0)) as waited:
                 await self._kick.wait()
             self._kick = anyio.Event()
             if waited.cancelled_caught:
                 self._maybe_more = True  # something came due, or the polling fallback
                 self.scheduler.wake()
-                deadline = time.monotonic() + s.poll_interval
+                deadline = clock.monotonic() + s.poll_interval
 
     async def _until_next_due(self, ceiling: float) -> float:
         """Seconds until the next waiting job of our queues is due (at most `ceiling`)."""
         try:
-            now = self.clock.now() if self.clock else datetime.now(UTC)
-            due = await self.store.next_due(self.settings.queues, now=now)
-        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            due_in = await self.store.next_due_in(self.settings.queues)
+        except TRANSIENT:
             return ceiling
-        if due is None:
+        if due_in is None:
             return ceiling
-        return min(ceiling, max((due - now).total_seconds(), 0.0) + 0.001)
+        return min(ceiling, max(due_in, 0.0) + 0.001)
 
-    def _start(self, actors: TaskGroup, jobs: Iterable[Job]) -> None:
-        now = time.time()
+    def _start(self, actors: TaskGroup, jobs: Iterable[Job], lease_deadline: float) -> None:
+        now = self.clock.now().timestamp()
+        claimed: list[AttemptKey] = []
         for job in jobs:
-            actor = Actor(job)
+            actor = Actor(job, lease_deadline=lease_deadline)
+            # An older attempt of the same job still running here lost its
+            # lease when the job moved on: stop it (it writes nothing).
+            for other in self.actors.values():
+                if other.job.id == job.id and other.job.attempt < job.attempt:
+                    log.warning("job.superseded", job_id=job.id, attempt=other.job.attempt,
+                                newer_attempt=job.attempt)
+                    other.interrupt("superseded")
             if self._stopping:
                 actor.interrupt("shutdown")  # claimed as the stop came in: give it back
-            self.actors[job.id] = actor
+            self.actors[actor.key] = actor
+            claimed.append(actor.key)
             self.claimed_total += 1
             if job.run_at is not None:
                 metrics.PICKUP_LATENCY.observe(max(0.0, now - job.run_at.timestamp()))
-            actors.start_soon(self._actor_task, actor, name=f"job-{job.id}")
+            actors.start_soon(self._actor_task, actor, name=f"job-{job.id}-{job.attempt}")
         metrics.RUNNING.set(len(self.actors))
+        if claimed:
+            self.signals.claimed.signal(claimed)
 
     async def _actor_task(self, actor: Actor) -> None:
         try:
             await run_actor(actor, self.handlers[actor.job.kind], self.writer.submit)
         finally:
-            self.actors.pop(actor.job.id, None)
+            if self.actors.get(actor.key) is actor:
+                del self.actors[actor.key]
             metrics.RUNNING.set(len(self.actors))
             self._kick.set()
             self._changed.set()
@@ -282,42 +304,63 @@ class Daemon:
         self._kick.set()
 
     def _on_cancel(self, job_ids: list[int]) -> None:
-        for job_id in job_ids:
-            actor = self.actors.get(job_id)
-            if actor is not None:
-                log.info("interrupting cancelled job", job_id=job_id)
+        wanted = set(job_ids)
+        for actor in list(self.actors.values()):
+            if actor.job.id in wanted:
+                log.info("job.interrupted", job_id=actor.job.id, attempt=actor.job.attempt,
+                         reason="cancelled")
                 actor.interrupt("cancelled")
 
-    def _on_lease_lost(self, job_ids: list[int]) -> None:
-        for job_id in job_ids:
-            actor = self.actors.get(job_id)
+    def _on_lease_lost(self, keys: list[AttemptKey]) -> None:
+        for key in keys:
+            actor = self.actors.get(key)
             if actor is not None:
                 # Cancelled jobs also stop renewing: say which it was.
                 actor.interrupt("lease_lost")
 
-    def _held(self) -> dict[int, int]:
-        held = {job_id: a.job.attempt for job_id, a in self.actors.items()}
-        held.update(self.writer.unwritten)
-        return held
+    def _on_renewed(self, keys: list[AttemptKey], deadline: float) -> None:
+        for key in keys:
+            actor = self.actors.get(key)
+            if actor is not None and deadline > actor.lease_deadline:
+                actor.lease_deadline = deadline
+
+    def _deadlines(self) -> dict[AttemptKey, float]:
+        """The local lease deadlines of attempts whose handlers still run."""
+        return {k: a.lease_deadline for k, a in self.actors.items() if a.interrupted_for is None}
+
+    def _held(self) -> list[AttemptKey]:
+        """Every attempt whose lease matters: running here, or its outcome not yet written."""
+        held = set(self.actors)
+        held.update(self.writer.unwritten.items())
+        return sorted(held)
 
     def _flushed(self, report: FlushReport) -> None:
         # A retry due now can be claimed at once (its 'ready' notification
         # would say the same, a round trip later); later ones are found by the
         # claimer's next-due timer.
-        if report.retried and min(report.retried.values()) <= datetime.now(UTC):
+        if report.retried and min(report.retried.values()) <= self.clock.now():
             self._on_ready()
+        self.signals.flushed.signal(report)
 
 
 @asynccontextmanager
 async def run_daemon(
-    config: DaemonConfig, dsn: str, **kwargs: object
+    config: DaemonConfig,
+    dsn: str,
+    *,
+    handlers: dict[str, Handler] | None = None,
+    clock: Clock | None = None,
+    notifier: Notifier | None = None,
+    flush_delay: float = 0.002,
+    signals: DaemonSignals | None = None,
 ) -> AsyncIterator[Daemon]:
     """Run a daemon in-process for the duration of the block, then stop it gracefully.
 
         async with run_daemon(config, dsn, handlers=from_callables({...})) as daemon:
             ...  # the daemon is claiming here
     """
-    daemon = Daemon(config, dsn, **kwargs)  # type: ignore[arg-type]
+    daemon = Daemon(config, dsn, handlers=handlers, clock=clock, notifier=notifier,
+                    flush_delay=flush_delay, signals=signals)
     async with anyio.create_task_group() as tg:
         await tg.start(daemon.run)
         try:

@@ -12,6 +12,7 @@ from jobengine.domain.errors import (
     HandlerNotFound,
     IllegalTransition,
     InvalidJob,
+    JobBusy,
     JobEngineError,
     JobNotFound,
     LeaseLost,
@@ -25,7 +26,14 @@ from jobengine.domain.models import (
     TimelineEvent,
     decode_envelope,
 )
-from jobengine.domain.retry import RetryPolicy, RetryStrategy, parse_retry_policy, retries_remain
+from jobengine.domain.retry import (
+    RetryPolicy,
+    RetryStrategy,
+    parse_retry_policy,
+    policy_for,
+    retries_remain,
+    retry_delay,
+)
 from jobengine.domain.status import (
     FINAL,
     SETTLED,
@@ -52,6 +60,7 @@ __all__ = [
     "IllegalTransition",
     "InvalidJob",
     "Job",
+    "JobBusy",
     "JobEngineError",
     "JobNotFound",
     "JobSpec",
@@ -66,6 +75,8 @@ __all__ = [
     "decode_envelope",
     "is_allowed",
     "parse_retry_policy",
+    "policy_for",
     "retries_remain",
+    "retry_delay",
     "targets",
 ]

@@ -52,6 +52,15 @@ class LeaseLost(JobEngineError):
         super().__init__(f"job {job_id} attempt {attempt}: lease lost, outcome not written")
 
 
+class JobBusy(JobEngineError):
+    """Raised when a job's row stayed locked by another transaction past the wait allowed."""
+
+    def __init__(self, job_id: int | None = None) -> None:
+        self.job_id = job_id
+        what = f"job {job_id}" if job_id is not None else "the job"
+        super().__init__(f"{what} is locked by another transaction; try again")
+
+
 class ConfigError(JobEngineError):
     """Raised when the configuration is missing, malformed or inconsistent."""
 

@@ -56,6 +56,9 @@ class Job(msgspec.Struct, kw_only=True):
     result: Any = None
     last_error: str | None = None
     status_reason: str | None = None
+    #: who made the last status change, as the ledger records it, and as which database role
+    status_actor: str | None = None
+    status_role: str | None = None
     created_at: datetime | None = None
     scheduled_at: datetime | None = None
     started_at: datetime | None = None
@@ -79,6 +82,8 @@ class HistoryEntry(msgspec.Struct, kw_only=True):
     occurred_at: datetime
     reason: str | None = None
     actor: str | None = None
+    #: the database role that made the change ('' for rows from before release 0.2)
+    role: str | None = None
 
 
 class EventEnvelope(msgspec.Struct, kw_only=True):

@@ -105,3 +105,37 @@ def retries_remain(attempts_counted: int, max_retries: int) -> bool:
     allows 4 attempts in all. Attempts given back at shutdown are not counted.
     """
     return attempts_counted <= max_retries
+
+
+def policy_for(raw: Any, default: RetryPolicy) -> RetryPolicy:
+    """A job's own retry policy (`jobs.retry_policy`), or `default` when it has none.
+
+    The database refuses invalid policies; one that slipped in anyway (an
+    older schema) falls back to the default rather than stopping a retry.
+    """
+    try:
+        return parse_retry_policy(raw) or default
+    except InvalidJob:
+        return default
+
+
+def retry_delay(
+    *,
+    attempt: int,
+    released: int,
+    max_retries: int,
+    policy: RetryPolicy,
+    backoff: bool = True,
+    rng: random.Random | None = None,
+) -> float | None:
+    """The retry decision for a failed attempt: seconds until the next one, or None.
+
+    None means no attempt remains: the job is failed for good. `attempt`
+    counts entries into running, `released` the give-backs among them (not
+    counted against `max_retries`). Without `backoff` (a rescued job whose
+    worker died: the job itself did not fail) the next attempt is due at once.
+    """
+    counted = attempt - released
+    if not retries_remain(counted, max_retries):
+        return None
+    return policy.delay(counted, rng) if backoff else 0.0

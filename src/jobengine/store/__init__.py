@@ -4,25 +4,31 @@ No tasks and no logging here: callers decide when to run a query and what to
 say about it.
 """
 
-from jobengine.store.jobs import (
-    EventPage,
+from jobengine.store.executor import TRANSIENT
+from jobengine.store.jobs import EventPage, JobStore, RetryResult
+from jobengine.store.lifecycle import (
+    AttemptKey,
+    Completion,
+    FailResult,
     Failure,
-    FailureOutcome,
-    JobStore,
-    Transition,
-    TransitionOutcome,
+    ReapOutcome,
+    Written,
 )
 from jobengine.store.migrate import AppliedMigration, current_version, migrate
 from jobengine.store.pool import connect, create_pool, setup_connection
 
 __all__ = [
+    "TRANSIENT",
     "AppliedMigration",
+    "AttemptKey",
+    "Completion",
     "EventPage",
+    "FailResult",
     "Failure",
-    "FailureOutcome",
     "JobStore",
-    "Transition",
-    "TransitionOutcome",
+    "ReapOutcome",
+    "RetryResult",
+    "Written",
     "connect",
     "create_pool",
     "current_version",

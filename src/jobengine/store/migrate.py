@@ -68,9 +68,20 @@ async def migrate(
                     migration.version, migration.name, migration.checksum,
                 )
             applied.append(AppliedMigration(migration.version, migration.name))
+        if applied and await _roles_installed(conn):
+            # New tables and functions get the roles' grants (roles.sql is idempotent).
+            async with conn.transaction():
+                await conn.execute((sql_dir() / "roles.sql").read_text())
         return applied
     finally:
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
+
+
+async def _roles_installed(conn: asyncpg.Connection) -> bool:
+    found: bool = await conn.fetchval(
+        "SELECT to_regrole('jobengine_daemon') IS NOT NULL AND to_regrole('jobengine_app') IS NOT NULL"
+    )
+    return found
 
 
 async def current_version(conn: asyncpg.Connection) -> int:

@@ -13,6 +13,7 @@ from jobengine.domain.errors import (
     DuplicateJob,
     IllegalTransition,
     InvalidJob,
+    JobBusy,
     JobEngineError,
 )
 from jobengine.domain.models import EventEnvelope, HistoryEntry, Job, TimelineEvent
@@ -33,6 +34,9 @@ CONSTRAINT_FIELDS: Mapping[str, str] = {
     "jobs_depends_on_exists": "depends_on",
     "jobs_depends_on_acyclic": "depends_on",
     "jobs_status_reason_at_most_200_chars": "status_reason",
+    "jobs_depends_on_frozen": "depends_on",
+    "jobs_lease_bounded": "lease_expires_at",
+    "jobs_lifecycle_columns": "status",
 }
 
 _ILLEGAL = re.compile(r"illegal transition for job (\d+): (\w+) -> (\w+)")
@@ -59,6 +63,7 @@ def history_from_row(row: Mapping[str, Any]) -> HistoryEntry:
         occurred_at=row["occurred_at"],
         reason=row["reason"],
         actor=row["actor"],
+        role=row.get("role"),
     )
 
 
@@ -87,6 +92,8 @@ def translate_error(exc: asyncpg.PostgresError) -> JobEngineError | None:
         if m:
             return IllegalTransition(None, m.group(2), int(m.group(1)))
         return IllegalTransition(None, "?")
+    if isinstance(exc, asyncpg.LockNotAvailableError):
+        return JobBusy()
     unique = isinstance(exc, asyncpg.UniqueViolationError)
     if unique and constraint == "jobs_idempotency_key_unique":
         detail = getattr(exc, "detail", "") or ""

@@ -2,7 +2,7 @@
 
 -- name: history_for_job
 SELECT id, job_id, from_status::text AS from_status, to_status::text AS to_status,
-       attempt, occurred_at, reason, actor
+       attempt, occurred_at, reason, actor, role
 FROM jobengine.job_history WHERE job_id = $1 ORDER BY id;
 
 -- name: timeline_for_job

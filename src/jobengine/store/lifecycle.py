@@ -1,0 +1,228 @@
+"""The daemon's write path: every status change, through the database's versioned functions.
+
+Each method is one call of a `*_v1` SQL function (`sql/migrations/0003_guarantees.sql`),
+batched. Writers name what they expect (the attempt and the lease owner); the
+database answers per attempt:
+
+- `Written.DONE`: the change was made;
+- `Written.BUSY`: someone else holds the row locked (an app's open
+  transaction, say); nothing was waited for, nothing changed: try again;
+- `Written.MOVED`: the job is no longer this owner's attempt (cancelled,
+  reaped, re-claimed): the outcome must be dropped, never forced.
+
+Decisions are made in `jobengine.domain` (whether and when a failed attempt
+is retried: `retry_delay`) and written by the database in the same call as the
+failure. Times come from the database's clock.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import msgspec
+
+from jobengine.domain.models import Job
+from jobengine.domain.retry import RetryPolicy, policy_for, retry_delay
+from jobengine.store.executor import Executor, connection_of, fetch_on
+from jobengine.store.records import job_from_row
+
+#: (job id, attempt): one attempt of one job, as daemons hold them.
+AttemptKey = tuple[int, int]
+
+_encode = msgspec.json.Encoder().encode
+
+
+class Written(StrEnum):
+    """What the database did with one requested change (see the module doc)."""
+
+    DONE = "done"
+    BUSY = "busy"
+    MOVED = "moved"
+
+
+@dataclass(frozen=True, slots=True)
+class Completion:
+    """A finished attempt to record as `running -> completed`."""
+
+    job_id: int
+    attempt: int
+    result: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed attempt to record as `running -> failed` (then `-> scheduled` to retry).
+
+    `retry_delay` is the decision (`jobengine.domain.retry_delay`): seconds
+    until the next attempt, or None for failed for good.
+    """
+
+    job_id: int
+    attempt: int
+    error: str
+    reason: str = "error"
+    retry_delay: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FailResult:
+    """What became of one failure: written or not, and when its retry is due."""
+
+    written: Written
+    retry_at: datetime | None = None
+
+
+@dataclass(slots=True)
+class ReapOutcome:
+    """Expired leases failed by one reaper pass, and what their retry policy decided."""
+
+    retried: dict[int, datetime] = field(default_factory=dict)  # job id -> next run_at
+    terminal: list[int] = field(default_factory=list)
+
+
+class Lifecycle:
+    """The status changes a daemon makes; mixed into `JobStore`."""
+
+    _db: Executor
+
+    async def claim(
+        self,
+        *,
+        owner: str,
+        queues: Sequence[str],
+        kinds: Sequence[str],
+        limit: int,
+        lease_ttl: timedelta,
+        sealed: bool = False,
+    ) -> list[Job]:
+        """Claim up to `limit` runnable jobs (`-> running`) with a lease held by `owner`."""
+        if limit <= 0 or not kinds:
+            return []
+        rows = await fetch_on(self._db, "lifecycle_claim", owner, list(queues), list(kinds),
+                              limit, lease_ttl, sealed)
+        return [job_from_row(r) for r in rows]
+
+    async def finish(
+        self, owner: str, completions: Sequence[Completion]
+    ) -> dict[AttemptKey, Written]:
+        """`running -> completed` for each attempt, with its result."""
+        if not completions:
+            return {}
+        rows = await fetch_on(
+            self._db, "lifecycle_finish", owner,
+            [c.job_id for c in completions], [c.attempt for c in completions],
+            # Results go as JSON text: a list result inside a jsonb[] parameter
+            # would be read as another array dimension.
+            [None if c.result is None else _encode(c.result).decode() for c in completions],
+        )
+        return _written(rows)
+
+    async def fail(self, owner: str, failures: Sequence[Failure]) -> dict[AttemptKey, FailResult]:
+        """`running -> failed`, and `-> scheduled` where a retry delay is given, in one call."""
+        if not failures:
+            return {}
+        rows = await fetch_on(
+            self._db, "lifecycle_fail", owner,
+            [f.job_id for f in failures], [f.attempt for f in failures],
+            [f.reason for f in failures], [f.error for f in failures],
+            [f.retry_delay for f in failures],
+        )
+        return {(r["id"], r["attempt"]): FailResult(Written(r["outcome"]), r["retry_at"])
+                for r in rows}
+
+    async def release(
+        self, owner: str, attempts: Sequence[AttemptKey]
+    ) -> dict[AttemptKey, Written]:
+        """`running -> scheduled` (given back at shutdown; not counted against max_retries)."""
+        if not attempts:
+            return {}
+        rows = await fetch_on(self._db, "lifecycle_release", owner,
+                              [a[0] for a in attempts], [a[1] for a in attempts])
+        return _written(rows)
+
+    async def renew(
+        self, owner: str, held: Iterable[AttemptKey], lease_ttl: timedelta
+    ) -> dict[AttemptKey, Written]:
+        """Extend the leases `owner` still holds (rows locked by others: `BUSY`, not waited for)."""
+        attempts = list(held)
+        if not attempts:
+            return {}
+        rows = await fetch_on(self._db, "lifecycle_renew", owner,
+                              [a[0] for a in attempts], [a[1] for a in attempts], lease_ttl)
+        return _written(rows)
+
+    async def reap(
+        self, default_policy: RetryPolicy, *, limit: int = 1000, rng: random.Random | None = None
+    ) -> ReapOutcome:
+        """Fail running jobs whose lease expired (`lease_expired`) and retry what may be.
+
+        A rescued job's next attempt is due at once: its worker died, the job
+        did not fail, and waiting out a backoff would only delay the rescue.
+        """
+        outcome = ReapOutcome()
+        async with connection_of(self._db) as conn, conn.transaction():
+            rows = await fetch_on(conn, "lifecycle_reap_candidates", limit)
+            if not rows:
+                return outcome
+            delays = [_decide(r, default_policy, rng, backoff=False) for r in rows]
+            done = await fetch_on(conn, "lifecycle_reap", [r["id"] for r in rows],
+                                  [r["attempt"] for r in rows], [r["lease_owner"] for r in rows],
+                                  delays)
+        for r in done:
+            if r["outcome"] != Written.DONE:
+                continue
+            if r["retry_at"] is not None:
+                outcome.retried[r["id"]] = r["retry_at"]
+            else:
+                outcome.terminal.append(r["id"])
+        return outcome
+
+    async def retry_failed(
+        self, default_policy: RetryPolicy, *, limit: int = 1000, rng: random.Random | None = None
+    ) -> dict[int, datetime]:
+        """Schedule retries for failed jobs with attempts left (failed by hand); {id: run_at}.
+
+        The daemon records its own failures and their retries together, so
+        this only finds jobs failed by an `UPDATE ... SET status = 'failed'`.
+        """
+        async with connection_of(self._db) as conn, conn.transaction():
+            rows = await fetch_on(conn, "lifecycle_retry_candidates", limit)
+            if not rows:
+                return {}
+            delays = [_decide(r, default_policy, rng) for r in rows]
+            done = await fetch_on(conn, "lifecycle_retry", [r["id"] for r in rows], delays, "retry")
+        return {r["id"]: r["run_at"] for r in done if r["retried"]}
+
+    async def promote(
+        self, queues: Sequence[str], *, sealed: bool = False, limit: int = 1000
+    ) -> list[int]:
+        """`pending -> scheduled` for due jobs whose dependencies all completed."""
+        rows = await fetch_on(self._db, "lifecycle_promote", list(queues), limit, sealed)
+        return [r[0] for r in rows]
+
+    async def cascade(self, *, limit: int = 1000) -> list[int]:
+        """Cancel pending jobs whose dependency failed for good or was cancelled, down the DAG."""
+        cancelled: list[int] = []
+        while True:
+            rows = await fetch_on(self._db, "lifecycle_cascade", limit)
+            if not rows:
+                return cancelled
+            cancelled.extend(r[0] for r in rows)
+
+
+def _decide(
+    row: Any, default: RetryPolicy, rng: random.Random | None, *, backoff: bool = True
+) -> float | None:
+    return retry_delay(
+        attempt=row["attempt"], released=row["released"], max_retries=row["max_retries"],
+        policy=policy_for(row["retry_policy"], default), backoff=backoff, rng=rng,
+    )
+
+
+def _written(rows: Sequence[Any]) -> dict[AttemptKey, Written]:
+    return {(r["id"], r["attempt"]): Written(r["outcome"]) for r in rows}

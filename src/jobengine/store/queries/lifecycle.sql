@@ -1,0 +1,40 @@
+-- The write path: every status change jobengine makes, through the database's
+-- versioned functions (sql/migrations/0003_guarantees.sql). A daemon of the
+-- next release may call *_v2 beside these while both run.
+
+-- name: lifecycle_claim
+SELECT * FROM jobengine.claim_v1($1, $2::text[], $3::text[], $4, $5::interval, $6);
+
+-- name: lifecycle_finish
+SELECT * FROM jobengine.finish_v1($1, $2::bigint[], $3::integer[], $4::text[]);
+
+-- name: lifecycle_fail
+SELECT * FROM jobengine.fail_v1($1, $2::bigint[], $3::integer[], $4::text[], $5::text[],
+                                $6::float8[]);
+
+-- name: lifecycle_release
+SELECT * FROM jobengine.release_v1($1, $2::bigint[], $3::integer[]);
+
+-- name: lifecycle_renew
+SELECT * FROM jobengine.renew_v1($1, $2::bigint[], $3::integer[], $4::interval);
+
+-- name: lifecycle_reap_candidates
+SELECT * FROM jobengine.reap_candidates_v1($1);
+
+-- name: lifecycle_reap
+SELECT * FROM jobengine.reap_v1($1::bigint[], $2::integer[], $3::text[], $4::float8[]);
+
+-- name: lifecycle_retry_candidates
+SELECT * FROM jobengine.retry_candidates_v1($1);
+
+-- name: lifecycle_retry
+SELECT * FROM jobengine.retry_v1($1::bigint[], $2::float8[], $3);
+
+-- name: lifecycle_cancel
+SELECT * FROM jobengine.cancel_v1($1::bigint[], $2);
+
+-- name: lifecycle_promote
+SELECT * FROM jobengine.promote_v1($1::text[], $2, $3);
+
+-- name: lifecycle_cascade
+SELECT * FROM jobengine.cascade_v1($1);
