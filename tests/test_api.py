@@ -182,6 +182,21 @@ async def test_retry_moves_a_failed_job_to_scheduled(
     assert "from scheduled to scheduled" in assert_error(again, 409, "illegal_transition")
 
 
+async def test_retry_lists_the_dependents_that_stay_cancelled(
+    client: httpx.AsyncClient, pool: asyncpg.Pool
+) -> None:
+    store = JobStore(pool)
+    job = await failed_job(pool, kind="api-dag")
+    child, _ = await store.insert(JobSpec(kind="api-dag", depends_on=[job.id]))
+    grandchild, _ = await store.insert(JobSpec(kind="api-dag", depends_on=[child.id]))
+    assert await store.cascade() == [child.id, grandchild.id]
+    response = await client.post(f"/v1/jobs/{job.id}/retry")
+    assert response.status_code == 200
+    body = response.json()
+    assert (body["status"], body["stays_cancelled"]) == ("scheduled", [child.id, grandchild.id])
+    assert (await store.get(child.id)).status is JobStatus.CANCELLED
+
+
 @pytest.mark.parametrize("status", ["pending", "cancelled"])
 async def test_retry_of_a_job_that_did_not_fail_is_409(
     client: httpx.AsyncClient, status: str

@@ -14,6 +14,8 @@ import asyncpg
 import pytest
 
 from jobengine.cli.main import main
+from jobengine.domain import JobSpec
+from jobengine.store import JobStore
 from tests.apiutil import failed_job, row_count
 
 pytestmark = pytest.mark.anyio
@@ -180,6 +182,20 @@ async def test_retry_of_a_failed_job(db_dsn: str, pool: asyncpg.Pool) -> None:
     result = await cli("retry", str(job.id), "--json", dsn=db_dsn)
     assert result.returncode == 0, err(result)
     assert json.loads(out(result))["status"] == "scheduled"
+
+
+async def test_retry_says_which_dependents_stay_cancelled(db_dsn: str, pool: asyncpg.Pool) -> None:
+    store = JobStore(pool)
+    job = await failed_job(pool, kind="cli-dag")
+    child, _ = await store.insert(JobSpec(kind="cli-dag", depends_on=[job.id]))
+    await store.cascade()
+    result = await cli("retry", str(job.id), dsn=db_dsn)
+    assert result.returncode == 0, err(result)
+    assert out(result).splitlines() == [
+        f"job {job.id}: failed -> scheduled",
+        "dependents that stay cancelled (cancelled is final; submit them again to run them): "
+        f"{child.id}",
+    ]
 
 
 @pytest.mark.parametrize("verb", ["show", "history", "timeline", "cancel", "retry"])

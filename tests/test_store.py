@@ -6,7 +6,6 @@ expiry is reached with a short lease and a polled condition, never a wait.
 
 from __future__ import annotations
 
-import random
 from datetime import timedelta
 
 import asyncpg
@@ -16,14 +15,14 @@ from jobengine.domain import (
     DuplicateJob,
     IllegalTransition,
     InvalidJob,
+    Job,
     JobNotFound,
     JobSpec,
-    Job,
     JobStatus,
     RetryPolicy,
     RetryStrategy,
+    retry_delay,
 )
-from jobengine.domain import retry_delay
 from jobengine.store import Completion, Failure, JobStore, Written
 from tests.dbutil import wait_for
 
@@ -305,7 +304,9 @@ async def test_renew_keeps_only_what_is_still_held(store: JobStore) -> None:
     renewed = await store.renew("d1", [(a.id, 1), (b.id, 1)], TTL)
     assert renewed == {(a.id, 1): Written.DONE, (b.id, 1): Written.MOVED}
     after = (await store.get(a.id)).lease_expires_at
-    assert before is not None and after is not None and after > before
+    assert before is not None
+    assert after is not None
+    assert after > before
     assert await store.renew("someone-else", [(a.id, 1)], TTL) == {(a.id, 1): Written.MOVED}
     assert await store.renew("d1", [(a.id, 7)], TTL) == {(a.id, 7): Written.MOVED}
 
@@ -452,7 +453,8 @@ async def test_next_due(store: JobStore) -> None:
     await store.insert(JobSpec(kind="email", run_at=t0 + timedelta(seconds=9)))
     assert await store.next_due(["default"], now=t0) == t0 + timedelta(seconds=3)
     due_in = await store.next_due_in(["default"])
-    assert due_in is not None and due_in > 0
+    assert due_in is not None
+    assert due_in > 0
 
 
 async def test_timeline_note(store: JobStore) -> None:

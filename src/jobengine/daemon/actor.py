@@ -56,6 +56,8 @@ class Actor:
     #: monotonic time by which the handler must have stopped unless the lease is renewed
     lease_deadline: float = float("inf")
     scope: anyio.CancelScope = field(default_factory=anyio.CancelScope)
+    #: set once the attempt's task is over (its handler ended, or was abandoned)
+    ended: anyio.Event = field(default_factory=anyio.Event)
     interrupted_for: str | None = None
     started_at: float = field(default_factory=time.monotonic)
 

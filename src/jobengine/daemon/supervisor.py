@@ -262,12 +262,14 @@ class Daemon:
         for job in jobs:
             actor = Actor(job, lease_deadline=lease_deadline)
             # An older attempt of the same job still running here lost its
-            # lease when the job moved on: stop it (it writes nothing).
-            for other in self.actors.values():
-                if other.job.id == job.id and other.job.attempt < job.attempt:
-                    log.warning("job.superseded", job_id=job.id, attempt=other.job.attempt,
-                                newer_attempt=job.attempt)
-                    other.interrupt("superseded")
+            # lease when the job moved on: stop it (it writes nothing), and
+            # start the new attempt's handler only once the old one ended.
+            older = [a for a in self.actors.values()
+                     if a.job.id == job.id and a.job.attempt < job.attempt]
+            for other in older:
+                log.warning("job.superseded", job_id=job.id, attempt=other.job.attempt,
+                            newer_attempt=job.attempt)
+                other.interrupt("superseded")
             if self._stopping:
                 actor.interrupt("shutdown")  # claimed as the stop came in: give it back
             self.actors[actor.key] = actor
@@ -275,15 +277,19 @@ class Daemon:
             self.claimed_total += 1
             if job.run_at is not None:
                 metrics.PICKUP_LATENCY.observe(max(0.0, now - job.run_at.timestamp()))
-            actors.start_soon(self._actor_task, actor, name=f"job-{job.id}-{job.attempt}")
+            actors.start_soon(self._actor_task, actor, older,
+                              name=f"job-{job.id}-{job.attempt}")
         metrics.RUNNING.set(len(self.actors))
         if claimed:
             self.signals.claimed.signal(claimed)
 
-    async def _actor_task(self, actor: Actor) -> None:
+    async def _actor_task(self, actor: Actor, older: list[Actor]) -> None:
         try:
+            for other in older:
+                await other.ended.wait()
             await run_actor(actor, self.handlers[actor.job.kind], self.writer.submit)
         finally:
+            actor.ended.set()
             if self.actors.get(actor.key) is actor:
                 del self.actors[actor.key]
             metrics.RUNNING.set(len(self.actors))

@@ -79,7 +79,8 @@ async def migrate(
 
 async def _roles_installed(conn: asyncpg.Connection) -> bool:
     found: bool = await conn.fetchval(
-        "SELECT to_regrole('jobengine_daemon') IS NOT NULL AND to_regrole('jobengine_app') IS NOT NULL"
+        "SELECT to_regrole('jobengine_daemon') IS NOT NULL"
+        " AND to_regrole('jobengine_app') IS NOT NULL"
     )
     return found
 
