@@ -329,3 +329,30 @@ async def test_only_the_owner_changes_the_settings(roles: asyncpg.Connection) ->
         assert "permission denied" in message
 
 
+
+
+# -- 12. an operator's retry does not revive cancelled dependents ------------------------
+
+
+async def test_the_readmes_resubmission_of_a_sub_dag_keeps_its_edges(tx: asyncpg.Connection) -> None:
+    import re
+
+    root = await running_job(tx)
+    child = await new_job(tx, depends_on=(root,))
+    grandchild = await new_job(tx, depends_on=(child, root))
+    await tx.fetch("SELECT * FROM jobengine.fail_v1('d1', $1, '{1}', '{error}', '{E: x}', '{null}')",
+                   [root])
+    await tx.execute("UPDATE jobengine.jobs SET max_retries = 0 WHERE id = $1", root)
+    assert sorted(await tx.fetchval("SELECT array_agg(x) FROM jobengine.cascade_v1(10) x")) == [
+        child, grandchild]
+    retried = await tx.fetchrow("SELECT * FROM jobengine.retry_v1($1)", [root])
+    assert retried["stays_cancelled"] == [child, grandchild]
+    readme = await anyio.Path(__file__).parent.parent.joinpath("README.md").read_text()
+    block = re.search(r"```sql\n(DO \$\$\n.*?cancelled_dependents\(41\).*?\n\$\$;)\n```", readme, re.S)
+    assert block is not None, "the README's resubmission example is missing"
+    await tx.execute(block.group(1).replace("(41)", f"({root})"))
+    copies = await tx.fetch(
+        "SELECT id, depends_on FROM jobengine.jobs WHERE id > $1 ORDER BY id", grandchild)
+    assert len(copies) == 2
+    assert copies[0]["depends_on"] == [root]
+    assert copies[1]["depends_on"] == [copies[0]["id"], root]
