@@ -40,7 +40,6 @@ GRANT UPDATE ON jobengine.jobs TO jobengine_daemon;
 GRANT EXECUTE ON FUNCTION
     jobengine.claim_v1(text, text[], text[], integer, interval, boolean),
     jobengine.claim_jobs(text, text[], text[], integer, interval, timestamptz, boolean),
-    jobengine.lock_running(text, bigint[], integer[]),
     jobengine.finish_v1(text, bigint[], integer[], text[]),
     jobengine.release_v1(text, bigint[], integer[]),
     jobengine.fail_v1(text, bigint[], integer[], text[], text[], double precision[]),

@@ -78,13 +78,11 @@ $_$;
 -- Name: cancel_v1(bigint[], text); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
-CREATE FUNCTION jobengine.cancel_v1(p_ids bigint[], p_reason text DEFAULT NULL::text) RETURNS TABLE(id bigint, from_status jobengine.job_status, status jobengine.job_status)
-    LANGUAGE plpgsql
+CREATE FUNCTION jobengine.cancel_v1(p_ids bigint[], p_reason text DEFAULT NULL::text) RETURNS TABLE(id bigint, from_status jobengine.job_status, status jobengine.job_status, kind text)
+    LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET lock_timeout TO '5s'
     AS $$
-BEGIN
-    RETURN QUERY
     WITH target AS (
         SELECT j.id, j.status FROM jobengine.jobs j
         WHERE j.id = ANY (p_ids) AND j.status IN ('pending', 'scheduled', 'running')
@@ -97,12 +95,12 @@ BEGIN
         RETURNING j.id
     )
     SELECT t.id, target.status,
-           CASE WHEN upd.id IS NOT NULL THEN 'cancelled'::jobengine.job_status ELSE j.status END
+           CASE WHEN upd.id IS NOT NULL THEN 'cancelled'::jobengine.job_status ELSE j.status END,
+           j.kind
     FROM unnest(p_ids) AS t(id)
     LEFT JOIN target ON target.id = t.id
     LEFT JOIN upd ON upd.id = t.id
-    LEFT JOIN jobengine.jobs j ON j.id = t.id;
-END
+    LEFT JOIN jobengine.jobs j ON j.id = t.id
 $$;
 
 --
@@ -128,7 +126,7 @@ $$;
 -- Name: cascade_v1(integer); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
-CREATE FUNCTION jobengine.cascade_v1(p_limit integer) RETURNS SETOF bigint
+CREATE FUNCTION jobengine.cascade_v1(p_limit integer) RETURNS TABLE(id bigint, kind text)
     LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
@@ -150,7 +148,7 @@ CREATE FUNCTION jobengine.cascade_v1(p_limit integer) RETURNS SETOF bigint
         LIMIT p_limit
         FOR NO KEY UPDATE SKIP LOCKED
     )
-    RETURNING j.id
+    RETURNING j.id, j.kind
 $$;
 
 --
@@ -181,17 +179,28 @@ END
 $$;
 
 --
+-- Name: writer_trusted(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.writer_trusted() RETURNS boolean
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT ((to_regrole('jobengine_daemon'::text) IS NULL) OR pg_has_role(CURRENT_USER, 'jobengine_daemon'::name, 'MEMBER'::text) OR has_schema_privilege(CURRENT_USER, 'jobengine'::text, 'CREATE'::text));
+END;
+
+--
 -- Name: current_actor(); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
 CREATE FUNCTION jobengine.current_actor() RETURNS text
     LANGUAGE sql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT CASE WHEN jobengine.writer_trusted()
-                THEN coalesce(nullif(current_setting('jobengine.actor', true), ''), 'sql')
-                ELSE 'sql' END
-$$;
+    BEGIN ATOMIC
+ SELECT
+         CASE
+             WHEN jobengine.writer_trusted() THEN COALESCE(NULLIF(current_setting('jobengine.actor'::text, true), ''::text), 'sql'::text)
+             ELSE 'sql'::text
+         END AS "case";
+END;
 
 SET default_tablespace = '';
 
@@ -305,19 +314,20 @@ $$;
 
 CREATE FUNCTION jobengine.default_reason(from_status jobengine.job_status, to_status jobengine.job_status) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT CASE
-        WHEN from_status IS NULL THEN 'created'
-        WHEN to_status = 'cancelled' THEN 'cancelled_by_user'
-        WHEN from_status = 'pending' THEN 'ready'
-        WHEN to_status = 'running' THEN 'claimed'
-        WHEN to_status = 'completed' THEN 'completed'
-        WHEN to_status = 'failed' THEN 'error'
-        WHEN from_status = 'running' AND to_status = 'scheduled' THEN 'released'
-        WHEN from_status = 'failed' THEN 'retry'
-    END
-$$;
+    BEGIN ATOMIC
+ SELECT
+         CASE
+             WHEN (from_status IS NULL) THEN 'created'::text
+             WHEN (to_status = 'cancelled'::jobengine.job_status) THEN 'cancelled_by_user'::text
+             WHEN (from_status = 'pending'::jobengine.job_status) THEN 'ready'::text
+             WHEN (to_status = 'running'::jobengine.job_status) THEN 'claimed'::text
+             WHEN (to_status = 'completed'::jobengine.job_status) THEN 'completed'::text
+             WHEN (to_status = 'failed'::jobengine.job_status) THEN 'error'::text
+             WHEN ((from_status = 'running'::jobengine.job_status) AND (to_status = 'scheduled'::jobengine.job_status)) THEN 'released'::text
+             WHEN (from_status = 'failed'::jobengine.job_status) THEN 'retry'::text
+             ELSE NULL::text
+         END AS "case";
+END;
 
 --
 -- Name: engine_reason(text); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -325,12 +335,9 @@ $$;
 
 CREATE FUNCTION jobengine.engine_reason(reason text) RETURNS boolean
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT reason IN ('created', 'ready', 'claimed', 'completed', 'error', 'timeout',
-                      'lease_expired', 'retry', 'operator_retry', 'shutdown', 'released',
-                      'dependency_failed', 'egress_blocked')
-$$;
+    BEGIN ATOMIC
+ SELECT (reason = ANY (ARRAY['created'::text, 'ready'::text, 'claimed'::text, 'completed'::text, 'error'::text, 'timeout'::text, 'lease_expired'::text, 'retry'::text, 'operator_retry'::text, 'shutdown'::text, 'released'::text, 'dependency_failed'::text, 'egress_blocked'::text]));
+END;
 
 --
 -- Name: envelope(uuid, text, timestamp with time zone, bigint, text, text, jobengine.job_status, jobengine.job_status, integer, text, text); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -338,48 +345,48 @@ $$;
 
 CREATE FUNCTION jobengine.envelope(event_id uuid, event_type text, occurred_at timestamp with time zone, job_id bigint, kind text, queue text, from_status jobengine.job_status, to_status jobengine.job_status, attempt integer, actor text, reason text) RETURNS jsonb
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT jsonb_build_object(
-        'event_id', event_id, 'event_type', event_type, 'schema_version', 1,
-        'occurred_at', occurred_at, 'job_id', job_id, 'kind', kind, 'queue', queue,
-        'from_status', from_status, 'to_status', to_status, 'attempt', attempt,
-        'actor', actor, 'reason', reason)
-$$;
+    BEGIN ATOMIC
+ SELECT jsonb_build_object('event_id', event_id, 'event_type', event_type, 'schema_version', 1, 'occurred_at', occurred_at, 'job_id', job_id, 'kind', kind, 'queue', queue, 'from_status', from_status, 'to_status', to_status, 'attempt', attempt, 'actor', actor, 'reason', reason) AS jsonb_build_object;
+END;
 
 --
 -- Name: fail_v1(text, bigint[], integer[], text[], text[], double precision[]); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
-CREATE FUNCTION jobengine.fail_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_reasons text[], p_errors text[], p_retry_delays double precision[]) RETURNS TABLE(id bigint, attempt integer, outcome text, retry_at timestamp with time zone)
+CREATE FUNCTION jobengine.fail_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_reasons text[], p_errors text[], p_retry_delays double precision[]) RETURNS TABLE(id bigint, attempt integer, outcome text, kind text, retry_at timestamp with time zone)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-    v_locked bigint[] := jobengine.lock_running(p_owner, p_ids, p_attempts);
     v_done bigint[];
 BEGIN
-    WITH t AS (SELECT * FROM unnest(p_ids, p_attempts, p_reasons, p_errors) AS t(id, attempt, reason, error)),
-    upd AS (
+    WITH t AS (
+        SELECT * FROM unnest(p_ids, p_attempts, p_reasons, p_errors) AS t(id, attempt, reason, error)
+    ), held AS (
+        SELECT j.id FROM jobengine.jobs j JOIN t ON t.id = j.id
+        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
+        FOR NO KEY UPDATE OF j SKIP LOCKED
+    ), upd AS (
         UPDATE jobengine.jobs j
         SET status = 'failed', status_reason = coalesce(t.reason, 'error'), last_error = t.error
-        FROM t
-        WHERE j.id = t.id AND j.attempt = t.attempt AND j.id = ANY (v_locked)
+        FROM t, held
+        WHERE j.id = held.id AND t.id = held.id
         RETURNING j.id
     )
     SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
     RETURN QUERY
-    WITH r AS (
+    WITH t AS (
+        SELECT * FROM unnest(p_ids, p_attempts, p_retry_delays) AS t(id, attempt, delay)
+    ), r AS (
         SELECT * FROM jobengine.schedule_retries(
-            ARRAY(SELECT t.id FROM unnest(p_ids, p_retry_delays) AS t(id, delay)
-                  WHERE t.id = ANY (v_done) AND t.delay IS NOT NULL),
-            ARRAY(SELECT t.delay FROM unnest(p_ids, p_retry_delays) AS t(id, delay)
-                  WHERE t.id = ANY (v_done) AND t.delay IS NOT NULL),
-            'retry')
+            ARRAY(SELECT t.id FROM t WHERE t.id = ANY (v_done)),
+            ARRAY(SELECT t.delay FROM t WHERE t.id = ANY (v_done)), 'retry')
     )
-    SELECT o.id, o.attempt, o.outcome, r.run_at
-    FROM jobengine.running_outcomes(p_owner, p_ids, p_attempts, v_done) o
-    LEFT JOIN r ON r.id = o.id AND o.outcome = 'done';
+    SELECT t.id, t.attempt, CASE
+        WHEN t.id = ANY (v_done) THEN 'done'
+        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
+        ELSE 'moved' END, j.kind, r.run_at
+    FROM t LEFT JOIN jobengine.jobs j ON j.id = t.id LEFT JOIN r ON r.id = t.id;
 END
 $$;
 
@@ -387,24 +394,39 @@ $$;
 -- Name: finish_v1(text, bigint[], integer[], text[]); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
-CREATE FUNCTION jobengine.finish_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_results text[]) RETURNS TABLE(id bigint, attempt integer, outcome text)
+CREATE FUNCTION jobengine.finish_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_results text[]) RETURNS TABLE(id bigint, attempt integer, outcome text, kind text)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-    v_locked bigint[] := jobengine.lock_running(p_owner, p_ids, p_attempts);
-    v_done bigint[];
+    v_ids bigint[];
+    v_attempts integer[];
+    v_kinds text[];
 BEGIN
-    WITH t AS (SELECT * FROM unnest(p_ids, p_attempts, p_results) AS t(id, attempt, result)),
-    upd AS (
+    WITH held AS (
+        SELECT j.ctid FROM jobengine.jobs j
+        JOIN unnest(p_ids, p_attempts) AS t(id, attempt) ON t.id = j.id
+        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
+        FOR NO KEY UPDATE OF j SKIP LOCKED
+    ), upd AS (
         UPDATE jobengine.jobs j
-        SET status = 'completed', status_reason = 'completed', result = t.result::jsonb
-        FROM t
-        WHERE j.id = t.id AND j.attempt = t.attempt AND j.id = ANY (v_locked)
-        RETURNING j.id
+        SET status = 'completed', status_reason = 'completed', result = r.result::jsonb
+        FROM unnest(p_ids, p_results) AS r(id, result)
+        WHERE j.ctid = ANY (ARRAY(SELECT held.ctid FROM held)) AND r.id = j.id
+        RETURNING j.id, j.attempt, j.kind
     )
-    SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
-    RETURN QUERY SELECT * FROM jobengine.running_outcomes(p_owner, p_ids, p_attempts, v_done);
+    SELECT array_agg(upd.id), array_agg(upd.attempt), array_agg(upd.kind) INTO v_ids, v_attempts, v_kinds FROM upd;
+    IF coalesce(cardinality(v_ids), 0) = cardinality(p_ids) THEN
+        -- all written: the common case needs no second look
+        RETURN QUERY SELECT u.id, u.attempt, 'done'::text, u.kind FROM unnest(v_ids, v_attempts, v_kinds) AS u(id, attempt, kind);
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT t.id, t.attempt, CASE
+        WHEN t.id = ANY (v_ids) THEN 'done'
+        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
+        ELSE 'moved' END, j.kind
+    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id;
 END
 $$;
 
@@ -414,23 +436,9 @@ $$;
 
 CREATE FUNCTION jobengine.job_content_ok(kind text, queue text, payload jsonb, retry_policy jsonb, max_bytes bigint) RETURNS boolean
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $_$
-    SELECT kind ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$'
-       AND queue ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$'
-       -- the JSON text's size, as a client sends it (not the compressed datum)
-       AND octet_length(payload::text) <= max_bytes
-       AND (retry_policy IS NULL OR (
-            jsonb_typeof(retry_policy) = 'object'
-            AND retry_policy - ARRAY['strategy', 'base_delay', 'max_delay', 'jitter'] = '{}'
-            AND coalesce(retry_policy ->> 'strategy', 'exponential') IN ('fixed', 'linear', 'exponential')
-            AND coalesce(jsonb_typeof(retry_policy -> 'strategy'), 'string') = 'string'
-            AND coalesce(jsonb_typeof(retry_policy -> 'base_delay'), 'number') = 'number'
-            AND coalesce(jsonb_typeof(retry_policy -> 'max_delay'), 'number') = 'number'
-            AND coalesce(jsonb_typeof(retry_policy -> 'jitter'), 'boolean') = 'boolean'
-            AND coalesce((retry_policy ->> 'base_delay')::numeric, 0) >= 0
-            AND coalesce((retry_policy ->> 'max_delay')::numeric, 0) >= 0))
-$_$;
+    BEGIN ATOMIC
+ SELECT ((kind ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$'::text) AND (queue ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$'::text) AND (octet_length((payload)::text) <= max_bytes) AND ((retry_policy IS NULL) OR ((jsonb_typeof(retry_policy) = 'object'::text) AND ((retry_policy - ARRAY['strategy'::text, 'base_delay'::text, 'max_delay'::text, 'jitter'::text]) = '{}'::jsonb) AND (COALESCE((retry_policy ->> 'strategy'::text), 'exponential'::text) = ANY (ARRAY['fixed'::text, 'linear'::text, 'exponential'::text])) AND (COALESCE(jsonb_typeof((retry_policy -> 'strategy'::text)), 'string'::text) = 'string'::text) AND (COALESCE(jsonb_typeof((retry_policy -> 'base_delay'::text)), 'number'::text) = 'number'::text) AND (COALESCE(jsonb_typeof((retry_policy -> 'max_delay'::text)), 'number'::text) = 'number'::text) AND (COALESCE(jsonb_typeof((retry_policy -> 'jitter'::text)), 'boolean'::text) = 'boolean'::text) AND (COALESCE(((retry_policy ->> 'base_delay'::text))::numeric, (0)::numeric) >= (0)::numeric) AND (COALESCE(((retry_policy ->> 'max_delay'::text))::numeric, (0)::numeric) >= (0)::numeric))));
+END;
 
 --
 -- Name: jobs_guard_columns(); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -467,7 +475,9 @@ BEGIN
             RAISE EXCEPTION 'jobengine: job %: only a running job holds a lease (it is %)', OLD.id, OLD.status
                 USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_lease_bounded', TABLE = 'jobs', SCHEMA = 'jobengine';
         END IF;
-        PERFORM jobengine.check_lease(OLD.id, NEW.lease_expires_at, statement_timestamp());
+        IF NOT jobengine.lease_ok(NEW.lease_expires_at, statement_timestamp()) THEN
+            PERFORM jobengine.check_lease(OLD.id, NEW.lease_expires_at, statement_timestamp());
+        END IF;
     END IF;
     RETURN NEW;
 END
@@ -561,7 +571,9 @@ BEGIN
             NEW.lease_expires_at := v_now + interval '30 seconds';
         END IF;
         NEW.lease_owner := coalesce(NEW.lease_owner, NEW.status_actor);
-        PERFORM jobengine.check_lease(OLD.id, NEW.lease_expires_at, v_now);
+        IF NOT jobengine.lease_ok(NEW.lease_expires_at, v_now) THEN
+            PERFORM jobengine.check_lease(OLD.id, NEW.lease_expires_at, v_now);
+        END IF;
     ELSE
         NEW.lease_owner := NULL;
         NEW.lease_expires_at := NULL;
@@ -767,20 +779,26 @@ END
 $$;
 
 --
--- Name: lock_running(text, bigint[], integer[]); Type: FUNCTION; Schema: jobengine; Owner: -
+-- Name: settings; Type: TABLE; Schema: jobengine; Owner: -
 --
 
-CREATE FUNCTION jobengine.lock_running(p_owner text, p_ids bigint[], p_attempts integer[]) RETURNS bigint[]
-    LANGUAGE sql
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT coalesce(array_agg(j.id), '{}') FROM (
-        SELECT j.id FROM jobengine.jobs j
-        JOIN unnest(p_ids, p_attempts) AS t(id, attempt) ON t.id = j.id
-        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
-        FOR NO KEY UPDATE OF j SKIP LOCKED
-    ) j
-$$;
+CREATE TABLE jobengine.settings (
+    name text NOT NULL,
+    value text NOT NULL,
+    CONSTRAINT settings_name_known CHECK ((name = ANY (ARRAY['max_payload_bytes'::text, 'max_lease_ttl'::text]))),
+    CONSTRAINT settings_value_valid CHECK (
+CASE name
+    WHEN 'max_payload_bytes'::text THEN (value ~ '^[1-9][0-9]{0,17}$'::text)
+    WHEN 'max_lease_ttl'::text THEN (value ~ '^[0-9 a-z:.]+$'::text)
+    ELSE NULL::boolean
+END)
+);
+
+--
+-- Name: TABLE settings; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON TABLE jobengine.settings IS 'Limits that protect the server; only the schema owner may change them.';
 
 --
 -- Name: max_lease_ttl(); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -788,11 +806,26 @@ $$;
 
 CREATE FUNCTION jobengine.max_lease_ttl() RETURNS interval
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT coalesce((SELECT s.value::interval FROM jobengine.settings s WHERE s.name = 'max_lease_ttl'),
-                    interval '1 hour')
-$$;
+    BEGIN ATOMIC
+ SELECT COALESCE(( SELECT (s.value)::interval AS value
+            FROM jobengine.settings s
+           WHERE (s.name = 'max_lease_ttl'::text)), '01:00:00'::interval) AS "coalesce";
+END;
+
+--
+-- Name: lease_ok(timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.lease_ok(p_expires timestamp with time zone, p_now timestamp with time zone) RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT
+         CASE
+             WHEN ((p_expires IS NULL) OR (p_expires <= p_now)) THEN false
+             WHEN (p_expires <= (p_now + '00:01:00'::interval)) THEN true
+             ELSE (p_expires <= (p_now + jobengine.max_lease_ttl()))
+         END AS "case";
+END;
 
 --
 -- Name: max_payload_bytes(); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -800,11 +833,11 @@ $$;
 
 CREATE FUNCTION jobengine.max_payload_bytes() RETURNS bigint
     LANGUAGE sql STABLE PARALLEL SAFE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT coalesce((SELECT s.value::bigint FROM jobengine.settings s WHERE s.name = 'max_payload_bytes'),
-                    1048576)
-$$;
+    BEGIN ATOMIC
+ SELECT COALESCE(( SELECT (s.value)::bigint AS value
+            FROM jobengine.settings s
+           WHERE (s.name = 'max_payload_bytes'::text)), (1048576)::bigint) AS "coalesce";
+END;
 
 --
 -- Name: may_only_cancel(); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -812,16 +845,32 @@ $$;
 
 CREATE FUNCTION jobengine.may_only_cancel() RETURNS boolean
     LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT (NOT jobengine.writer_trusted());
+END;
+
+--
+-- Name: positive_ttl(interval); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.positive_ttl(p_lease_ttl interval) RETURNS interval
+    LANGUAGE plpgsql IMMUTABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-    SELECT NOT jobengine.writer_trusted()
+BEGIN
+    IF p_lease_ttl IS NULL OR p_lease_ttl <= interval '0' THEN
+        RAISE EXCEPTION 'jobengine: lease_ttl must be positive, not %', p_lease_ttl
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN p_lease_ttl;
+END
 $$;
 
 --
 -- Name: promote_v1(text[], integer, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
-CREATE FUNCTION jobengine.promote_v1(p_queues text[], p_limit integer, p_sealed boolean DEFAULT false) RETURNS SETOF bigint
+CREATE FUNCTION jobengine.promote_v1(p_queues text[], p_limit integer, p_sealed boolean DEFAULT false) RETURNS TABLE(id bigint, kind text)
     LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
@@ -838,7 +887,7 @@ CREATE FUNCTION jobengine.promote_v1(p_queues text[], p_limit integer, p_sealed 
         LIMIT p_limit
         FOR NO KEY UPDATE SKIP LOCKED
     )
-    RETURNING j.id
+    RETURNING j.id, j.kind
 $$;
 
 --
@@ -897,7 +946,7 @@ $$;
 -- Name: reap_v1(bigint[], integer[], text[], double precision[]); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
-CREATE FUNCTION jobengine.reap_v1(p_ids bigint[], p_attempts integer[], p_owners text[], p_retry_delays double precision[]) RETURNS TABLE(id bigint, outcome text, retry_at timestamp with time zone)
+CREATE FUNCTION jobengine.reap_v1(p_ids bigint[], p_attempts integer[], p_owners text[], p_retry_delays double precision[]) RETURNS TABLE(id bigint, outcome text, kind text, retry_at timestamp with time zone)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
@@ -918,16 +967,14 @@ BEGIN
     )
     SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
     RETURN QUERY
-    WITH r AS (
+    WITH t AS (SELECT * FROM unnest(p_ids, p_retry_delays) AS t(id, delay)),
+    r AS (
         SELECT * FROM jobengine.schedule_retries(
-            ARRAY(SELECT t.id FROM unnest(p_ids, p_retry_delays) AS t(id, delay)
-                  WHERE t.id = ANY (v_done) AND t.delay IS NOT NULL),
-            ARRAY(SELECT t.delay FROM unnest(p_ids, p_retry_delays) AS t(id, delay)
-                  WHERE t.id = ANY (v_done) AND t.delay IS NOT NULL),
-            'retry')
+            ARRAY(SELECT t.id FROM t WHERE t.id = ANY (v_done)),
+            ARRAY(SELECT t.delay FROM t WHERE t.id = ANY (v_done)), 'retry')
     )
-    SELECT t.id, CASE WHEN t.id = ANY (v_done) THEN 'done' ELSE 'moved' END, r.run_at
-    FROM unnest(p_ids) AS t(id) LEFT JOIN r ON r.id = t.id;
+    SELECT t.id, CASE WHEN t.id = ANY (v_done) THEN 'done' ELSE 'moved' END, j.kind, r.run_at
+    FROM t LEFT JOIN jobengine.jobs j ON j.id = t.id LEFT JOIN r ON r.id = t.id;
 END
 $$;
 
@@ -949,22 +996,38 @@ $$;
 -- Name: release_v1(text, bigint[], integer[]); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
-CREATE FUNCTION jobengine.release_v1(p_owner text, p_ids bigint[], p_attempts integer[]) RETURNS TABLE(id bigint, attempt integer, outcome text)
+CREATE FUNCTION jobengine.release_v1(p_owner text, p_ids bigint[], p_attempts integer[]) RETURNS TABLE(id bigint, attempt integer, outcome text, kind text)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-    v_locked bigint[] := jobengine.lock_running(p_owner, p_ids, p_attempts);
-    v_done bigint[];
+    v_ids bigint[];
+    v_attempts integer[];
+    v_kinds text[];
 BEGIN
-    WITH upd AS (
+    WITH held AS (
+        SELECT j.ctid FROM jobengine.jobs j
+        JOIN unnest(p_ids, p_attempts) AS t(id, attempt) ON t.id = j.id
+        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
+        FOR NO KEY UPDATE OF j SKIP LOCKED
+    ), upd AS (
         UPDATE jobengine.jobs j
         SET status = 'scheduled', status_reason = 'shutdown', run_at = statement_timestamp()
-        WHERE j.id = ANY (v_locked)
-        RETURNING j.id
+        WHERE j.ctid = ANY (ARRAY(SELECT held.ctid FROM held))
+        RETURNING j.id, j.attempt, j.kind
     )
-    SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
-    RETURN QUERY SELECT * FROM jobengine.running_outcomes(p_owner, p_ids, p_attempts, v_done);
+    SELECT array_agg(upd.id), array_agg(upd.attempt), array_agg(upd.kind) INTO v_ids, v_attempts, v_kinds FROM upd;
+    IF coalesce(cardinality(v_ids), 0) = cardinality(p_ids) THEN
+        -- all written: the common case needs no second look
+        RETURN QUERY SELECT u.id, u.attempt, 'done'::text, u.kind FROM unnest(v_ids, v_attempts, v_kinds) AS u(id, attempt, kind);
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT t.id, t.attempt, CASE
+        WHEN t.id = ANY (v_ids) THEN 'done'
+        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
+        ELSE 'moved' END, j.kind
+    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id;
 END
 $$;
 
@@ -977,22 +1040,32 @@ CREATE FUNCTION jobengine.renew_v1(p_owner text, p_ids bigint[], p_attempts inte
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
-    v_locked bigint[];
-    v_done bigint[];
+    v_ids bigint[];
+    v_attempts integer[];
 BEGIN
-    IF p_lease_ttl IS NULL OR p_lease_ttl <= interval '0' THEN
-        RAISE EXCEPTION 'jobengine: renew: lease_ttl must be positive, not %', p_lease_ttl
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    v_locked := jobengine.lock_running(p_owner, p_ids, p_attempts);
-    WITH upd AS (
+    WITH held AS (
+        SELECT j.ctid FROM jobengine.jobs j
+        JOIN unnest(p_ids, p_attempts) AS t(id, attempt) ON t.id = j.id
+        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
+        FOR NO KEY UPDATE OF j SKIP LOCKED
+    ), upd AS (
         UPDATE jobengine.jobs j
-        SET lease_expires_at = statement_timestamp() + p_lease_ttl
-        WHERE j.id = ANY (v_locked)
-        RETURNING j.id
+        SET lease_expires_at = statement_timestamp() + jobengine.positive_ttl(p_lease_ttl)
+        WHERE j.ctid = ANY (ARRAY(SELECT held.ctid FROM held))
+        RETURNING j.id, j.attempt
     )
-    SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
-    RETURN QUERY SELECT * FROM jobengine.running_outcomes(p_owner, p_ids, p_attempts, v_done);
+    SELECT array_agg(upd.id), array_agg(upd.attempt) INTO v_ids, v_attempts FROM upd;
+    IF coalesce(cardinality(v_ids), 0) = cardinality(p_ids) THEN
+        -- all written: the common case needs no second look
+        RETURN QUERY SELECT u.id, u.attempt, 'done'::text FROM unnest(v_ids, v_attempts) AS u(id, attempt);
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT t.id, t.attempt, CASE
+        WHEN t.id = ANY (v_ids) THEN 'done'
+        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
+        ELSE 'moved' END
+    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id;
 END
 $$;
 
@@ -1015,7 +1088,7 @@ $$;
 -- Name: retry_v1(bigint[], double precision[], text); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
-CREATE FUNCTION jobengine.retry_v1(p_ids bigint[], p_delays double precision[] DEFAULT NULL::double precision[], p_reason text DEFAULT 'operator_retry'::text) RETURNS TABLE(id bigint, retried boolean, run_at timestamp with time zone, stays_cancelled bigint[])
+CREATE FUNCTION jobengine.retry_v1(p_ids bigint[], p_delays double precision[] DEFAULT NULL::double precision[], p_reason text DEFAULT 'operator_retry'::text) RETURNS TABLE(id bigint, retried boolean, run_at timestamp with time zone, stays_cancelled bigint[], kind text)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET lock_timeout TO '5s'
@@ -1030,25 +1103,10 @@ BEGIN
             p_reason)
     )
     SELECT t.id, r.id IS NOT NULL, r.run_at,
-           CASE WHEN r.id IS NOT NULL THEN jobengine.cancelled_dependents(t.id) ELSE '{}' END
-    FROM unnest(p_ids) AS t(id) LEFT JOIN r ON r.id = t.id;
+           CASE WHEN r.id IS NOT NULL THEN jobengine.cancelled_dependents(t.id) ELSE '{}' END,
+           j.kind
+    FROM unnest(p_ids) AS t(id) LEFT JOIN r ON r.id = t.id LEFT JOIN jobengine.jobs j ON j.id = t.id;
 END
-$$;
-
---
--- Name: running_outcomes(text, bigint[], integer[], bigint[]); Type: FUNCTION; Schema: jobengine; Owner: -
---
-
-CREATE FUNCTION jobengine.running_outcomes(p_owner text, p_ids bigint[], p_attempts integer[], p_done bigint[]) RETURNS TABLE(id bigint, attempt integer, outcome text)
-    LANGUAGE sql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT t.id, t.attempt, CASE
-        WHEN t.id = ANY (p_done) AND j.attempt = t.attempt THEN 'done'
-        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
-        ELSE 'moved' END
-    FROM unnest(p_ids, p_attempts) AS t(id, attempt)
-    LEFT JOIN jobengine.jobs j ON j.id = t.id
 $$;
 
 --
@@ -1059,7 +1117,7 @@ CREATE FUNCTION jobengine.schedule_retries(p_ids bigint[], p_delays double preci
     LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-    WITH t AS (SELECT * FROM unnest(p_ids, p_delays) AS t(id, delay)),
+    WITH t AS (SELECT * FROM unnest(p_ids, p_delays) AS t(id, delay) WHERE t.delay IS NOT NULL),
     locked AS (
         SELECT j.id FROM jobengine.jobs j JOIN t ON t.id = j.id
         WHERE j.status = 'failed'
@@ -1096,21 +1154,22 @@ $$;
 
 CREATE FUNCTION jobengine.transition_event_type(from_status jobengine.job_status, to_status jobengine.job_status) RETURNS text
     LANGUAGE sql IMMUTABLE PARALLEL SAFE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT CASE
-        WHEN from_status IS NULL AND to_status = 'pending' THEN 'job.created'
-        WHEN from_status = 'pending' AND to_status = 'scheduled' THEN 'job.scheduled'
-        WHEN from_status = 'pending' AND to_status = 'cancelled' THEN 'job.cancelled'
-        WHEN from_status = 'scheduled' AND to_status = 'running' THEN 'job.started'
-        WHEN from_status = 'scheduled' AND to_status = 'cancelled' THEN 'job.cancelled'
-        WHEN from_status = 'running' AND to_status = 'completed' THEN 'job.completed'
-        WHEN from_status = 'running' AND to_status = 'failed' THEN 'job.failed'
-        WHEN from_status = 'running' AND to_status = 'cancelled' THEN 'job.cancelled'
-        WHEN from_status = 'running' AND to_status = 'scheduled' THEN 'job.released'
-        WHEN from_status = 'failed' AND to_status = 'scheduled' THEN 'job.retry_scheduled'
-    END
-$$;
+    BEGIN ATOMIC
+ SELECT
+         CASE
+             WHEN ((from_status IS NULL) AND (to_status = 'pending'::jobengine.job_status)) THEN 'job.created'::text
+             WHEN ((from_status = 'pending'::jobengine.job_status) AND (to_status = 'scheduled'::jobengine.job_status)) THEN 'job.scheduled'::text
+             WHEN ((from_status = 'pending'::jobengine.job_status) AND (to_status = 'cancelled'::jobengine.job_status)) THEN 'job.cancelled'::text
+             WHEN ((from_status = 'scheduled'::jobengine.job_status) AND (to_status = 'running'::jobengine.job_status)) THEN 'job.started'::text
+             WHEN ((from_status = 'scheduled'::jobengine.job_status) AND (to_status = 'cancelled'::jobengine.job_status)) THEN 'job.cancelled'::text
+             WHEN ((from_status = 'running'::jobengine.job_status) AND (to_status = 'completed'::jobengine.job_status)) THEN 'job.completed'::text
+             WHEN ((from_status = 'running'::jobengine.job_status) AND (to_status = 'failed'::jobengine.job_status)) THEN 'job.failed'::text
+             WHEN ((from_status = 'running'::jobengine.job_status) AND (to_status = 'cancelled'::jobengine.job_status)) THEN 'job.cancelled'::text
+             WHEN ((from_status = 'running'::jobengine.job_status) AND (to_status = 'scheduled'::jobengine.job_status)) THEN 'job.released'::text
+             WHEN ((from_status = 'failed'::jobengine.job_status) AND (to_status = 'scheduled'::jobengine.job_status)) THEN 'job.retry_scheduled'::text
+             ELSE NULL::text
+         END AS "case";
+END;
 
 --
 -- Name: validate_dependencies(bigint[]); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -1160,19 +1219,6 @@ BEGIN
         PERFORM 1 FROM jobengine.jobs x WHERE x.id = ANY (visited) FOR SHARE;
     END IF;
 END
-$$;
-
---
--- Name: writer_trusted(); Type: FUNCTION; Schema: jobengine; Owner: -
---
-
-CREATE FUNCTION jobengine.writer_trusted() RETURNS boolean
-    LANGUAGE sql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    AS $$
-    SELECT to_regrole('jobengine_daemon') IS NULL
-        OR pg_has_role(current_user, 'jobengine_daemon', 'MEMBER')
-        OR has_schema_privilege(current_user, 'jobengine', 'CREATE')
 $$;
 
 --
@@ -1227,28 +1273,6 @@ CREATE TABLE jobengine.schema_migrations (
     checksum text NOT NULL,
     applied_at timestamp with time zone DEFAULT now() NOT NULL
 );
-
---
--- Name: settings; Type: TABLE; Schema: jobengine; Owner: -
---
-
-CREATE TABLE jobengine.settings (
-    name text NOT NULL,
-    value text NOT NULL,
-    CONSTRAINT settings_name_known CHECK ((name = ANY (ARRAY['max_payload_bytes'::text, 'max_lease_ttl'::text]))),
-    CONSTRAINT settings_value_valid CHECK (
-CASE name
-    WHEN 'max_payload_bytes'::text THEN (value ~ '^[1-9][0-9]{0,17}$'::text)
-    WHEN 'max_lease_ttl'::text THEN (value ~ '^[0-9 a-z:.]+$'::text)
-    ELSE NULL::boolean
-END)
-);
-
---
--- Name: TABLE settings; Type: COMMENT; Schema: jobengine; Owner: -
---
-
-COMMENT ON TABLE jobengine.settings IS 'Limits that protect the server; only the schema owner may change them.';
 
 --
 -- Name: timeline_events; Type: TABLE; Schema: jobengine; Owner: -
@@ -1527,12 +1551,6 @@ REVOKE ALL ON FUNCTION jobengine.fail_v1(p_owner text, p_ids bigint[], p_attempt
 REVOKE ALL ON FUNCTION jobengine.finish_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_results text[]) FROM PUBLIC;
 
 --
--- Name: FUNCTION lock_running(p_owner text, p_ids bigint[], p_attempts integer[]); Type: ACL; Schema: jobengine; Owner: -
---
-
-REVOKE ALL ON FUNCTION jobengine.lock_running(p_owner text, p_ids bigint[], p_attempts integer[]) FROM PUBLIC;
-
---
 -- Name: FUNCTION promote_v1(p_queues text[], p_limit integer, p_sealed boolean); Type: ACL; Schema: jobengine; Owner: -
 --
 
@@ -1617,4 +1635,4 @@ INSERT INTO jobengine.settings VALUES ('max_lease_ttl', '1 hour');
 INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (1, 'lifecycle', '8618960b3a0a93b2322701929ebb939acba318dde5f31e372fcb492881d26d7d'),
     (2, 'claim', '86d63803a175883f4540732205a839bba3f261f4b8751194f6a5cd3efd1e7753'),
-    (3, 'guarantees', '7a226f2ff06daf353a7f442b02b176dbee6e171e45b7af2935a27c882f03637b');
+    (3, 'guarantees', '27211b450eedd1f26736df466bb8260d53fc4f01324b14269708a1d1114bfec5');

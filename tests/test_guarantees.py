@@ -93,13 +93,22 @@ async def test_an_app_role_cannot_shadow_an_operator_to_pass_the_role_check(
     assert await status(roles, job_id) == "running"
 
 
-async def test_every_function_pins_its_search_path(tx: asyncpg.Connection) -> None:
+async def test_every_function_resolves_its_names_where_no_caller_can_reach(
+    tx: asyncpg.Connection,
+) -> None:
+    # Either its search_path is pinned (bodies that run at call time: plpgsql, SQL as a
+    # string), or it has an SQL-standard body (BEGIN ATOMIC), whose names were bound
+    # once, when the migration created it with only pg_catalog on the path.
     unpinned = await tx.fetch(
         "SELECT p.oid::regprocedure::text AS f FROM pg_proc p"
         " JOIN pg_namespace n ON n.oid = p.pronamespace"
-        " WHERE n.nspname = 'jobengine'"
+        " WHERE n.nspname = 'jobengine' AND p.prosqlbody IS NULL"
         "   AND NOT coalesce('search_path=pg_catalog, pg_temp' = ANY (p.proconfig), false)")
     assert [r["f"] for r in unpinned] == []
+    bound = await tx.fetchval(
+        "SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        " WHERE n.nspname = 'jobengine' AND p.prosqlbody IS NOT NULL")
+    assert bound >= 10  # the helpers every row's checks call
 
 
 # -- 5. the database enforces the DAG ----------------------------------------------------
@@ -343,7 +352,7 @@ async def test_the_readmes_resubmission_of_a_sub_dag_keeps_its_edges(tx: asyncpg
     await tx.fetch("SELECT * FROM jobengine.fail_v1('d1', $1, '{1}', '{error}', '{E: x}', '{null}')",
                    [root])
     await tx.execute("UPDATE jobengine.jobs SET max_retries = 0 WHERE id = $1", root)
-    assert sorted(await tx.fetchval("SELECT array_agg(x) FROM jobengine.cascade_v1(10) x")) == [
+    assert sorted(await tx.fetchval("SELECT array_agg(x.id) FROM jobengine.cascade_v1(10) x")) == [
         child, grandchild]
     retried = await tx.fetchrow("SELECT * FROM jobengine.retry_v1($1)", [root])
     assert retried["stays_cancelled"] == [child, grandchild]

@@ -19,6 +19,10 @@
 --   finish_v1, fail_v1, release_v1, renew_v1, reap_v1, cancel_v1, retry_v1,
 --   promote_v1, cascade_v1), so daemons of two releases can run side by side.
 
+-- Everything below is created with nothing but pg_catalog on the path, so
+-- what the SQL-standard bodies bind to is the system's own.
+SET LOCAL search_path = pg_catalog, pg_temp;
+
 -- ---------------------------------------------------------------------------
 -- Settings only the schema owner can change.
 -- ---------------------------------------------------------------------------
@@ -57,19 +61,26 @@ $$;
 CREATE TRIGGER settings_check BEFORE INSERT OR UPDATE ON jobengine.settings
     FOR EACH ROW EXECUTE FUNCTION jobengine.settings_check();
 
+-- Helpers the checks call on every row are SQL-standard bodies (BEGIN
+-- ATOMIC): their names are resolved once, when they are created (under this
+-- migration's pinned search_path), so no caller's search_path reaches them,
+-- and the planner still inlines them into the statement that uses them.
+-- Functions with a body run at call time (plpgsql, and SQL given as a
+-- string) pin their search_path instead.
+
 CREATE OR REPLACE FUNCTION jobengine.max_payload_bytes() RETURNS bigint
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
     SELECT coalesce((SELECT s.value::bigint FROM jobengine.settings s WHERE s.name = 'max_payload_bytes'),
-                    1048576)
-$$;
+                    1048576);
+END;
 
 CREATE FUNCTION jobengine.max_lease_ttl() RETURNS interval
-LANGUAGE sql STABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
     SELECT coalesce((SELECT s.value::interval FROM jobengine.settings s WHERE s.name = 'max_lease_ttl'),
-                    interval '1 hour')
-$$;
+                    interval '1 hour');
+END;
 
 -- ---------------------------------------------------------------------------
 -- Who writes.
@@ -81,30 +92,30 @@ $$;
 -- role (one trusted login, the default set-up). Decided only from the role
 -- the database says is running the statement.
 CREATE FUNCTION jobengine.writer_trusted() RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE sql STABLE
+BEGIN ATOMIC
     SELECT to_regrole('jobengine_daemon') IS NULL
         OR pg_has_role(current_user, 'jobengine_daemon', 'MEMBER')
-        OR has_schema_privilege(current_user, 'jobengine', 'CREATE')
-$$;
+        OR has_schema_privilege(current_user, 'jobengine', 'CREATE');
+END;
 
 -- Who made a change, as the ledger records it: a trusted writer's own name
 -- (jobengine.actor: the daemon's id, 'api', 'cli'), else 'sql'. A role that is
 -- not trusted cannot pass for a daemon by setting jobengine.actor.
 CREATE OR REPLACE FUNCTION jobengine.current_actor() RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE sql STABLE
+BEGIN ATOMIC
     SELECT CASE WHEN jobengine.writer_trusted()
                 THEN coalesce(nullif(current_setting('jobengine.actor', true), ''), 'sql')
-                ELSE 'sql' END
-$$;
+                ELSE 'sql' END;
+END;
 
 -- Kept for callers of 0001: a role that may only cancel is one not trusted.
 CREATE OR REPLACE FUNCTION jobengine.may_only_cancel() RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT NOT jobengine.writer_trusted()
-$$;
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT NOT jobengine.writer_trusted();
+END;
 
 -- The writer of a job's last status change, set by the database: the
 -- recorders copy them into the ledger. (Defaults run as the inserting role.)
@@ -117,23 +128,85 @@ ALTER TABLE jobengine.jobs ALTER COLUMN status_role SET DEFAULT current_user;
 ALTER TABLE jobengine.job_history ADD COLUMN role text NOT NULL DEFAULT '';
 
 -- ---------------------------------------------------------------------------
--- Every function pins its search_path (and qualifies what it uses).
+-- 0001's functions: the row-level helpers become SQL-standard bodies; the
+-- rest pin their search_path.
 -- ---------------------------------------------------------------------------
 
-ALTER FUNCTION jobengine.transition_event_type(jobengine.job_status, jobengine.job_status)
-    SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION jobengine.default_reason(jobengine.job_status, jobengine.job_status)
-    SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION jobengine.job_content_ok(text, text, jsonb, jsonb, bigint)
-    SET search_path = pg_catalog, pg_temp;
+CREATE OR REPLACE FUNCTION jobengine.transition_event_type(
+    from_status jobengine.job_status, to_status jobengine.job_status
+) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN from_status IS NULL AND to_status = 'pending' THEN 'job.created'
+        WHEN from_status = 'pending' AND to_status = 'scheduled' THEN 'job.scheduled'
+        WHEN from_status = 'pending' AND to_status = 'cancelled' THEN 'job.cancelled'
+        WHEN from_status = 'scheduled' AND to_status = 'running' THEN 'job.started'
+        WHEN from_status = 'scheduled' AND to_status = 'cancelled' THEN 'job.cancelled'
+        WHEN from_status = 'running' AND to_status = 'completed' THEN 'job.completed'
+        WHEN from_status = 'running' AND to_status = 'failed' THEN 'job.failed'
+        WHEN from_status = 'running' AND to_status = 'cancelled' THEN 'job.cancelled'
+        WHEN from_status = 'running' AND to_status = 'scheduled' THEN 'job.released'
+        WHEN from_status = 'failed' AND to_status = 'scheduled' THEN 'job.retry_scheduled'
+    END;
+END;
+
+CREATE OR REPLACE FUNCTION jobengine.default_reason(
+    from_status jobengine.job_status, to_status jobengine.job_status
+) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN from_status IS NULL THEN 'created'
+        WHEN to_status = 'cancelled' THEN 'cancelled_by_user'
+        WHEN from_status = 'pending' THEN 'ready'
+        WHEN to_status = 'running' THEN 'claimed'
+        WHEN to_status = 'completed' THEN 'completed'
+        WHEN to_status = 'failed' THEN 'error'
+        WHEN from_status = 'running' AND to_status = 'scheduled' THEN 'released'
+        WHEN from_status = 'failed' THEN 'retry'
+    END;
+END;
+
+CREATE OR REPLACE FUNCTION jobengine.job_content_ok(
+    kind text, queue text, payload jsonb, retry_policy jsonb, max_bytes bigint
+) RETURNS boolean
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT kind ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$'
+       AND queue ~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$'
+       -- the JSON text's size, as a client sends it (not the compressed datum)
+       AND octet_length(payload::text) <= max_bytes
+       AND (retry_policy IS NULL OR (
+            jsonb_typeof(retry_policy) = 'object'
+            AND retry_policy - ARRAY['strategy', 'base_delay', 'max_delay', 'jitter'] = '{}'
+            AND coalesce(retry_policy ->> 'strategy', 'exponential') IN ('fixed', 'linear', 'exponential')
+            AND coalesce(jsonb_typeof(retry_policy -> 'strategy'), 'string') = 'string'
+            AND coalesce(jsonb_typeof(retry_policy -> 'base_delay'), 'number') = 'number'
+            AND coalesce(jsonb_typeof(retry_policy -> 'max_delay'), 'number') = 'number'
+            AND coalesce(jsonb_typeof(retry_policy -> 'jitter'), 'boolean') = 'boolean'
+            AND coalesce((retry_policy ->> 'base_delay')::numeric, 0) >= 0
+            AND coalesce((retry_policy ->> 'max_delay')::numeric, 0) >= 0));
+END;
+
+CREATE OR REPLACE FUNCTION jobengine.envelope(
+    event_id uuid, event_type text, occurred_at timestamptz, job_id bigint, kind text,
+    queue text, from_status jobengine.job_status, to_status jobengine.job_status,
+    attempt integer, actor text, reason text
+) RETURNS jsonb
+LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT jsonb_build_object(
+        'event_id', event_id, 'event_type', event_type, 'schema_version', 1,
+        'occurred_at', occurred_at, 'job_id', job_id, 'kind', kind, 'queue', queue,
+        'from_status', from_status, 'to_status', to_status, 'attempt', attempt,
+        'actor', actor, 'reason', reason);
+END;
+
 ALTER FUNCTION jobengine.raise_invalid_job(bigint, text, text, jsonb, jsonb, bigint)
-    SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION jobengine.envelope(uuid, text, timestamptz, bigint, text, text, jobengine.job_status,
-                                  jobengine.job_status, integer, text, text)
     SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION jobengine.jobs_refuse_id_change() SET search_path = pg_catalog, pg_temp;
 ALTER FUNCTION jobengine.refuse_rewrite() SET search_path = pg_catalog, pg_temp;
-ALTER FUNCTION jobengine.jobs_validate_content() SET search_path = pg_catalog, pg_temp;
 
 -- ---------------------------------------------------------------------------
 -- Dependencies: existing, acyclic, frozen once the job left pending, and
@@ -208,12 +281,12 @@ $$;
 
 -- Reasons only the engine gives (a writer that is not trusted may give its own).
 CREATE FUNCTION jobengine.engine_reason(reason text) RETURNS boolean
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
-AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
     SELECT reason IN ('created', 'ready', 'claimed', 'completed', 'error', 'timeout',
                       'lease_expired', 'retry', 'operator_retry', 'shutdown', 'released',
-                      'dependency_failed', 'egress_blocked')
-$$;
+                      'dependency_failed', 'egress_blocked');
+END;
 
 CREATE OR REPLACE FUNCTION jobengine.jobs_guard_transition() RETURNS trigger
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
@@ -298,7 +371,9 @@ BEGIN
             NEW.lease_expires_at := v_now + interval '30 seconds';
         END IF;
         NEW.lease_owner := coalesce(NEW.lease_owner, NEW.status_actor);
-        PERFORM jobengine.check_lease(OLD.id, NEW.lease_expires_at, v_now);
+        IF NOT jobengine.lease_ok(NEW.lease_expires_at, v_now) THEN
+            PERFORM jobengine.check_lease(OLD.id, NEW.lease_expires_at, v_now);
+        END IF;
     ELSE
         NEW.lease_owner := NULL;
         NEW.lease_expires_at := NULL;
@@ -315,7 +390,19 @@ BEGIN
 END
 $$;
 
--- A lease must end in the future and within jobengine.settings' max_lease_ttl.
+-- A lease must end in the future and within jobengine.settings' max_lease_ttl
+-- (leases of a minute or less need no look-up: max_lease_ttl is at least that).
+CREATE FUNCTION jobengine.lease_ok(p_expires timestamptz, p_now timestamptz) RETURNS boolean
+LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE
+        WHEN p_expires IS NULL OR p_expires <= p_now THEN false
+        WHEN p_expires <= p_now + interval '1 minute' THEN true
+        ELSE p_expires <= p_now + jobengine.max_lease_ttl()
+    END;
+END;
+
+-- Raise the error that says why lease_ok refused a lease.
 CREATE FUNCTION jobengine.check_lease(p_job_id bigint, p_expires timestamptz, p_now timestamptz)
 RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
@@ -371,7 +458,9 @@ BEGIN
             RAISE EXCEPTION 'jobengine: job %: only a running job holds a lease (it is %)', OLD.id, OLD.status
                 USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_lease_bounded', TABLE = 'jobs', SCHEMA = 'jobengine';
         END IF;
-        PERFORM jobengine.check_lease(OLD.id, NEW.lease_expires_at, statement_timestamp());
+        IF NOT jobengine.lease_ok(NEW.lease_expires_at, statement_timestamp()) THEN
+            PERFORM jobengine.check_lease(OLD.id, NEW.lease_expires_at, statement_timestamp());
+        END IF;
     END IF;
     RETURN NEW;
 END
@@ -641,123 +730,144 @@ AS $$
     SELECT * FROM jobengine.claim_v1(p_owner, p_queues, p_kinds, p_limit, p_lease_ttl, p_sealed)
 $$;
 
--- The rows of `p_ids` (at `p_attempts`) that are running under `p_owner`,
--- locked for this transaction; rows someone else holds locked are skipped.
-CREATE FUNCTION jobengine.lock_running(p_owner text, p_ids bigint[], p_attempts integer[])
-RETURNS bigint[]
-LANGUAGE sql SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT coalesce(array_agg(j.id), '{}') FROM (
-        SELECT j.id FROM jobengine.jobs j
-        JOIN unnest(p_ids, p_attempts) AS t(id, attempt) ON t.id = j.id
-        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
-        FOR NO KEY UPDATE OF j SKIP LOCKED
-    ) j
-$$;
-
--- What became of each requested change: 'done', 'busy' (locked by someone
--- else: try again) or 'moved' (no longer this owner's attempt: give up).
-CREATE FUNCTION jobengine.running_outcomes(
-    p_owner text, p_ids bigint[], p_attempts integer[], p_done bigint[]
-) RETURNS TABLE (id bigint, attempt integer, outcome text)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp
-AS $$
-    SELECT t.id, t.attempt, CASE
-        WHEN t.id = ANY (p_done) AND j.attempt = t.attempt THEN 'done'
-        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
-        ELSE 'moved' END
-    FROM unnest(p_ids, p_attempts) AS t(id, attempt)
-    LEFT JOIN jobengine.jobs j ON j.id = t.id
-$$;
+-- The answers below, per requested attempt: 'done', 'busy' (someone else
+-- holds the row locked: nothing waited for, nothing changed, try again) or
+-- 'moved' (no longer this owner's attempt: the outcome must be dropped).
+-- Each write is one statement: the rows still held are locked (SKIP LOCKED),
+-- changed, and the rest are told apart by a look at their committed state.
+-- (plpgsql, not SQL, for the plan cache: these run many times a second.)
 
 -- running -> completed, with each attempt's result (JSON text).
 CREATE FUNCTION jobengine.finish_v1(
     p_owner text, p_ids bigint[], p_attempts integer[], p_results text[]
-) RETURNS TABLE (id bigint, attempt integer, outcome text)
+) RETURNS TABLE (id bigint, attempt integer, outcome text, kind text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_locked bigint[] := jobengine.lock_running(p_owner, p_ids, p_attempts);
-    v_done bigint[];
+    v_ids bigint[];
+    v_attempts integer[];
+    v_kinds text[];
 BEGIN
-    WITH t AS (SELECT * FROM unnest(p_ids, p_attempts, p_results) AS t(id, attempt, result)),
-    upd AS (
+    WITH held AS (
+        SELECT j.ctid FROM jobengine.jobs j
+        JOIN unnest(p_ids, p_attempts) AS t(id, attempt) ON t.id = j.id
+        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
+        FOR NO KEY UPDATE OF j SKIP LOCKED
+    ), upd AS (
         UPDATE jobengine.jobs j
-        SET status = 'completed', status_reason = 'completed', result = t.result::jsonb
-        FROM t
-        WHERE j.id = t.id AND j.attempt = t.attempt AND j.id = ANY (v_locked)
-        RETURNING j.id
+        SET status = 'completed', status_reason = 'completed', result = r.result::jsonb
+        FROM unnest(p_ids, p_results) AS r(id, result)
+        WHERE j.ctid = ANY (ARRAY(SELECT held.ctid FROM held)) AND r.id = j.id
+        RETURNING j.id, j.attempt, j.kind
     )
-    SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
-    RETURN QUERY SELECT * FROM jobengine.running_outcomes(p_owner, p_ids, p_attempts, v_done);
+    SELECT array_agg(upd.id), array_agg(upd.attempt), array_agg(upd.kind) INTO v_ids, v_attempts, v_kinds FROM upd;
+    IF coalesce(cardinality(v_ids), 0) = cardinality(p_ids) THEN
+        -- all written: the common case needs no second look
+        RETURN QUERY SELECT u.id, u.attempt, 'done'::text, u.kind FROM unnest(v_ids, v_attempts, v_kinds) AS u(id, attempt, kind);
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT t.id, t.attempt, CASE
+        WHEN t.id = ANY (v_ids) THEN 'done'
+        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
+        ELSE 'moved' END, j.kind
+    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id;
 END
 $$;
 
 -- running -> scheduled: given back at shutdown (not counted against max_retries).
 CREATE FUNCTION jobengine.release_v1(p_owner text, p_ids bigint[], p_attempts integer[])
-RETURNS TABLE (id bigint, attempt integer, outcome text)
+RETURNS TABLE (id bigint, attempt integer, outcome text, kind text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_locked bigint[] := jobengine.lock_running(p_owner, p_ids, p_attempts);
-    v_done bigint[];
+    v_ids bigint[];
+    v_attempts integer[];
+    v_kinds text[];
 BEGIN
-    WITH upd AS (
+    WITH held AS (
+        SELECT j.ctid FROM jobengine.jobs j
+        JOIN unnest(p_ids, p_attempts) AS t(id, attempt) ON t.id = j.id
+        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
+        FOR NO KEY UPDATE OF j SKIP LOCKED
+    ), upd AS (
         UPDATE jobengine.jobs j
         SET status = 'scheduled', status_reason = 'shutdown', run_at = statement_timestamp()
-        WHERE j.id = ANY (v_locked)
-        RETURNING j.id
+        WHERE j.ctid = ANY (ARRAY(SELECT held.ctid FROM held))
+        RETURNING j.id, j.attempt, j.kind
     )
-    SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
-    RETURN QUERY SELECT * FROM jobengine.running_outcomes(p_owner, p_ids, p_attempts, v_done);
+    SELECT array_agg(upd.id), array_agg(upd.attempt), array_agg(upd.kind) INTO v_ids, v_attempts, v_kinds FROM upd;
+    IF coalesce(cardinality(v_ids), 0) = cardinality(p_ids) THEN
+        -- all written: the common case needs no second look
+        RETURN QUERY SELECT u.id, u.attempt, 'done'::text, u.kind FROM unnest(v_ids, v_attempts, v_kinds) AS u(id, attempt, kind);
+        RETURN;
+    END IF;
+    RETURN QUERY
+    SELECT t.id, t.attempt, CASE
+        WHEN t.id = ANY (v_ids) THEN 'done'
+        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
+        ELSE 'moved' END, j.kind
+    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id;
 END
 $$;
 
--- running -> failed, and for attempts whose retry delay (seconds) is given,
--- failed -> scheduled at now + delay, in the same call (the decision is the
--- caller's: jobengine.domain.retry.retry_delay). NULL delay: failed for good.
-CREATE FUNCTION jobengine.fail_v1(
-    p_owner text, p_ids bigint[], p_attempts integer[], p_reasons text[], p_errors text[],
-    p_retry_delays double precision[]
-) RETURNS TABLE (id bigint, attempt integer, outcome text, retry_at timestamptz)
+-- A lease's length as given, or an error when it is not positive.
+CREATE FUNCTION jobengine.positive_ttl(p_lease_ttl interval) RETURNS interval
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF p_lease_ttl IS NULL OR p_lease_ttl <= interval '0' THEN
+        RAISE EXCEPTION 'jobengine: lease_ttl must be positive, not %', p_lease_ttl
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN p_lease_ttl;
+END
+$$;
+
+-- Extend the leases this owner still holds. A row someone else holds locked
+-- is not waited for ('busy': the daemon's own deadline keeps counting).
+CREATE FUNCTION jobengine.renew_v1(
+    p_owner text, p_ids bigint[], p_attempts integer[], p_lease_ttl interval
+) RETURNS TABLE (id bigint, attempt integer, outcome text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
-    v_locked bigint[] := jobengine.lock_running(p_owner, p_ids, p_attempts);
-    v_done bigint[];
+    v_ids bigint[];
+    v_attempts integer[];
 BEGIN
-    WITH t AS (SELECT * FROM unnest(p_ids, p_attempts, p_reasons, p_errors) AS t(id, attempt, reason, error)),
-    upd AS (
+    WITH held AS (
+        SELECT j.ctid FROM jobengine.jobs j
+        JOIN unnest(p_ids, p_attempts) AS t(id, attempt) ON t.id = j.id
+        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
+        FOR NO KEY UPDATE OF j SKIP LOCKED
+    ), upd AS (
         UPDATE jobengine.jobs j
-        SET status = 'failed', status_reason = coalesce(t.reason, 'error'), last_error = t.error
-        FROM t
-        WHERE j.id = t.id AND j.attempt = t.attempt AND j.id = ANY (v_locked)
-        RETURNING j.id
+        SET lease_expires_at = statement_timestamp() + jobengine.positive_ttl(p_lease_ttl)
+        WHERE j.ctid = ANY (ARRAY(SELECT held.ctid FROM held))
+        RETURNING j.id, j.attempt
     )
-    SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
+    SELECT array_agg(upd.id), array_agg(upd.attempt) INTO v_ids, v_attempts FROM upd;
+    IF coalesce(cardinality(v_ids), 0) = cardinality(p_ids) THEN
+        -- all written: the common case needs no second look
+        RETURN QUERY SELECT u.id, u.attempt, 'done'::text FROM unnest(v_ids, v_attempts) AS u(id, attempt);
+        RETURN;
+    END IF;
     RETURN QUERY
-    WITH r AS (
-        SELECT * FROM jobengine.schedule_retries(
-            ARRAY(SELECT t.id FROM unnest(p_ids, p_retry_delays) AS t(id, delay)
-                  WHERE t.id = ANY (v_done) AND t.delay IS NOT NULL),
-            ARRAY(SELECT t.delay FROM unnest(p_ids, p_retry_delays) AS t(id, delay)
-                  WHERE t.id = ANY (v_done) AND t.delay IS NOT NULL),
-            'retry')
-    )
-    SELECT o.id, o.attempt, o.outcome, r.run_at
-    FROM jobengine.running_outcomes(p_owner, p_ids, p_attempts, v_done) o
-    LEFT JOIN r ON r.id = o.id AND o.outcome = 'done';
+    SELECT t.id, t.attempt, CASE
+        WHEN t.id = ANY (v_ids) THEN 'done'
+        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
+        ELSE 'moved' END
+    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id;
 END
 $$;
 
--- failed -> scheduled at now + delay for failed jobs (locked by the caller's
--- transaction, or skipped if someone else holds them). Internal to
--- fail_v1, reap_v1 and retry_v1.
+-- failed -> scheduled at now + delay for failed jobs (skipped if someone else
+-- holds them). Internal to fail_v1, reap_v1 and retry_v1.
 CREATE FUNCTION jobengine.schedule_retries(p_ids bigint[], p_delays double precision[], p_reason text)
 RETURNS TABLE (id bigint, run_at timestamptz)
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
-    WITH t AS (SELECT * FROM unnest(p_ids, p_delays) AS t(id, delay)),
+    WITH t AS (SELECT * FROM unnest(p_ids, p_delays) AS t(id, delay) WHERE t.delay IS NOT NULL),
     locked AS (
         SELECT j.id FROM jobengine.jobs j JOIN t ON t.id = j.id
         WHERE j.status = 'failed'
@@ -769,6 +879,48 @@ AS $$
     FROM t, locked
     WHERE j.id = t.id AND locked.id = t.id
     RETURNING j.id, j.run_at
+$$;
+
+-- running -> failed, and for attempts whose retry delay (seconds) is given,
+-- failed -> scheduled at now + delay, in the same call (the decision is the
+-- caller's: jobengine.domain.retry.retry_delay). NULL delay: failed for good.
+CREATE FUNCTION jobengine.fail_v1(
+    p_owner text, p_ids bigint[], p_attempts integer[], p_reasons text[], p_errors text[],
+    p_retry_delays double precision[]
+) RETURNS TABLE (id bigint, attempt integer, outcome text, kind text, retry_at timestamptz)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_done bigint[];
+BEGIN
+    WITH t AS (
+        SELECT * FROM unnest(p_ids, p_attempts, p_reasons, p_errors) AS t(id, attempt, reason, error)
+    ), held AS (
+        SELECT j.id FROM jobengine.jobs j JOIN t ON t.id = j.id
+        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
+        FOR NO KEY UPDATE OF j SKIP LOCKED
+    ), upd AS (
+        UPDATE jobengine.jobs j
+        SET status = 'failed', status_reason = coalesce(t.reason, 'error'), last_error = t.error
+        FROM t, held
+        WHERE j.id = held.id AND t.id = held.id
+        RETURNING j.id
+    )
+    SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
+    RETURN QUERY
+    WITH t AS (
+        SELECT * FROM unnest(p_ids, p_attempts, p_retry_delays) AS t(id, attempt, delay)
+    ), r AS (
+        SELECT * FROM jobengine.schedule_retries(
+            ARRAY(SELECT t.id FROM t WHERE t.id = ANY (v_done)),
+            ARRAY(SELECT t.delay FROM t WHERE t.id = ANY (v_done)), 'retry')
+    )
+    SELECT t.id, t.attempt, CASE
+        WHEN t.id = ANY (v_done) THEN 'done'
+        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
+        ELSE 'moved' END, j.kind, r.run_at
+    FROM t LEFT JOIN jobengine.jobs j ON j.id = t.id LEFT JOIN r ON r.id = t.id;
+END
 $$;
 
 -- Running jobs whose lease expired, locked for the caller's transaction (the
@@ -790,7 +942,7 @@ $$;
 -- decided for them, at once.
 CREATE FUNCTION jobengine.reap_v1(
     p_ids bigint[], p_attempts integer[], p_owners text[], p_retry_delays double precision[]
-) RETURNS TABLE (id bigint, outcome text, retry_at timestamptz)
+) RETURNS TABLE (id bigint, outcome text, kind text, retry_at timestamptz)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -810,58 +962,28 @@ BEGIN
     )
     SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
     RETURN QUERY
-    WITH r AS (
+    WITH t AS (SELECT * FROM unnest(p_ids, p_retry_delays) AS t(id, delay)),
+    r AS (
         SELECT * FROM jobengine.schedule_retries(
-            ARRAY(SELECT t.id FROM unnest(p_ids, p_retry_delays) AS t(id, delay)
-                  WHERE t.id = ANY (v_done) AND t.delay IS NOT NULL),
-            ARRAY(SELECT t.delay FROM unnest(p_ids, p_retry_delays) AS t(id, delay)
-                  WHERE t.id = ANY (v_done) AND t.delay IS NOT NULL),
-            'retry')
+            ARRAY(SELECT t.id FROM t WHERE t.id = ANY (v_done)),
+            ARRAY(SELECT t.delay FROM t WHERE t.id = ANY (v_done)), 'retry')
     )
-    SELECT t.id, CASE WHEN t.id = ANY (v_done) THEN 'done' ELSE 'moved' END, r.run_at
-    FROM unnest(p_ids) AS t(id) LEFT JOIN r ON r.id = t.id;
-END
-$$;
-
--- Extend the leases this owner still holds. A row someone else holds locked
--- is not waited for ('busy': the daemon's own deadline keeps counting).
-CREATE FUNCTION jobengine.renew_v1(
-    p_owner text, p_ids bigint[], p_attempts integer[], p_lease_ttl interval
-) RETURNS TABLE (id bigint, attempt integer, outcome text)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_locked bigint[];
-    v_done bigint[];
-BEGIN
-    IF p_lease_ttl IS NULL OR p_lease_ttl <= interval '0' THEN
-        RAISE EXCEPTION 'jobengine: renew: lease_ttl must be positive, not %', p_lease_ttl
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    v_locked := jobengine.lock_running(p_owner, p_ids, p_attempts);
-    WITH upd AS (
-        UPDATE jobengine.jobs j
-        SET lease_expires_at = statement_timestamp() + p_lease_ttl
-        WHERE j.id = ANY (v_locked)
-        RETURNING j.id
-    )
-    SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
-    RETURN QUERY SELECT * FROM jobengine.running_outcomes(p_owner, p_ids, p_attempts, v_done);
+    SELECT t.id, CASE WHEN t.id = ANY (v_done) THEN 'done' ELSE 'moved' END, j.kind, r.run_at
+    FROM t LEFT JOIN jobengine.jobs j ON j.id = t.id LEFT JOIN r ON r.id = t.id;
 END
 $$;
 
 -- An operator's cancel: any job that has not ended -> cancelled, with no
 -- worker fencing (a running handler is interrupted through jobengine_cancel).
--- Returns, per id, the status it left ('' when it was not cancelled) and the
--- status it is in now.
+-- Per id: the status it left (NULL when it was not cancelled), the status it
+-- is in now (NULL: no such job), and its kind.
 CREATE FUNCTION jobengine.cancel_v1(p_ids bigint[], p_reason text DEFAULT NULL)
-RETURNS TABLE (id bigint, from_status jobengine.job_status, status jobengine.job_status)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+RETURNS TABLE (id bigint, from_status jobengine.job_status, status jobengine.job_status,
+               kind text)
+LANGUAGE sql SET search_path = pg_catalog, pg_temp
 -- An operator's action waits for a busy row, but not forever.
 SET lock_timeout = '5s'
 AS $$
-BEGIN
-    RETURN QUERY
     WITH target AS (
         SELECT j.id, j.status FROM jobengine.jobs j
         WHERE j.id = ANY (p_ids) AND j.status IN ('pending', 'scheduled', 'running')
@@ -874,12 +996,12 @@ BEGIN
         RETURNING j.id
     )
     SELECT t.id, target.status,
-           CASE WHEN upd.id IS NOT NULL THEN 'cancelled'::jobengine.job_status ELSE j.status END
+           CASE WHEN upd.id IS NOT NULL THEN 'cancelled'::jobengine.job_status ELSE j.status END,
+           j.kind
     FROM unnest(p_ids) AS t(id)
     LEFT JOIN target ON target.id = t.id
     LEFT JOIN upd ON upd.id = t.id
-    LEFT JOIN jobengine.jobs j ON j.id = t.id;
-END
+    LEFT JOIN jobengine.jobs j ON j.id = t.id
 $$;
 
 -- Dependents of `p_id`, down the whole DAG, that were cancelled because a
@@ -902,10 +1024,11 @@ $$;
 -- failed -> scheduled, due after each delay (seconds): an operator's retry
 -- (reason operator_retry, delay 0) or the daemon's retry of a job failed by
 -- hand with attempts left (reason retry). Per id: whether it was retried,
--- when it runs, and the dependents that stay cancelled.
+-- when it runs, its kind, and the dependents that stay cancelled.
 CREATE FUNCTION jobengine.retry_v1(
     p_ids bigint[], p_delays double precision[] DEFAULT NULL, p_reason text DEFAULT 'operator_retry'
-) RETURNS TABLE (id bigint, retried boolean, run_at timestamptz, stays_cancelled bigint[])
+) RETURNS TABLE (id bigint, retried boolean, run_at timestamptz, stays_cancelled bigint[],
+                 kind text)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
 SET lock_timeout = '5s'
 AS $$
@@ -919,15 +1042,16 @@ BEGIN
             p_reason)
     )
     SELECT t.id, r.id IS NOT NULL, r.run_at,
-           CASE WHEN r.id IS NOT NULL THEN jobengine.cancelled_dependents(t.id) ELSE '{}' END
-    FROM unnest(p_ids) AS t(id) LEFT JOIN r ON r.id = t.id;
+           CASE WHEN r.id IS NOT NULL THEN jobengine.cancelled_dependents(t.id) ELSE '{}' END,
+           j.kind
+    FROM unnest(p_ids) AS t(id) LEFT JOIN r ON r.id = t.id LEFT JOIN jobengine.jobs j ON j.id = t.id;
 END
 $$;
 
 -- pending -> scheduled for due jobs of these queues whose dependencies all
 -- completed (the claim itself takes dependency-free jobs).
 CREATE FUNCTION jobengine.promote_v1(p_queues text[], p_limit integer, p_sealed boolean DEFAULT false)
-RETURNS SETOF bigint
+RETURNS TABLE (id bigint, kind text)
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
     UPDATE jobengine.jobs AS j
@@ -943,13 +1067,13 @@ AS $$
         LIMIT p_limit
         FOR NO KEY UPDATE SKIP LOCKED
     )
-    RETURNING j.id
+    RETURNING j.id, j.kind
 $$;
 
 -- pending -> cancelled (dependency_failed) for jobs with a dependency that was
 -- cancelled or failed for good; call until it returns nothing to go down the DAG.
 CREATE FUNCTION jobengine.cascade_v1(p_limit integer)
-RETURNS SETOF bigint
+RETURNS TABLE (id bigint, kind text)
 LANGUAGE sql SET search_path = pg_catalog, pg_temp
 AS $$
     UPDATE jobengine.jobs AS j
@@ -970,7 +1094,7 @@ AS $$
         LIMIT p_limit
         FOR NO KEY UPDATE SKIP LOCKED
     )
-    RETURNING j.id
+    RETURNING j.id, j.kind
 $$;
 
 -- Failed jobs that still have attempts left (failed by hand), locked for the
@@ -992,7 +1116,6 @@ $$;
 
 REVOKE EXECUTE ON FUNCTION
     jobengine.claim_v1(text, text[], text[], integer, interval, boolean),
-    jobengine.lock_running(text, bigint[], integer[]),
     jobengine.finish_v1(text, bigint[], integer[], text[]),
     jobengine.release_v1(text, bigint[], integer[]),
     jobengine.fail_v1(text, bigint[], integer[], text[], text[], double precision[]),
