@@ -96,7 +96,7 @@ def start_embedded(data_dir: Path) -> str:
     header then warns, as for any server that differs from the protocol.
     It is stopped when the harness exits.
     """
-    from jobengine.store.embedded import ensure_embedded
+    from jobengine.embedded import ensure_embedded
 
     os.makedirs(data_dir, exist_ok=True)
     return ensure_embedded(data_dir)

@@ -52,7 +52,7 @@ def server_dsn() -> str:
         return explicit
     if os.environ.get("JOBENGINE_TEST_EMBEDDED") != "1" and _answers("127.0.0.1", 5432):
         return LOCAL_DSN
-    from jobengine.store.embedded import ensure_embedded
+    from jobengine.embedded import ensure_embedded
 
     EMBEDDED_DIR.parent.mkdir(parents=True, exist_ok=True)
     return ensure_embedded(EMBEDDED_DIR)

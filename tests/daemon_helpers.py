@@ -53,7 +53,7 @@ async def wait_settled(conn: asyncpg.Connection | asyncpg.Pool, within: float = 
     """Until no job is pending, scheduled or running."""
 
     async def probe() -> bool:
-        n = await conn.fetchval(
+        n: int = await conn.fetchval(
             "SELECT count(*) FROM jobengine.jobs WHERE status IN ('pending','scheduled','running')"
         )
         return n == 0
@@ -92,10 +92,10 @@ async def assert_every_history_is_a_valid_path(conn: asyncpg.Connection | asyncp
         assert current == job["status"], f"job {job['id']}: history ends at {current}"
 
 
-async def daemon_ready(log: Path) -> None:
-    """Until a `jobengine run` process writing to `log` says it is claiming."""
+async def daemon_ready(log: Path, marker: str = '"daemon.ready"') -> None:
+    """Until a `jobengine run` process writing to `log` says it is claiming (`marker`)."""
 
     async def probe() -> bool:
-        return "daemon ready" in await anyio.Path(log).read_text(errors="replace")
+        return marker in await anyio.Path(log).read_text(errors="replace")
 
     await wait_for(probe, within=30, message=f"daemon ready in {log}")

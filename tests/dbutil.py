@@ -23,7 +23,7 @@ def dsn_with_database(dsn: str, database: str) -> str:
 
 
 async def wait_for(
-    probe: Callable[[], Awaitable[T]], *, within: float = 10.0, interval: float = 0.02,
+    probe: Callable[[], Awaitable[T | None]], *, within: float = 10.0, interval: float = 0.02,
     message: str = "condition",
 ) -> T:
     """Poll `probe` until it returns a truthy value; fail after `within` seconds."""

@@ -2,11 +2,16 @@
 
 They record every execution in `test_executions` (job id, attempt, pid), in
 the daemon's own database (JOBENGINE_DSN), so tests can count runs exactly.
+The `connect_*` handlers try to reach payload["host"]:payload["port"] in
+different ways (tests aim them only at a sink in a network namespace they
+made); `sleep_with_child` records its processes in `test_processes`.
 """
 
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from typing import Any
 
 import anyio
@@ -24,8 +29,17 @@ CREATE TABLE IF NOT EXISTS test_executions (
     pid integer NOT NULL,
     at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (job_id, attempt)
+);
+CREATE TABLE IF NOT EXISTS test_processes (
+    job_id bigint NOT NULL,
+    role text NOT NULL,
+    pid integer NOT NULL
 )
 """
+
+#: A child process that connects: it has no audit hook, whatever its parent has.
+CONNECT_SCRIPT = ("import socket, sys; "
+                  "socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()")
 
 
 async def _db() -> asyncpg.Pool:
@@ -57,4 +71,62 @@ async def egress(job: Job) -> str:
         socket.create_connection((host, port), timeout=2).close()
     except OSError as exc:  # a swallowed network error must still fail the attempt
         return f"connect failed: {exc}"
+    return "connected"
+
+
+async def connect_anyio(job: Job) -> str:
+    """Connect with `anyio.connect_tcp` (under uvloop, libuv fires no audit event)."""
+    stream = await anyio.connect_tcp(job.payload["host"], int(job.payload["port"]))
+    await stream.aclose()
+    return "connected"
+
+
+def connect_in_child(job: Job) -> str:
+    """A sync handler whose child process connects."""
+    subprocess.run([sys.executable, "-c", CONNECT_SCRIPT, job.payload["host"],
+                    str(job.payload["port"])], check=True, timeout=30, capture_output=True)
+    return "connected"
+
+
+async def connect_in_child_async(job: Job) -> str:
+    """An async handler whose child process connects."""
+    await anyio.run_process([sys.executable, "-c", CONNECT_SCRIPT, job.payload["host"],
+                             str(job.payload["port"])], check=True)
+    return "connected"
+
+
+async def sleep_with_child(job: Job) -> None:
+    """Start `sleep` as a child, record its pid, ours and our parent's, then sleep."""
+    child = await anyio.open_process(["sleep", "600"])
+    db = await _db()
+    await db.executemany(
+        "INSERT INTO test_processes (job_id, role, pid) VALUES ($1, $2, $3)",
+        [(job.id, "handler", os.getpid()), (job.id, "child", child.pid),
+         (job.id, "parent", os.getppid())])
+    await anyio.sleep(float(job.payload.get("sleep", 600)))
+
+
+def fail(job: Job) -> None:
+    """Raise ValueError with payload["message"]."""
+    raise ValueError(job.payload.get("message", "boom"))
+
+
+def unserialisable(job: Job) -> object:
+    """Return something JSON cannot hold."""
+    return object()
+
+
+async def connect_swallowed(job: Job) -> str:
+    """Connect, and swallow whatever that raises (sealed mode fails the attempt anyway)."""
+    try:
+        return await connect_anyio(job)
+    except Exception as exc:
+        return f"swallowed {type(exc).__name__}"
+
+
+def connect_via_setns(job: Job) -> str:
+    """A sync handler whose child re-enters payload["netns"] (setns, needs root) and connects."""
+    subprocess.run(["nsenter", f"--net={job.payload['netns']}", sys.executable, "-c",
+                    CONNECT_SCRIPT, job.payload["host"], str(job.payload["port"])],
+                   check=True, timeout=30, capture_output=True)
     return "connected"

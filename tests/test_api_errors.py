@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -10,6 +11,7 @@ import httpx
 import pytest
 
 from jobengine.api.config import HttpSettings
+from jobengine.api.inputs import MAX_JSON_DEPTH
 from jobengine.store import create_pool
 from tests.apiutil import app_client, assert_error
 from tests.dbutil import scratch_database
@@ -222,3 +224,61 @@ async def test_unreachable_database_is_503_and_health_still_answers() -> None:
             assert 'jobengine_jobs{status="pending"}' not in metrics.text
     finally:
         await pool.close()
+
+
+# -- JSON nested too deeply: a 422, never a 500 ---------------------------------------------
+
+DEEP = 100_000
+TOO_DEEP = (f"body: JSON nested too deeply (arrays and objects more than {MAX_JSON_DEPTH} "
+            "levels deep)")
+
+
+def _nested_object(depth: int) -> str:
+    """`{"a": {"a": ... 1}}`, `depth` objects deep."""
+    return '{"a": ' * depth + "1" + "}" * depth
+
+
+@pytest.fixture(scope="module")
+async def roomy(pool: asyncpg.Pool) -> AsyncIterator[httpx.AsyncClient]:
+    """The app with the default body limit (1 MiB): room for deep nesting."""
+    async with app_client(pool) as c:
+        yield c
+
+
+@pytest.mark.parametrize("body", [
+    "[" * DEEP,
+    "[" * DEEP + "]" * DEEP,
+    '{"kind": "x", "payload": ' + _nested_object(DEEP) + "}",
+    '{"kind": "x", "payload": ' + _nested_object(MAX_JSON_DEPTH) + "}",  # one level too many
+    '{"kind": "x", "retry_policy": ' + _nested_object(600) + "}",
+    '{"kind": "x", "depends_on": ' + "[" * 600 + "]" * 600 + "}",
+], ids=["unclosed-arrays", "arrays", "payload", "payload-at-the-limit", "retry-policy",
+        "depends-on"])
+async def test_json_nested_too_deeply_is_422(roomy: httpx.AsyncClient, body: str) -> None:
+    response = await roomy.post("/v1/jobs", content=body.encode(), headers=JSON)
+    assert assert_error(response, 422, "validation_failed") == TOO_DEEP
+
+
+async def test_json_nested_just_within_the_limit_gets_past_the_depth_check(
+    roomy: httpx.AsyncClient
+) -> None:
+    # 512 levels counting the body: decoded and checked, then refused for its kind.
+    body = '{"kind": "has space", "payload": ' + _nested_object(MAX_JSON_DEPTH - 1) + "}"
+    response = await roomy.post("/v1/jobs", content=body.encode(), headers=JSON)
+    assert assert_error(response, 422, "validation_failed").startswith("kind:")
+
+
+async def test_a_payload_nested_to_the_limit_is_stored_and_read_back(db_dsn: str) -> None:
+    payload = json.loads(_nested_object(MAX_JSON_DEPTH - 1))
+    own = await create_pool(db_dsn, actor="tests", min_size=1, max_size=2)  # not the module's
+    try:
+        async with app_client(own) as client:
+            created = await client.post("/v1/jobs", json={"kind": "deep", "payload": payload})
+            assert created.status_code == 201, created.text
+            shown = await client.get(f"/v1/jobs/{created.json()['id']}")
+            assert shown.status_code == 200
+            assert shown.json()["payload"] == payload
+            listed = await client.get("/v1/jobs")
+            assert listed.status_code == 200
+    finally:
+        await own.close()

@@ -105,6 +105,8 @@ async def test_submit_with_a_known_idempotency_key_creates_nothing(
     (["--payload", "{not json"], 2, "not valid JSON"),
     (["--payload", "[1, 2]"], 2, "must be a JSON object"),
     (["--payload", "@/nonexistent/file.json"], 2, "cannot read the payload"),
+    (["--payload", "[" * 100_000], 2, "JSON nested too deeply"),
+    (["--payload", '{"a": ' * 512 + "1" + "}" * 512], 2, "more than 511 levels deep"),
     (["--run-at", "soon"], 2, "--run-at 'soon'"),
     (["--depends-on", "1,x"], 2, "'x' is not a job id"),
     (["--timeout", "0"], 2, "--timeout"),

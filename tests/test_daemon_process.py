@@ -149,7 +149,7 @@ async def test_a_second_signal_stops_at_once_still_giving_jobs_back(
         "INSERT INTO jobengine.jobs (kind, payload) VALUES ('record', '{\"sleep\": 60}') RETURNING id")
     await wait_for(lambda: _ran(recording_db, job_id), within=10, message="job start")
     proc.send_signal(signal.SIGTERM)
-    await wait_for(lambda: _logged(log, "daemon stopping"), within=10, message="draining")
+    await wait_for(lambda: _logged(log, '"daemon.stopping"'), within=10, message="draining")
     proc.send_signal(signal.SIGINT)
     assert proc.wait(20) == 0  # long before the 60 s grace
     assert await recording_db.fetchval("SELECT status::text FROM jobengine.jobs WHERE id = $1", job_id) == "scheduled"

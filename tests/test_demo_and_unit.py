@@ -41,7 +41,7 @@ def test_demo_runs_on_the_embedded_default_with_no_set_up() -> None:
         assert (base / "jobengine" / "pgdata" / "PG_VERSION").read_text().strip() == "18"
     finally:
         # stop the embedded server the demo left running for the next command
-        from jobengine.store.embedded import EmbeddedPostgres
+        from jobengine.embedded import EmbeddedPostgres
 
         EmbeddedPostgres(base / "jobengine" / "pgdata").stop()
         shutil.rmtree(base, ignore_errors=True)

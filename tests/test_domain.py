@@ -402,7 +402,7 @@ def test_max_retries_three_means_four_attempts() -> None:
 
 
 def test_attempts_given_back_at_shutdown_do_not_count() -> None:
-    job = Job(id=1, kind="email", attempt=5, released=2, max_retries=3)
+    job = Job(id=1, kind="email", attempt=5, releases=2, max_retries=3)
     assert job.attempts_counted == 3
     assert retries_remain(job.attempts_counted, job.max_retries)
     assert not retries_remain(Job(id=2, kind="email", attempt=4).attempts_counted, 3)
@@ -719,7 +719,7 @@ def test_the_error_tree_is_complete() -> None:
         "JobNotFound",
         "InvalidJob",
         "DuplicateJob",
-        "LeaseLost",
+        "JobBusy",
         "ConfigError",
         "HandlerNotFound",
         "EgressBlocked",
@@ -742,8 +742,6 @@ def test_error_messages_name_what_went_wrong() -> None:
     dup = errors_module.DuplicateJob("k-1", existing_id=4)
     assert "'k-1'" in str(dup)
     assert dup.existing_id == 4
-    lost = errors_module.LeaseLost(5, 2)
-    assert "job 5" in str(lost)
-    assert "attempt 2" in str(lost)
+    assert str(errors_module.JobBusy(5)) == "job 5 is locked by another transaction; try again"
     assert "egress blocked" in str(errors_module.EgressBlocked("1.2.3.4:443"))
     assert issubclass(errors_module.HandlerNotFound, errors_module.ConfigError)

@@ -1,4 +1,4 @@
-"""The embedded PostgreSQL lifecycle (jobengine.store.embedded), against real servers.
+"""The embedded PostgreSQL lifecycle (jobengine.embedded), against real servers.
 
 Every data directory lives under one /tmp/jobengine-embtest-* base: as root the
 server runs as `embedded_postgres`, which must be able to traverse the parents
@@ -28,20 +28,23 @@ import asyncpg
 import pytest
 
 import jobengine
-from jobengine.store import embedded
-from jobengine.store.embedded import (
+from jobengine.embedded import (
+    DEFAULT_DATA_DIR,
     HOLDERS_FILE,
+    SERVER_USER,
     EmbeddedPostgres,
     EmbeddedPostgresError,
     ensure_embedded,
 )
+from jobengine.embedded import server as embedded_server
+from jobengine.embedded.processes import pid_alive
 
 SRC_DIR = str(Path(jobengine.__file__).resolve().parents[1])
 
 HOLDER_SCRIPT = textwrap.dedent(
     """
     import sys
-    from jobengine.store.embedded import EmbeddedPostgres
+    from jobengine.embedded import EmbeddedPostgres
 
     server = EmbeddedPostgres(sys.argv[1])
     print(server.start(), flush=True)
@@ -58,7 +61,7 @@ LOCALE_SCRIPT = textwrap.dedent(
     import asyncio, json, os, sys
     from urllib.parse import parse_qs, urlsplit
     import asyncpg
-    from jobengine.store.embedded import ensure_embedded
+    from jobengine.embedded import ensure_embedded
 
     async def probe(dsn):
         conn = await asyncpg.connect(dsn)
@@ -293,7 +296,7 @@ def test_data_dir_is_private(server: EmbeddedPostgres) -> None:
     if os.geteuid() == 0:
         import pwd
 
-        assert pwd.getpwuid(st.st_uid).pw_name == embedded.SERVER_USER
+        assert pwd.getpwuid(st.st_uid).pw_name == SERVER_USER
         # every parent is traversable by the server user
         for parent in server.data_dir.parents:
             assert parent.stat().st_mode & 0o001
@@ -350,7 +353,7 @@ async def test_dead_holder_is_pruned_and_last_holder_stops(
     me.stop()  # last live holder
     assert not me.running
     assert not (fresh_dir / "postmaster.pid").exists()
-    assert not embedded._pid_alive(postmaster)  # gone, or a zombie awaiting its reaper
+    assert not pid_alive(postmaster)  # gone, or a zombie awaiting its reaper
     assert _holders(fresh_dir) == []
 
 
@@ -459,16 +462,20 @@ def test_ensure_embedded_is_idempotent_in_process(server: EmbeddedPostgres) -> N
         assert ensure_embedded(str(server.data_dir)) == dsn
     finally:
         # release the process-wide instance now rather than at interpreter exit
-        embedded._SHARED.pop(server.data_dir).stop()
+        embedded_server._SHARED.pop(server.data_dir).stop()
     assert server.running
 
 
 def test_default_data_dir(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path))
-    assert embedded._default_data_dir() == tmp_path / "jobengine" / "pgdata"
+    assert embedded_server._default_data_dir() == tmp_path / "jobengine" / "pgdata"
     monkeypatch.setenv("XDG_DATA_HOME", "relative/ignored")
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert embedded._default_data_dir() == tmp_path / "home" / ".local/share/jobengine/pgdata"
+    assert (
+        embedded_server._default_data_dir() == tmp_path / "home" / ".local/share/jobengine/pgdata"
+    )
     monkeypatch.delenv("XDG_DATA_HOME")
-    assert embedded._default_data_dir() == tmp_path / "home" / ".local/share/jobengine/pgdata"
-    assert EmbeddedPostgres().data_dir == embedded.DEFAULT_DATA_DIR.resolve()
+    assert (
+        embedded_server._default_data_dir() == tmp_path / "home" / ".local/share/jobengine/pgdata"
+    )
+    assert EmbeddedPostgres().data_dir == DEFAULT_DATA_DIR.resolve()

@@ -86,9 +86,10 @@ class Lifecycle(RuleBasedStateMachine):
 
     async def _try(self, who: str, sql: str, *args: Any) -> list[asyncpg.Record] | None:
         try:
-            return await self.conns[who].fetch(sql, *args)
+            rows: list[asyncpg.Record] = await self.conns[who].fetch(sql, *args)
         except REFUSALS:
             return None
+        return rows
 
     def job(self, data: st.DataObject) -> int:
         return data.draw(st.sampled_from(self.jobs))

@@ -111,7 +111,8 @@ async def test_daemon_runs_the_lifecycle(roles: asyncpg.Connection) -> None:
     job_id = await new_job(roles)
     claimed = await as_role(roles, "jobengine_daemon",
                             "SELECT id, attempt FROM jobengine.claim_jobs('d1', '{default}', '{x}', 5, '30 s')")
-    assert [(r["id"], r["attempt"]) for r in claimed] == [(job_id, 1)]  # type: ignore[union-attr]
+    assert isinstance(claimed, list)
+    assert [(r["id"], r["attempt"]) for r in claimed] == [(job_id, 1)]
     await as_role(roles, "jobengine_daemon",
                   "UPDATE jobengine.jobs SET status = 'completed', result = '{\"ok\": 1}'"
                   " WHERE id = $1 AND lease_owner = 'd1'", job_id)

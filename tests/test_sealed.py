@@ -16,6 +16,8 @@ import shutil
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,18 @@ from urllib.parse import urlsplit
 import asyncpg
 import pytest
 
-from jobengine.daemon.maintenance import Scheduler
-from jobengine.daemon.sealed import AllowList, database_endpoints, netns_wrapper
+from jobengine.daemon.scheduler import Scheduler
+from jobengine.daemon.sealed import (
+    AllowList,
+    database_endpoints,
+    netns_wrapper,
+    network_is_isolated,
+)
 from jobengine.domain import ConfigError, JobSpec
 from jobengine.store import JobStore
 from tests.daemon_helpers import daemon_ready, wait_status
 from tests.dbutil import dsn_with_database
+from tests.netns import TestNamespace, can_make_namespaces, daemon_env, spawn, unix_socket_dsn
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -155,30 +163,14 @@ async def test_sealed_daemon_holds_jobs_that_need_the_network(pool: asyncpg.Pool
 # -- the daemon, sealed, as a process ----------------------------------------------------
 
 
-def _env(dsn: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("JOBENGINE_")}
-    env.update({"PYTHONPATH": str(REPO), "JOBENGINE_DSN": dsn,
-                "JOBENGINE_RETRY_BASE_DELAY": "0", "JOBENGINE_RETRY_JITTER": "false",
-                "JOBENGINE_DAEMON_POLL_INTERVAL": "0.5"})
-    env.pop("NOTIFY_SOCKET", None)
-    env.update(extra)
-    return env
-
-
-def _spawn(argv: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
-    with log.open("wb") as out:
-        return subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                cwd=str(log.parent))
-
-
 @pytest.mark.anyio
 @pytest.mark.slow
 async def test_handler_egress_fails_the_attempt_and_the_retry_policy_applies(
     db_dsn: str, recording_db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     log = tmp_path / "daemon.log"
-    proc = _spawn([sys.executable, "-m", "jobengine.cli.main", "run", "--sealed"],
-                  _env(db_dsn, JOBENGINE_HANDLERS_EGRESS="tests.handlers:egress"), log)
+    proc = spawn([sys.executable, "-m", "jobengine.cli.main", "run", "--sealed"],
+                  daemon_env(db_dsn, JOBENGINE_HANDLERS_EGRESS="tests.handlers:egress"), log)
     try:
         await daemon_ready(log)
         job_id = await recording_db.fetchval(
@@ -213,8 +205,8 @@ async def test_sealed_command_handlers_run_without_a_network(
     except ConfigError as exc:
         pytest.skip(str(exc))
     log = tmp_path / "daemon.log"
-    proc = _spawn([sys.executable, "-m", "jobengine.cli.main", "run", "--sealed"],
-                  _env(db_dsn, JOBENGINE_HANDLERS_SHOW=json.dumps({"command": show})), log)
+    proc = spawn([sys.executable, "-m", "jobengine.cli.main", "run", "--sealed"],
+                  daemon_env(db_dsn, JOBENGINE_HANDLERS_SHOW=json.dumps({"command": show})), log)
     try:
         await daemon_ready(log)
         job_id = await recording_db.fetchval("INSERT INTO jobengine.jobs (kind) VALUES ('show') RETURNING id")
@@ -225,25 +217,50 @@ async def test_sealed_command_handlers_run_without_a_network(
     assert await recording_db.fetchval("SELECT result::text FROM jobengine.jobs WHERE id = $1", job_id) == '["lo"]'
 
 
+@contextmanager
+def _with_a_network(server_dsn: str, db_dsn: str) -> Iterator[tuple[list[str], str]]:
+    """(argv prefix, DSN) to run a daemon that has a network: an interface besides `lo`.
+
+    This process, if it has one; else a namespace of the test's own with a
+    veth in it (the database then over its unix socket).
+    """
+    if not network_is_isolated():
+        yield [], db_dsn
+        return
+    if not can_make_namespaces():
+        pytest.skip("this process has no network; a namespace with one needs root and iproute2")
+    dsn = unix_socket_dsn(server_dsn, urlsplit(db_dsn).path.lstrip("/"))
+    if dsn is None:
+        pytest.skip("the test server has no unix socket to reach it from a network namespace")
+    with TestNamespace() as ns:
+        yield ns.argv([]), dsn
+
+
 def test_sealed_refuses_to_start_a_command_handler_it_cannot_isolate(
-    db_dsn: str, tmp_path: Path
+    server_dsn: str, db_dsn: str, tmp_path: Path
 ) -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "jobengine.cli.main", "run", "--sealed"],
-        env=_env(db_dsn, PATH="/nonexistent",
-                 JOBENGINE_HANDLERS_X=json.dumps({"command": ["/bin/true"]})),
-        capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
+    # The premise: the daemon has a network, so a command needs a namespace of
+    # its own, and without `unshare` on PATH it cannot have one.
+    with _with_a_network(server_dsn, db_dsn) as (prefix, dsn):
+        result = subprocess.run(
+            [*prefix, sys.executable, "-m", "jobengine.cli.main", "run", "--sealed"],
+            env=daemon_env(dsn, PATH="/nonexistent",
+                     JOBENGINE_HANDLERS_X=json.dumps({"command": ["/bin/true"]})),
+            capture_output=True, text=True, timeout=60, cwd=str(tmp_path))
     assert result.returncode == 1
-    assert "sealed mode cannot isolate command handlers" in result.stderr
+    errors = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert len(errors) == 1, result.stderr  # one clear line, no traceback
+    assert errors[0].startswith(
+        "jobengine: error: sealed mode cannot isolate command handlers: `unshare`")
 
 
 # -- the proof: no AF_INET connect at all ------------------------------------------------
 
 
 def _daemon_pid(log: Path) -> int:
-    """The daemon's pid, from its id (host-pid-random) in the "daemon ready" log line."""
+    """The daemon's pid, from its id (host-pid-random) in the "daemon.ready" log line."""
     for line in log.read_text().splitlines():
-        if "daemon ready" in line:
+        if '"daemon.ready"' in line:
             daemon_id = json.loads(line)["daemon_id"]
             return int(daemon_id.rsplit("-", 2)[1])
     raise AssertionError("no daemon ready line")
@@ -276,9 +293,9 @@ async def test_sealed_daemon_in_an_empty_network_namespace_makes_no_inet_connect
         pytest.skip("the test server has no unix socket to reach it from a network namespace")
     trace = tmp_path / "connect.trace"
     log = tmp_path / "daemon.log"
-    proc = _spawn(["unshare", "--net", "--", "strace", "-f", "-qq", "-e", "trace=connect",
+    proc = spawn(["unshare", "--net", "--", "strace", "-f", "-qq", "-e", "trace=connect",
                    "-o", str(trace), sys.executable, "-m", "jobengine.cli.main", "run", "--sealed"],
-                  _env(dsn, JOBENGINE_HANDLERS_EGRESS="tests.handlers:egress"), log)
+                  daemon_env(dsn, JOBENGINE_HANDLERS_EGRESS="tests.handlers:egress"), log)
     try:
         await daemon_ready(log)
         job_id = await recording_db.fetchval(

@@ -59,7 +59,7 @@ async def expire(store: JobStore, job: Job) -> None:
 
 def fail(job: Job, error: str = "E: x", policy: RetryPolicy = NO_JITTER) -> Failure:
     """A failed attempt of `job`, with the domain's retry decision."""
-    delay = retry_delay(attempt=job.attempt, released=job.released, max_retries=job.max_retries,
+    delay = retry_delay(attempt=job.attempt, releases=job.releases, max_retries=job.max_retries,
                         policy=policy)
     return Failure(job.id, job.attempt, error, retry_delay=delay)
 
@@ -255,6 +255,7 @@ async def test_claim_takes_a_lease_counts_the_attempt_and_records_both_steps(
     assert claimed.status is JobStatus.RUNNING
     assert claimed.attempt == 1
     assert claimed.lease_owner == "d1"
+    assert claimed.updated_at is not None
     assert claimed.lease_expires_at == claimed.updated_at + TTL
     history = await store.history(job.id)
     assert [(h.from_status, h.to_status) for h in history] == [
@@ -388,7 +389,7 @@ async def test_shutdown_release_does_not_use_up_retries(store: JobStore) -> None
     assert await store.release("d1", [(j.id, 1)]) == {(j.id, 1): Written.DONE}
     j2 = await claim_one(store, owner="d2")
     assert j2.attempt == 2
-    assert j2.released == 1
+    assert j2.releases == 1
     out = await store.fail("d2", [fail(j2)])
     # one counted attempt with max_retries = 0: terminal, never retried
     assert out[(job.id, 2)].retry_at is None

@@ -99,7 +99,7 @@ async def test_old_and_new_daemons_burn_down_side_by_side_across_the_migration(
         await conn.execute(SCHEMA)
         old_log = tmp_path / "old.log"
         procs.append(_jobengine(old_path, dsn, "run", log=old_log))
-        await daemon_ready(old_log)
+        await daemon_ready(old_log, marker="daemon ready")  # release 0.1.0's words
         await conn.execute("INSERT INTO jobengine.jobs (kind, payload) SELECT 'record',"
                            " jsonb_build_object('sleep', 0.01) FROM generate_series(1, 150)")
         # Step 1 of Upgrading: migrate while the old daemon works.

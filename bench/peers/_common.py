@@ -7,9 +7,14 @@ harness drives it with one subcommand per step:
 
 - `install --dsn D`: install the system's schema;
 - `enqueue-bulk --dsn D --n N`: enqueue N no-op jobs through the system's
-  fastest documented bulk path; prints `{"seconds": s}` (statement to commit);
+  fastest documented bulk path; prints `{"seconds": s, "cpu": {...}}`
+  (building the payloads to the commit);
 - `enqueue-single --dsn D --n N`: N single enqueues, each its own transaction;
-  prints `{"seconds": s}`;
+  prints `{"seconds": s, "cpu": {...}}`;
+- `enqueue-many --dsn D --connections K --seconds S`: K connections (opened
+  first, untimed), each enqueuing single jobs, each in its own transaction,
+  back to back for S seconds; prints `{"inserted": n, "seconds": s, "cpu": {...}}`
+  (s: from the start until the last lane's last commit);
 - `enqueue-paced --dsn D --n N --rate R --connections K --out F`: N single
   enqueues at R per second over K connections; writes `[[key, t], ...]` to F,
   t being `time.time()` right after that enqueue committed;
@@ -18,7 +23,9 @@ harness drives it with one subcommand per step:
   stop gracefully, write `[[key, t], ...]` to F (t: the handler's first
   statement's `time.time()`), print `done`.
 
-Every job's payload is `{"i": key}`.
+Every job's payload is `{"i": key}`. `"cpu"` is `{"process": s, "database": s}`:
+the CPU seconds of this process and of every PostgreSQL process over the
+timed interval (`_cpu.py`; `database` is null when the server is not visible).
 """
 
 from __future__ import annotations
@@ -32,6 +39,8 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+import _cpu
 
 #: (key, time.time() at the handler's first statement), appended by handlers.
 RECORDS: list[tuple[Any, float]] = []
@@ -53,6 +62,31 @@ class WorkerOptions:
     lease_ttl: float
 
 
+class Clock:
+    """The timed part of a step: wall seconds, and CPU of this process and of the server.
+
+    A peer wraps exactly what is timed in `with clock:`.
+    """
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+        self.meter = _cpu.Meter(None, _cpu.postmaster_from_env())
+        self._started = 0.0
+
+    def __enter__(self) -> Clock:
+        self.meter.start()
+        self._started = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._started
+        self.meter.stop()
+
+    def as_json(self) -> dict[str, Any]:
+        """`{"seconds": s, "cpu": {"process": s, "database": s or None}}`."""
+        return {"seconds": self.seconds, "cpu": self.meter.as_json()}
+
+
 class Inserter(Protocol):
     """One connection's single-job enqueue path."""
 
@@ -69,8 +103,8 @@ class Peer(Protocol):
     async def install(self, dsn: str) -> None:
         """Install the system's schema into an empty database."""
 
-    async def enqueue_bulk(self, dsn: str, n: int) -> float:
-        """Enqueue n no-op jobs in one go; seconds from building the payloads to the commit."""
+    async def enqueue_bulk(self, dsn: str, n: int, clock: Clock) -> None:
+        """Enqueue n no-op jobs in one go, `with clock:` from building the payloads to commit."""
 
     async def open_inserter(self, dsn: str) -> Inserter:
         """A connection ready to enqueue single jobs."""
@@ -95,15 +129,43 @@ def _write_json(path: str, data: Any) -> None:
         json.dump(data, f)
 
 
-async def _single(peer: Peer, dsn: str, n: int) -> float:
+async def _single(peer: Peer, dsn: str, n: int) -> Clock:
     inserter = await peer.open_inserter(dsn)
+    clock = Clock()
     try:
-        started = time.perf_counter()
-        for i in range(n):
-            await inserter.insert(i)
-        return time.perf_counter() - started
+        with clock:
+            for i in range(n):
+                await inserter.insert(i)
+        return clock
     finally:
         await inserter.close()
+
+
+async def _many(peer: Peer, dsn: str, connections: int, seconds: float) -> tuple[int, Clock]:
+    """K connections enqueuing single jobs back to back for `seconds`: (inserted, clock).
+
+    Lane k enqueues keys k, k + K, k + 2K, ... and starts no insert after the
+    deadline; the clock stops when every lane's last insert has committed.
+    """
+    inserters = [await peer.open_inserter(dsn) for _ in range(connections)]
+    counts = [0] * connections
+    clock = Clock()
+
+    async def lane(index: int, inserter: Inserter, deadline: float) -> None:
+        key = index
+        while time.perf_counter() < deadline:
+            await inserter.insert(key)
+            counts[index] += 1
+            key += connections
+
+    try:
+        with clock:
+            deadline = time.perf_counter() + seconds
+            await asyncio.gather(*(lane(k, ins, deadline) for k, ins in enumerate(inserters)))
+    finally:
+        for inserter in inserters:
+            await inserter.close()
+    return sum(counts), clock
 
 
 async def _paced(peer: Peer, dsn: str, n: int, rate: float, connections: int,
@@ -165,11 +227,15 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     """The subcommands and their options (see the module docstring)."""
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
-    for name in ("install", "enqueue-bulk", "enqueue-single", "enqueue-paced", "worker"):
+    for name in ("install", "enqueue-bulk", "enqueue-single", "enqueue-paced", "enqueue-many",
+                 "worker"):
         p = sub.add_parser(name)
         p.add_argument("--dsn", required=True)
-        if name.startswith("enqueue"):
+        if name.startswith("enqueue") and name != "enqueue-many":
             p.add_argument("--n", type=int, required=True)
+        if name == "enqueue-many":
+            p.add_argument("--connections", type=int, required=True)
+            p.add_argument("--seconds", type=float, required=True)
         if name == "enqueue-paced":
             p.add_argument("--rate", type=float, required=True)
             p.add_argument("--connections", type=int, default=1)
@@ -189,11 +255,15 @@ async def run(peer: Peer, args: argparse.Namespace) -> None:
         await peer.install(args.dsn)
         print(json.dumps({"ok": True}), flush=True)
     elif args.command == "enqueue-bulk":
-        seconds = await peer.enqueue_bulk(args.dsn, args.n)
-        print(json.dumps({"seconds": seconds}), flush=True)
+        clock = Clock()
+        await peer.enqueue_bulk(args.dsn, args.n, clock)
+        print(json.dumps(clock.as_json()), flush=True)
     elif args.command == "enqueue-single":
-        seconds = await _single(peer, args.dsn, args.n)
-        print(json.dumps({"seconds": seconds}), flush=True)
+        clock = await _single(peer, args.dsn, args.n)
+        print(json.dumps(clock.as_json()), flush=True)
+    elif args.command == "enqueue-many":
+        inserted, clock = await _many(peer, args.dsn, args.connections, args.seconds)
+        print(json.dumps({"inserted": inserted, **clock.as_json()}), flush=True)
     elif args.command == "enqueue-paced":
         done = await _paced(peer, args.dsn, args.n, args.rate, args.connections, args.first)
         _write_json(args.out, done)

@@ -18,9 +18,9 @@ JOBS = Gauge(
     "jobengine_jobs", "Jobs in the database by status (read at scrape time).",
     ["status"], registry=REGISTRY,
 )
-TRANSITIONS = Counter(
+STATUS_CHANGES = Counter(
     "jobengine_transitions_total",
-    "Status changes made by this process, by kind and target status.",
+    "Status changes made by this process (counted where written), by kind and target status.",
     ["kind", "to_status"], registry=REGISTRY,
 )
 HANDLER_DURATION = Histogram(
@@ -60,9 +60,9 @@ RUNNING = Gauge(
 _transition_children: dict[tuple[str, str], Counter] = {}
 
 
-def count_transition(kind: str, to_status: str, n: int = 1) -> None:
-    """TRANSITIONS.labels(kind, to_status).inc(n), with the labelled child cached (hot path)."""
+def count_status_change(kind: str, to_status: str, n: int = 1) -> None:
+    """STATUS_CHANGES.labels(kind, to_status).inc(n), the labelled child cached (hot path)."""
     child = _transition_children.get((kind, to_status))
     if child is None:
-        child = _transition_children[(kind, to_status)] = TRANSITIONS.labels(kind, to_status)
+        child = _transition_children[(kind, to_status)] = STATUS_CHANGES.labels(kind, to_status)
     child.inc(n)

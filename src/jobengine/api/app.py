@@ -23,7 +23,7 @@ from jobengine.api.auth import AuthMiddleware, Authorizer, allow_all
 from jobengine.api.config import HttpSettings
 from jobengine.api.errors import exception_handlers
 from jobengine.api.hub import EventHub
-from jobengine.api.inputs import ApiContext, Readiness
+from jobengine.api.inputs import ApiContext, ReadinessCheck
 from jobengine.api.openapi import openapi_json
 from jobengine.store import JobStore
 
@@ -32,7 +32,7 @@ def create_app(
     pool: asyncpg.Pool,
     http: HttpSettings,
     *,
-    readiness: Readiness | None = None,
+    readiness: ReadinessCheck | None = None,
     authorizer: Authorizer = allow_all,
     poll_interval: float = 1.0,
     keepalive: float = 15.0,

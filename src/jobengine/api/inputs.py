@@ -4,7 +4,8 @@
 shares. Each reader turns bad input into an `ApiError` with the right status
 before anything reaches the database: 413 for a body over the limit (by
 Content-Length and by the bytes actually streamed), 415 for a body that is
-not JSON, 400 for malformed JSON, 422 for a field that fails validation.
+not JSON, 400 for malformed JSON, 422 for a field that fails validation or
+JSON nested deeper than `MAX_JSON_DEPTH`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from jobengine.api.wire import MAX_BIGINT, NAME_PATTERN
 from jobengine.store import JobStore
 
 #: A callback that reports extra readiness checks by name (e.g. the daemon's listener).
-Readiness = Callable[[], Awaitable[dict[str, bool]]]
+ReadinessCheck = Callable[[], Awaitable[dict[str, bool]]]
 
 
 @dataclass
@@ -36,7 +37,7 @@ class ApiContext:
     store: JobStore
     http: HttpSettings
     hub: EventHub
-    readiness: Readiness | None = None
+    readiness: ReadinessCheck | None = None
     #: how long an event stream waits for a notification before it polls anyway
     poll_interval: float = 1.0
     #: how often an idle event stream sends a keepalive comment
@@ -53,6 +54,11 @@ def context(request: Request) -> ApiContext:
 
 T = TypeVar("T")
 E = TypeVar("E", bound=Enum)
+
+#: How deeply a JSON body may nest arrays and objects (the body itself is level 1).
+#: Far below the interpreter's recursion limit, so that no decoder, encoder or
+#: walker on the way (here, in the store, in the daemon) can run out of stack.
+MAX_JSON_DEPTH = 512
 
 _JSON_MEDIA = re.compile(r"^application/(?:[\w.+-]+\+)?json$")
 _AT_PATH = re.compile(r" - at `\$\.?(?P<path>[^`]*)`$")
@@ -105,33 +111,72 @@ def integral_floats_to_int(value: Any, verbatim: frozenset[str] = frozenset()) -
 
     JSON has one number type: a client may well send `"priority": 5.0`. Keys
     in `verbatim` (e.g. a job's payload, which is the user's data) are left as sent.
+    Iterative, so that no nesting can exhaust the stack.
     """
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [integral_floats_to_int(v) for v in value]
-    if isinstance(value, dict):
-        return {k: v if k in verbatim else integral_floats_to_int(v) for k, v in value.items()}
-    return value
+    if not isinstance(value, (list, dict)):
+        return _integral(value)
+    root: list[Any] | dict[str, Any] = [] if isinstance(value, list) else {}
+    todo: list[tuple[Any, list[Any] | dict[str, Any], bool]] = [(value, root, True)]
+    while todo:
+        source, copy, top = todo.pop()
+        items = enumerate(source) if isinstance(source, list) else source.items()
+        for key, item in items:
+            if top and isinstance(source, dict) and key in verbatim:
+                new = item
+            elif isinstance(item, (list, dict)):
+                new = [] if isinstance(item, list) else {}
+                todo.append((item, new, False))
+            else:
+                new = _integral(item)
+            if isinstance(copy, list):
+                copy.append(new)
+            else:
+                copy[str(key)] = new  # (JSON keys are strings)
+    return root
+
+
+def _integral(value: Any) -> Any:
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def nests_deeper_than(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels deep in `value` (iterative)."""
+    todo = [(value, 1)] if isinstance(value, (list, dict)) else []
+    while todo:
+        item, depth = todo.pop()
+        if depth > limit:
+            return True
+        children = item.values() if isinstance(item, dict) else item
+        todo.extend((c, depth + 1) for c in children if isinstance(c, (list, dict)))
+    return False
+
+
+def too_deep_message(limit: int = MAX_JSON_DEPTH) -> str:
+    """What a client is told about JSON nested deeper than `limit`."""
+    return f"JSON nested too deeply (arrays and objects more than {limit} levels deep)"
 
 
 def find_nul(value: Any, path: str = "") -> str | None:
     """The path of the first string (or key) holding U+0000, which PostgreSQL cannot store."""
-    if isinstance(value, str):
-        return path or "body" if "\x00" in value else None
-    if isinstance(value, list):
-        for i, item in enumerate(value):
-            found = find_nul(item, f"{path}[{i}]")
-            if found:
-                return found
-    if isinstance(value, dict):
-        for key, item in value.items():
-            where = f"{path}.{key}" if path else str(key)
-            if "\x00" in key:
-                return where.replace("\x00", "\\u0000")
-            found = find_nul(item, where)
-            if found:
-                return found
+    # Depth first in document order, without recursion: (a bad key?, value, its path)
+    todo: list[tuple[bool, Any, str]] = [(False, value, path)]
+    while todo:
+        bad_key, item, where = todo.pop()
+        if bad_key:
+            return where
+        if isinstance(item, str):
+            if "\x00" in item:
+                return where or "body"
+        elif isinstance(item, list):
+            todo.extend(reversed([(False, v, f"{where}[{i}]") for i, v in enumerate(item)]))
+        elif isinstance(item, dict):
+            entries: list[tuple[bool, Any, str]] = []
+            for key, v in item.items():
+                at = f"{where}.{key}" if where else str(key)
+                if "\x00" in key:
+                    entries.append((True, None, at.replace("\x00", "\\u0000")))
+                entries.append((False, v, at))
+            todo.extend(reversed(entries))
     return None
 
 
@@ -150,15 +195,21 @@ async def read_json(
     body = await read_body(request, max_bytes)
     try:
         raw = msgspec.json.decode(body)
+    except RecursionError:  # msgspec stops where the stack would run out
+        raise ApiError(422, f"body: {too_deep_message()}") from None
     except msgspec.ValidationError as exc:  # e.g. a number out of range
         raise ApiError(422, validation_message(exc)) from exc
     except msgspec.DecodeError as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}") from exc
+    if nests_deeper_than(raw, MAX_JSON_DEPTH):
+        raise ApiError(422, f"body: {too_deep_message()}")
     nul = find_nul(raw)
     if nul is not None:
         raise ApiError(422, f"{nul}: text cannot contain U+0000 (PostgreSQL cannot store it)")
     try:
         return msgspec.convert(integral_floats_to_int(raw, verbatim), into)
+    except RecursionError:  # (not reached within MAX_JSON_DEPTH; never a 500 if it were)
+        raise ApiError(422, f"body: {too_deep_message()}") from None
     except msgspec.ValidationError as exc:
         raise ApiError(422, validation_message(exc)) from exc
 

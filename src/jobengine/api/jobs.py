@@ -35,7 +35,6 @@ from jobengine.api.wire import (
     TimelineOut,
 )
 from jobengine.domain.status import JobStatus
-from jobengine.metrics import TRANSITIONS
 
 #: Page size of `GET /v1/jobs` when `limit` is not given, and its maximum.
 DEFAULT_LIMIT = 100
@@ -50,8 +49,6 @@ async def create_job(request: Request) -> Response:
         request, JobCreate, ctx.http.max_body_bytes, verbatim=frozenset({"payload"})
     )
     job, created = await ctx.store.insert(body.to_spec())
-    if created:
-        TRANSITIONS.labels(job.kind, JobStatus.PENDING.value).inc()
     return json_response(
         JobOut.from_job(job), 201 if created else 200, headers={"Location": f"/v1/jobs/{job.id}"}
     )
@@ -106,7 +103,6 @@ async def cancel_job(request: Request) -> Response:
     ctx = context(request)
     check_content_length(request, ctx.http.max_body_bytes)
     job = await ctx.store.cancel(path_id(request))
-    TRANSITIONS.labels(job.kind, JobStatus.CANCELLED.value).inc()
     return json_response(JobOut.from_job(job))
 
 
@@ -116,7 +112,6 @@ async def retry_job(request: Request) -> Response:
     ctx = context(request)
     check_content_length(request, ctx.http.max_body_bytes)
     retried = await ctx.store.retry(path_id(request))
-    TRANSITIONS.labels(retried.job.kind, JobStatus.SCHEDULED.value).inc()
     out = RetryOut(**msgspec.structs.asdict(JobOut.from_job(retried.job)),
                    stays_cancelled=retried.stays_cancelled)
     return json_response(out)

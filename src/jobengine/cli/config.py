@@ -127,6 +127,8 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             data.setdefault(section, {})[field] = _env_value(raw, fields[field])
         except json.JSONDecodeError as exc:
             raise ConfigError(f"{name}: not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise ConfigError(f"{name}: JSON nested too deeply") from None
     return data
 
 

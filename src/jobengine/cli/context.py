@@ -49,7 +49,7 @@ def resolve_dsn(settings: Settings) -> tuple[str, bool]:
     """
     if settings.dsn:
         return settings.dsn, False
-    from jobengine.store.embedded import DEFAULT_DATA_DIR, EmbeddedPostgresError, ensure_embedded
+    from jobengine.embedded import DEFAULT_DATA_DIR, EmbeddedPostgresError, ensure_embedded
 
     data_dir = Path(settings.embedded.data_dir).expanduser() if settings.embedded.data_dir else (
         DEFAULT_DATA_DIR

@@ -37,6 +37,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         code: int = args.func(args)
+    except BaseExceptionGroup as group:
+        # A task group wraps what one task raised (e.g. the daemon refusing to
+        # start sealed): the same one clear line as when it is raised directly.
+        error = _sole_error(group)
+        if isinstance(error, JobEngineError):
+            return fail(str(error))
+        if isinstance(error, asyncpg.PostgresError):
+            return fail(f"database error: {error}")
+        raise
     except JobEngineError as exc:
         return fail(str(exc))
     except asyncpg.PostgresError as exc:
@@ -44,6 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     return code
+
+
+def _sole_error(group: BaseExceptionGroup[BaseException]) -> BaseException | None:
+    """The one exception inside (nested) groups of one, else None."""
+    error: BaseException = group
+    while isinstance(error, BaseExceptionGroup):
+        if len(error.exceptions) != 1:
+            return None
+        error = error.exceptions[0]
+    return error
 
 
 if __name__ == "__main__":

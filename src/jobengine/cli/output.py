@@ -20,6 +20,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from jobengine.api.inputs import MAX_JSON_DEPTH, nests_deeper_than, too_deep_message
 from jobengine.api.wire import MAX_BIGINT, HistoryOut, JobOut, TimelineOut
 from jobengine.domain.models import EventEnvelope
 from jobengine.domain.status import JobStatus
@@ -97,6 +98,14 @@ def parse_payload(text: str) -> dict[str, Any]:
         value = json.loads(text)
     except json.JSONDecodeError as exc:
         raise UsageError(f"the payload in {source} is not valid JSON: {exc}") from None
+    except RecursionError:  # the parser stops where the stack would run out
+        value = None
+        deep = True
+    else:
+        # As the API takes it: one level below the body it is sent in.
+        deep = nests_deeper_than(value, MAX_JSON_DEPTH - 1)
+    if deep:
+        raise UsageError(f"the payload in {source} is {too_deep_message(MAX_JSON_DEPTH - 1)}")
     if not isinstance(value, dict):
         raise UsageError(f"the payload must be a JSON object, not {type(value).__name__}")
     return value

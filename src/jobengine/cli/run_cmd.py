@@ -79,14 +79,14 @@ def run(args: argparse.Namespace) -> int:
         # Refuses a non-loopback address without tokens, before anything starts.
         authorizer_for(settings.http.tokens, listen[0])
         if not settings.http.tokens:
-            log.warning("api has no tokens: serving without authentication, on loopback only",
+            log.warning("api.no_tokens", note="serving without authentication, on loopback only",
                         listen=settings.http.listen)
     dsn, embedded = resolve_dsn(settings)
     daemon = Daemon(settings.daemon_config(), dsn, notifier=Notifier(), api_address=listen)
 
     async def main() -> int:
         await ensure_schema(dsn, embedded=embedded, actor=daemon.id)
-        log.info("starting", daemon_id=daemon.id, database=redact(dsn), embedded=embedded)
+        log.info("daemon.starting", daemon_id=daemon.id, database=redact(dsn), embedded=embedded)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, daemon)
             if listen is not None:
@@ -106,10 +106,10 @@ async def _watch_signals(daemon: Daemon) -> None:
             count += 1
             name = signal.Signals(signum).name
             if count == 1:
-                log.info("stop requested: draining", signal=name)
+                log.info("daemon.stop_requested", signal=name, then="draining")
                 daemon.request_stop()
             else:
-                log.info("second stop request: stopping now", signal=name)
+                log.info("daemon.stop_requested", signal=name, then="stopping now")
                 daemon.request_stop(immediate=True)
 
 

@@ -11,10 +11,8 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from typing import Any
 
 import anyio
-import asyncpg
 import msgspec
 
 from jobengine.cli.context import (
@@ -22,13 +20,12 @@ from jobengine.cli.context import (
     ensure_schema,
     resolve_dsn,
     settings_from_args,
-    unavailable,
 )
 from jobengine.cli.output import console, event_line
 from jobengine.domain.models import EventEnvelope, decode_envelope
-from jobengine.store.pool import connect
+from jobengine.notifications import EVENTS_CHANNEL, Listener
+from jobengine.store import connection
 
-CHANNEL = "jobengine_events"
 _MAX_BACKOFF = 5.0
 
 EXAMPLE = """\
@@ -69,8 +66,8 @@ class Printer:
             not self.queues or env.queue in self.queues
         )
 
-    def on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
-        """asyncpg notification callback: print one line (or skip it)."""
+    def on_payload(self, payload: str) -> None:
+        """One notification's payload: print one line (or skip it)."""
         try:
             env = decode_envelope(payload)
         except msgspec.DecodeError:
@@ -88,37 +85,19 @@ class Printer:
 
 async def follow(dsn: str, printer: Printer) -> None:
     """LISTEN and print until cancelled; reconnect with backoff when the connection drops."""
-    failures = 0
-    announced = False
-    while True:
-        lost = anyio.Event()
-        try:
-            conn = await connect(dsn, "cli")
-        except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            if not announced:
-                raise unavailable(dsn, exc) from exc
-            failures += 1
-            await anyio.sleep(min(_MAX_BACKOFF, 0.2 * 2 ** min(failures, 5)))
-            continue
-        try:
-            conn.add_termination_listener(lambda _c, lost=lost: lost.set())
-            await conn.add_listener(CHANNEL, printer.on_notify)
-            if not announced:
-                print("watching job transitions (Ctrl-C to stop)", file=sys.stderr, flush=True)
-                announced = True
-            failures = 0
-            while not lost.is_set():
-                with anyio.move_on_after(10):
-                    await lost.wait()
-                if not lost.is_set():
-                    await conn.execute("SELECT 1")  # a dead TCP peer shows up here
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, TimeoutError):
-            pass
-        finally:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(2):
-                await conn.close()
-        print("jobengine: warning: lost the database connection; reconnecting",
-              file=sys.stderr, flush=True)
+
+    def report(event: str, **_fields: object) -> None:
+        # One line on stderr, never on stdout (where --json output goes).
+        if event == "listener.connected":
+            print("watching job transitions (Ctrl-C to stop)", file=sys.stderr, flush=True)
+        elif event == "listener.lost":
+            print("jobengine: warning: lost the database connection; reconnecting",
+                  file=sys.stderr, flush=True)
+
+    listener = Listener(lambda: connection(dsn, "cli"), {EVENTS_CHANNEL: printer.on_payload},
+                        name="watch", report=report, backoff_max=_MAX_BACKOFF,
+                        probe_interval=10.0)
+    await listener.run()
 
 
 def run(args: argparse.Namespace) -> int:

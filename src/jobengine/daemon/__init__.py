@@ -6,12 +6,35 @@ Run one in-process with `run_daemon`:
 
     async with run_daemon(DaemonConfig(), dsn, handlers=from_callables({"email": send})):
         ...
+
+The names below are imported on first use, so that the sandbox process
+(`python -m jobengine.daemon.sandbox`, which every sealed attempt is forked
+from) loads only what it needs: a smaller process forks faster.
 """
 
-from jobengine.daemon.config import CommandHandler, DaemonConfig, DaemonSettings
-from jobengine.daemon.handlers import from_callables, resolve_handlers
-from jobengine.daemon.supervisor import Daemon, new_daemon_id, run_daemon
-from jobengine.daemon.systemd import Notifier
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from jobengine.daemon.config import CommandHandler, DaemonConfig, DaemonSettings
+    from jobengine.daemon.handlers import from_callables, resolve_handlers
+    from jobengine.daemon.supervisor import Daemon, new_daemon_id, run_daemon
+    from jobengine.daemon.systemd import Notifier
+
+#: Where each public name lives.
+_EXPORTS = {
+    "CommandHandler": "config",
+    "DaemonConfig": "config",
+    "DaemonSettings": "config",
+    "from_callables": "handlers",
+    "resolve_handlers": "handlers",
+    "Daemon": "supervisor",
+    "new_daemon_id": "supervisor",
+    "run_daemon": "supervisor",
+    "Notifier": "systemd",
+}
 
 __all__ = [
     "CommandHandler",
@@ -24,3 +47,12 @@ __all__ = [
     "resolve_handlers",
     "run_daemon",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"jobengine.daemon.{module}"), name)
+    globals()[name] = value
+    return value

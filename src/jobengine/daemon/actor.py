@@ -98,7 +98,7 @@ async def run_actor(
     error: BaseException | None = None
     with structlog.contextvars.bound_contextvars(job_id=job.id, kind=job.kind,
                                                  attempt=job.attempt):
-        log.debug("job started")
+        log.debug("job.started")
         started = time.monotonic()
         # Sealed mode's guard records here any egress this attempt tried, so
         # the attempt fails even if the handler swallowed the exception.
@@ -122,15 +122,15 @@ async def run_actor(
         metrics.HANDLER_DURATION.labels(job.kind).observe(time.monotonic() - started)
         outcome = _decide(actor, timed_out, timeout, result, error)
         if outcome is None:
-            log.info("job interrupted; outcome left to whoever moved it",
-                     reason=actor.interrupted_for)
+            log.info("job.interrupted", reason=actor.interrupted_for,
+                     note="nothing written: the outcome is whoever moved the job's")
             return
         if outcome.to_status is JobStatus.FAILED:
-            log.info("job failed", reason=outcome.reason, error=outcome.error)
+            log.info("job.failed", reason=outcome.reason, error=outcome.error)
         elif outcome.to_status is JobStatus.SCHEDULED:
-            log.info("job given back", reason=outcome.reason)
+            log.info("job.given_back", reason=outcome.reason)
         else:
-            log.debug("job completed")
+            log.debug("job.completed")
         submit(outcome)
 
 

@@ -131,13 +131,13 @@ class OutcomeWriter:
                     # give it a moment rather than ask again at once.
                     await anyio.sleep(self._busy_wait)
             except (OSError, TimeoutError) as exc:
-                log.warning("outcome write failed; retrying", error=str(exc), retry_in=backoff)
+                log.warning("outcome.write_failed", error=str(exc), retry_in=backoff)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             except Exception as exc:
                 # asyncpg's connection errors are not all OSErrors; keep the
                 # outcomes and try again rather than lose them.
-                log.warning("outcome write failed; retrying", error=repr(exc), retry_in=backoff)
+                log.warning("outcome.write_failed", error=repr(exc), retry_in=backoff)
                 await anyio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
 
@@ -216,20 +216,17 @@ class OutcomeWriter:
         """The failure to record, with the retry decision the domain makes for it."""
         job = o.job
         delay = retry_delay(
-            attempt=job.attempt, released=job.released, max_retries=job.max_retries,
+            attempt=job.attempt, releases=job.releases, max_retries=job.max_retries,
             policy=policy_for(job.retry_policy, self._retry_default), rng=self._rng,
         )
         return Failure(job.id, job.attempt, o.error or "failed", o.reason, delay)
 
     def _report(self, report: FlushReport) -> None:
-        for o in report.written:
-            metrics.count_transition(o.job.kind, o.to_status.value)
-            if o.job.id in report.retried:
-                metrics.count_transition(o.job.kind, JobStatus.SCHEDULED.value)
         if report.refused:
             metrics.FENCED_WRITES.inc(len(report.refused))
             for o in report.refused:
                 log.warning(
-                    "outcome refused: the job moved on (cancelled, or reaped and re-claimed)",
-                    job_id=o.job.id, attempt=o.job.attempt, outcome=o.to_status.value,
+                    "outcome.refused", job_id=o.job.id, attempt=o.job.attempt,
+                    outcome=o.to_status.value,
+                    reason="the job moved on (cancelled, or reaped and re-claimed)",
                 )

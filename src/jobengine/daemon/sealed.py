@@ -1,14 +1,18 @@
 """Sealed (air-gapped) mode: the daemon opens no connection but to its database.
 
-Three parts:
+Its parts:
 - an egress guard: a Python audit hook on socket connect/sendto/sendmsg and
   on name resolution that lets through only the database's address (or its
   unix socket), the API's own address and systemd's notify socket, and raises
   `EgressBlocked` for anything else, naming the address. A handler's attempt
-  fails with that message even if the handler swallowed the exception;
-- command handlers run in a fresh, empty network namespace (`unshare --net`)
-  where the platform allows it; where it does not, sealed mode refuses to
-  start with a command handler configured, and says why;
+  fails with that message even if the handler swallowed the exception. The
+  hook sees only Python-level sockets in this process: not libuv's (uvloop),
+  not child processes'. So it names what was tried; the boundary is:
+- handlers run where there is no network: the daemon itself when it is
+  already isolated (`network_is_isolated`), else a fresh, empty network
+  namespace (`netns_wrapper`: commands under it, Python handlers in the
+  sandbox, see `isolation`), without the capabilities that could leave it;
+  where neither is possible, sealed mode refuses to start, and says why;
 - jobs with `requires_network = true` are never scheduled while sealed; they
   stay pending with a `job.held` timeline note (see the scheduler).
 
@@ -210,23 +214,38 @@ def network_is_isolated() -> bool:
     return interfaces <= {"lo"}
 
 
-def netns_wrapper() -> list[str] | None:
-    """The argv prefix that runs a command in a fresh, empty network namespace.
+#: Capabilities (name: number) with which a root process could leave its network
+#: namespace: setns() into another, move interfaces, ptrace a process outside it,
+#: load a module. Isolated handlers never have them.
+ESCAPE_CAPABILITIES = {"sys_admin": 21, "net_admin": 12, "sys_ptrace": 19, "sys_module": 16}
 
-    None when the process already has no network (commands inherit that).
-    Raises `ConfigError` when neither is possible here.
+
+def netns_wrapper(subject: str = "command handlers") -> list[str] | None:
+    """The argv prefix that runs a program in a fresh, empty network namespace.
+
+    None when the process already has no network (its children inherit that).
+    Raises `ConfigError` naming `subject` (what needed isolating) when neither
+    is possible here.
     """
     if network_is_isolated():
         return None
+    advice = ("run the daemon where it has no network but loopback (systemd "
+              "PrivateNetwork=yes, or inside `unshare --net`)")
     unshare = shutil.which("unshare")
     if unshare is None:
         raise ConfigError(
-            "sealed mode cannot isolate command handlers: `unshare` (util-linux) is not "
-            "installed; install it, run under systemd with PrivateNetwork=yes, or use "
-            "Python handlers only"
+            f"sealed mode cannot isolate {subject}: `unshare` (util-linux) is not "
+            f"installed; install it, or {advice}"
         )
+    candidates = [[unshare, "--net", "--"], [unshare, "--net", "--map-root-user", "--"]]
+    setpriv = shutil.which("setpriv")
+    if setpriv is not None:
+        # Root keeps every capability in a plain `unshare --net`, CAP_SYS_ADMIN
+        # included, with which it could setns() back into the host's network.
+        drop = ",".join(f"-{name}" for name in ESCAPE_CAPABILITIES)
+        candidates.insert(0, [*candidates[0][:-1], "--", setpriv, f"--bounding-set={drop}", "--"])
     errors = []
-    for prefix in ([unshare, "--net", "--"], [unshare, "--net", "--map-root-user", "--"]):
+    for prefix in candidates:
         try:
             probe = subprocess.run([*prefix, "true"], capture_output=True, text=True, timeout=10)
         except (OSError, subprocess.TimeoutExpired) as exc:
@@ -236,9 +255,9 @@ def netns_wrapper() -> list[str] | None:
             return prefix
         errors.append(probe.stderr.strip() or f"exit status {probe.returncode}")
     raise ConfigError(
-        "sealed mode cannot isolate command handlers: this system does not allow creating "
+        f"sealed mode cannot isolate {subject}: this system does not allow creating "
         f"a network namespace ({'; '.join(errors)}); run as root, allow unprivileged user "
-        "namespaces, run under systemd with PrivateNetwork=yes, or use Python handlers only"
+        f"namespaces, or {advice}"
     )
 
 

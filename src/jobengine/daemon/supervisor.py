@@ -15,6 +15,7 @@ import random
 import socket
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from datetime import timedelta
 
 import anyio
@@ -23,17 +24,27 @@ from anyio.abc import TaskGroup, TaskStatus
 
 from jobengine import metrics
 from jobengine.daemon.actor import Actor, run_actor
-from jobengine.daemon.config import CommandHandler, DaemonConfig
+from jobengine.daemon.attempts import Attempts
+from jobengine.daemon.config import DaemonConfig
 from jobengine.daemon.handlers import Handler, resolve_handlers
-from jobengine.daemon.listener import Listener
-from jobengine.daemon.maintenance import LeaseKeeper, Reaper, Scheduler
+from jobengine.daemon.isolation import sealed_handlers
+from jobengine.daemon.leases import LeaseKeeper
 from jobengine.daemon.outcomes import FlushReport, OutcomeWriter
-from jobengine.daemon.sealed import netns_wrapper, seal, wrap_command
+from jobengine.daemon.reaper import Reaper
+from jobengine.daemon.scheduler import Scheduler
 from jobengine.daemon.systemd import Notifier
 from jobengine.daemon.testsignals import DaemonSignals
 from jobengine.domain.clock import Clock, SystemClock
 from jobengine.domain.models import Job
-from jobengine.store import TRANSIENT, AttemptKey, JobStore, create_pool
+from jobengine.notifications import (
+    CANCEL_CHANNEL,
+    WAKE_CHANNEL,
+    Listener,
+    Signal,
+    parse_cancel,
+    parse_wake,
+)
+from jobengine.store import TRANSIENT, AttemptKey, JobStore, connection, create_pool
 
 log = structlog.get_logger("jobengine.daemon")
 
@@ -41,6 +52,18 @@ log = structlog.get_logger("jobengine.daemon")
 def new_daemon_id() -> str:
     """host-pid-random: unique per process, readable in history and leases."""
     return f"{socket.gethostname()[:40]}-{os.getpid()}-{random.getrandbits(24):06x}"
+
+
+@dataclass(frozen=True)
+class Services:
+    """What a running daemon is made of (exists only while `run` runs)."""
+
+    store: JobStore
+    writer: OutcomeWriter
+    listener: Listener
+    leases: LeaseKeeper
+    reaper: Reaper
+    scheduler: Scheduler
 
 
 class Daemon:
@@ -69,22 +92,44 @@ class Daemon:
         self.clock: Clock = clock or SystemClock()
         self.notifier = notifier or Notifier({})
         self.signals = signals or DaemonSignals()
-        self._handlers = handlers
+        self._given_handlers = handlers
         self._flush_delay = flush_delay
         self._api_address = api_address
-        #: every attempt this daemon runs, by (job id, attempt): an attempt
-        #: stays here (and counts against concurrency) until its handler ended
-        self.actors: dict[AttemptKey, Actor] = {}
+        #: every attempt this daemon runs: one stays here (and counts against
+        #: concurrency) until its handler ended
+        self.attempts = Attempts(unwritten=self._unwritten)
+        self.handlers: dict[str, Handler] = {}
         self.claimed_total = 0
+        self.ready = False
+        self._services: Services | None = None
         self._maybe_more = True
         self._stopping = False
         self._immediate = False
-        self.ready = False
-        self.store: JobStore
-        self.listener: Listener
-        self.writer: OutcomeWriter
-        self.scheduler: Scheduler
-        self.leases: LeaseKeeper
+        self._kick = Signal()      # the claimer: look again
+        self._changed = Signal()   # an attempt ended (the drain waits on it)
+        self._stop = Signal()
+
+    @property
+    def services(self) -> Services:
+        """The running daemon's parts (`RuntimeError` before `run()` started them)."""
+        if self._services is None:
+            raise RuntimeError("the daemon is not running")
+        return self._services
+
+    @property
+    def writer(self) -> OutcomeWriter:
+        """The outcome writer (while running)."""
+        return self.services.writer
+
+    @property
+    def listener(self) -> Listener:
+        """The LISTEN connection's keeper (while running)."""
+        return self.services.listener
+
+    @property
+    def actors(self) -> Attempts:
+        """The attempts running here, by (job id, attempt)."""
+        return self.attempts
 
     # -- control ------------------------------------------------------------------
 
@@ -93,117 +138,108 @@ class Daemon:
         if self._stopping or immediate:
             self._immediate = True
         self._stopping = True
-        # (before run() the events do not exist yet; run() then stops at once)
-        for name in ("_kick", "_stop", "_changed"):
-            event = getattr(self, name, None)
-            if event is not None:
-                event.set()
+        for signal in (self._kick, self._stop, self._changed):
+            signal.set()
 
     def running(self, job_id: int) -> bool:
         """Whether an attempt of this job is running in this daemon (its handler not ended)."""
-        return any(key[0] == job_id for key in self.actors)
+        return self.attempts.running(job_id)
 
     def status_line(self) -> str:
         """The STATUS= text for systemd."""
-        return f"running {len(self.actors)} jobs, claimed {self.claimed_total} since start"
+        return f"running {len(self.attempts)} jobs, claimed {self.claimed_total} since start"
 
     def readiness(self) -> dict[str, bool]:
         """What /readyz reports for this daemon."""
-        listener = getattr(self, "listener", None)
-        return {"claiming": self.ready and not self._stopping,
-                "listener": bool(listener and listener.connected)}
+        listening = self._services is not None and self._services.listener.connected
+        return {"claiming": self.ready and not self._stopping, "listener": listening}
 
     # -- running --------------------------------------------------------------------
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until `request_stop()`; signals readiness once claiming."""
-        self._kick = anyio.Event()
-        self._stop = anyio.Event()
-        self._changed = anyio.Event()
-        if self._stopping:  # asked to stop before it ran
-            self._stop.set()
         self.handlers = self._prepare_handlers()
         pool = await create_pool(self.dsn, self.id, min_size=2, max_size=8)
         try:
-            self.store = JobStore(pool)
-            await self._run_services(task_status)
+            self._services = self._assemble(JobStore(pool))
+            await self._run_services(self._services, task_status)
         finally:
             with anyio.CancelScope(shield=True):
                 await pool.close()
-            log.info("daemon stopped", daemon_id=self.id)
+            self._services = None
+            log.info("daemon.stopped", daemon_id=self.id)
 
     def _prepare_handlers(self) -> dict[str, Handler]:
-        """Resolve handlers; in sealed mode, isolate commands and install the egress guard."""
-        wrap = None
-        if self.config.sealed and any(
-            isinstance(spec, CommandHandler) for spec in self.config.handlers.values()
-        ):
-            wrap = wrap_command(netns_wrapper())  # ConfigError if this system cannot
-        handlers = self._handlers
-        if handlers is None:
-            handlers = resolve_handlers(self.config.handlers, wrap_command=wrap,
-                                        thread_limit=self.settings.concurrency)
-        if self.config.sealed:
-            seal(self.dsn, api=self._api_address)
-        return handlers
+        """Resolve handlers; sealed, isolate every one (see `daemon.isolation`)."""
+        if self.config.sealed:  # ConfigError if some handler cannot be isolated here
+            return sealed_handlers(self.config, self._given_handlers, self.dsn,
+                                   api=self._api_address, thread_limit=self.settings.concurrency)
+        if self._given_handlers is not None:
+            return self._given_handlers
+        return resolve_handlers(self.config.handlers, thread_limit=self.settings.concurrency)
 
-    async def _run_services(self, task_status: TaskStatus[None]) -> None:
+    def _assemble(self, store: JobStore) -> Services:
         s = self.settings
-        self.writer = OutcomeWriter(self.store, self.id, self.config.retry,
-                                    flush_delay=self._flush_delay, on_flush=self._flushed)
-        self.listener = Listener(self.dsn, self.id, s.queues, on_wake=self._on_wake,
-                                 on_cancel=self._on_cancel)
-        self.scheduler = Scheduler(self.store, s.queues, poll_interval=s.poll_interval,
-                                   on_ready=self._on_ready, sealed=self.config.sealed)
-        self.leases = LeaseKeeper(
-            self.store, self.id, s.lease_ttl, s.renew_interval, s.fence_margin,
-            held=self._held, on_renewed=self._on_renewed, on_lost=self._on_lease_lost,
-            deadlines=self._deadlines, on_fenced=self._on_lease_lost, clock=self.clock,
-            signals=self.signals,
+        leases = LeaseKeeper(store, self.id, self.attempts, lease_ttl=s.lease_ttl,
+                             interval=s.renew_interval, margin=s.fence_margin,
+                             clock=self.clock, signals=self.signals)
+        return Services(
+            store=store,
+            writer=OutcomeWriter(store, self.id, self.config.retry,
+                                 flush_delay=self._flush_delay, on_flush=self._flushed),
+            listener=Listener(lambda: connection(self.dsn, self.id),
+                              {WAKE_CHANNEL: self._on_wake, CANCEL_CHANNEL: self._on_cancel},
+                              name="daemon", on_up=self._on_listening),
+            leases=leases,
+            reaper=Reaper(store, self.config.retry, s.reaper_interval,
+                          on_retry=self._wake_claimer, signals=self.signals),
+            scheduler=Scheduler(store, s.queues, poll_interval=s.poll_interval,
+                                on_ready=self._wake_claimer, sealed=self.config.sealed),
         )
-        reaper = Reaper(self.store, self.config.retry, s.reaper_interval,
-                        on_retry=self._on_ready, signals=self.signals)
+
+    async def _run_services(self, sv: Services, task_status: TaskStatus[None]) -> None:
+        s = self.settings
         async with anyio.create_task_group() as services:
-            await services.start(self.writer.run)
-            await services.start(self.listener.run)
-            await services.start(self.leases.run)
-            await services.start(reaper.run)
-            await services.start(self.scheduler.run)
+            await services.start(sv.writer.run)
+            await services.start(sv.listener.run)
+            await services.start(sv.leases.run)
+            await services.start(sv.reaper.run)
+            await services.start(sv.scheduler.run)
             await services.start(self.notifier.watchdog, self.status_line)
             async with anyio.create_task_group() as actors:
-                await services.start(self._claim_loop, actors)
+                await services.start(self._claim_loop, sv, actors)
                 self.ready = True
                 self.notifier.notify("READY=1", f"STATUS={self.status_line()}")
-                log.info("daemon ready", daemon_id=self.id, queues=s.queues,
+                log.info("daemon.ready", daemon_id=self.id, queues=s.queues,
                          kinds=sorted(self.handlers), concurrency=s.concurrency,
                          sealed=self.config.sealed)
                 task_status.started()
-                await self._stop.wait()
+                while not self._stopping:
+                    await self._stop.wait()
                 self.notifier.notify("STOPPING=1")
-                log.info("daemon stopping", running=len(self.actors))
+                log.info("daemon.stopping", running=len(self.attempts))
                 await self._drain()
             # Every actor has handed in its outcome; write them all before leaving.
             with anyio.move_on_after(max(s.shutdown_grace, 5.0)) as flush:
-                await self.writer.wait_idle()
+                await sv.writer.wait_idle()
             if flush.cancelled_caught:
-                log.warning("could not write every outcome before exit; leases will expire",
-                            unwritten=sorted(self.writer.unwritten))
+                log.warning("daemon.outcomes_unwritten", unwritten=sorted(sv.writer.unwritten),
+                            note="their leases will expire and the reaper retries them")
             services.cancel_scope.cancel()
 
     async def _drain(self) -> None:
         """Let running jobs finish within the grace period, then give the rest back."""
-        if not self._immediate and self.actors:
+        if not self._immediate and len(self.attempts):
             with anyio.move_on_after(self.settings.shutdown_grace):
-                while self.actors and not self._immediate:
+                while len(self.attempts) and not self._immediate:
                     await self._changed.wait()
-                    self._changed = anyio.Event()
-        for actor in list(self.actors.values()):
-            actor.interrupt("shutdown")
+        self.attempts.interrupt_all("shutdown")
 
     # -- claiming ---------------------------------------------------------------------
 
     async def _claim_loop(
-        self, actors: TaskGroup, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED
+        self, sv: Services, actors: TaskGroup, *,
+        task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
     ) -> None:
         s = self.settings
         kinds = sorted(self.handlers)
@@ -214,15 +250,14 @@ class Daemon:
         # When to look again without being told: the next due time or the poll.
         deadline = clock.monotonic() + s.poll_interval
         while not self._stopping:
-            free = s.concurrency - len(self.actors)
+            free = s.concurrency - len(self.attempts)
             if free > 0 and self._maybe_more:
                 self._maybe_more = False
                 sent_at = clock.monotonic()
                 try:
-                    jobs = await self.store.claim(
-                        owner=self.id, queues=s.queues, kinds=kinds, limit=free,
-                        lease_ttl=ttl, sealed=self.config.sealed,
-                    )
+                    jobs = await sv.store.claim(owner=self.id, queues=s.queues, kinds=kinds,
+                                                limit=free, lease_ttl=ttl,
+                                                sealed=self.config.sealed)
                     backoff = 0.05
                 except TRANSIENT as exc:
                     log.warning("claim.failed", error=repr(exc), retry_in=backoff)
@@ -231,25 +266,22 @@ class Daemon:
                     backoff = min(backoff * 2, s.poll_interval)
                     continue
                 metrics.CLAIM_BATCH.observe(len(jobs))
-                self._start(actors, jobs, self.leases.deadline_after(sent_at))
+                self._start(actors, jobs, sv.leases.deadline_after(sent_at))
                 if len(jobs) == free:
                     self._maybe_more = True  # there may be more waiting
                     continue
                 # Drained: sleep until the next job comes due (exactly), a
                 # notification, a free slot, or the polling interval.
-                deadline = clock.monotonic() + await self._until_next_due(s.poll_interval)
-            with anyio.move_on_after(max(deadline - clock.monotonic(), 0.0)) as waited:
-                await self._kick.wait()
-            self._kick = anyio.Event()
-            if waited.cancelled_caught:
+                deadline = clock.monotonic() + await self._until_next_due(sv, s.poll_interval)
+            if not await self._kick.wait(max(deadline - clock.monotonic(), 0.0)):
                 self._maybe_more = True  # something came due, or the polling fallback
-                self.scheduler.wake()
+                sv.scheduler.wake()
                 deadline = clock.monotonic() + s.poll_interval
 
-    async def _until_next_due(self, ceiling: float) -> float:
+    async def _until_next_due(self, sv: Services, ceiling: float) -> float:
         """Seconds until the next waiting job of our queues is due (at most `ceiling`)."""
         try:
-            due_in = await self.store.next_due_in(self.settings.queues)
+            due_in = await sv.store.next_due_in(self.settings.queues)
         except TRANSIENT:
             return ceiling
         if due_in is None:
@@ -261,26 +293,19 @@ class Daemon:
         claimed: list[AttemptKey] = []
         for job in jobs:
             actor = Actor(job, lease_deadline=lease_deadline)
-            # An older attempt of the same job still running here lost its
-            # lease when the job moved on: stop it (it writes nothing), and
-            # start the new attempt's handler only once the old one ended.
-            older = [a for a in self.actors.values()
-                     if a.job.id == job.id and a.job.attempt < job.attempt]
-            for other in older:
-                log.warning("job.superseded", job_id=job.id, attempt=other.job.attempt,
-                            newer_attempt=job.attempt)
-                other.interrupt("superseded")
+            # An older attempt of the same job still running here is stopped
+            # first; this one's handler starts once that one ended.
+            older = self.attempts.add(actor)
             if self._stopping:
                 actor.interrupt("shutdown")  # claimed as the stop came in: give it back
-            self.actors[actor.key] = actor
             claimed.append(actor.key)
             self.claimed_total += 1
             if job.run_at is not None:
                 metrics.PICKUP_LATENCY.observe(max(0.0, now - job.run_at.timestamp()))
             actors.start_soon(self._actor_task, actor, older,
                               name=f"job-{job.id}-{job.attempt}")
-        metrics.RUNNING.set(len(self.actors))
         if claimed:
+            log.debug("job.claimed", attempts=claimed)
             self.signals.claimed.signal(claimed)
 
     async def _actor_task(self, actor: Actor, older: list[Actor]) -> None:
@@ -290,62 +315,46 @@ class Daemon:
             await run_actor(actor, self.handlers[actor.job.kind], self.writer.submit)
         finally:
             actor.ended.set()
-            if self.actors.get(actor.key) is actor:
-                del self.actors[actor.key]
-            metrics.RUNNING.set(len(self.actors))
+            self.attempts.remove(actor)
             self._kick.set()
             self._changed.set()
 
     # -- events from the services ---------------------------------------------------------
 
-    def _on_wake(self, what: str) -> None:
-        if what in ("new", "ready"):
-            self._maybe_more = True
-            self._kick.set()
-        if what in ("new", "done"):
-            self.scheduler.wake(new_jobs=what == "new")
-
-    def _on_ready(self) -> None:
+    def _wake_claimer(self) -> None:
         self._maybe_more = True
         self._kick.set()
 
-    def _on_cancel(self, job_ids: list[int]) -> None:
-        wanted = set(job_ids)
-        for actor in list(self.actors.values()):
-            if actor.job.id in wanted:
-                log.info("job.interrupted", job_id=actor.job.id, attempt=actor.job.attempt,
-                         reason="cancelled")
-                actor.interrupt("cancelled")
+    def _on_wake(self, payload: str) -> None:
+        wake = parse_wake(payload)
+        if wake is None or wake.queue not in self.settings.queues:
+            return
+        if wake.what in ("new", "ready"):
+            self._wake_claimer()
+        if wake.what in ("new", "done") and self._services is not None:
+            self._services.scheduler.wake(new_jobs=wake.what == "new")
 
-    def _on_lease_lost(self, keys: list[AttemptKey]) -> None:
-        for key in keys:
-            actor = self.actors.get(key)
-            if actor is not None:
-                # Cancelled jobs also stop renewing: say which it was.
-                actor.interrupt("lease_lost")
+    def _on_cancel(self, payload: str) -> None:
+        self.attempts.interrupt_jobs(parse_cancel(payload), "cancelled")
 
-    def _on_renewed(self, keys: list[AttemptKey], deadline: float) -> None:
-        for key in keys:
-            actor = self.actors.get(key)
-            if actor is not None and deadline > actor.lease_deadline:
-                actor.lease_deadline = deadline
+    def _on_listening(self, first: bool) -> None:
+        if first:
+            return
+        # Whatever was sent while the listener was away is lost: look for it.
+        metrics.LISTENER_RECONNECTS.inc()
+        self._wake_claimer()
+        if self._services is not None:
+            self._services.scheduler.wake(new_jobs=True)
 
-    def _deadlines(self) -> dict[AttemptKey, float]:
-        """The local lease deadlines of attempts whose handlers still run."""
-        return {k: a.lease_deadline for k, a in self.actors.items() if a.interrupted_for is None}
-
-    def _held(self) -> list[AttemptKey]:
-        """Every attempt whose lease matters: running here, or its outcome not yet written."""
-        held = set(self.actors)
-        held.update(self.writer.unwritten.items())
-        return sorted(held)
+    def _unwritten(self) -> list[AttemptKey]:
+        return list(self._services.writer.unwritten.items()) if self._services else []
 
     def _flushed(self, report: FlushReport) -> None:
         # A retry due now can be claimed at once (its 'ready' notification
         # would say the same, a round trip later); later ones are found by the
         # claimer's next-due timer.
         if report.retried and min(report.retried.values()) <= self.clock.now():
-            self._on_ready()
+            self._wake_claimer()
         self.signals.flushed.signal(report)
 
 

@@ -15,7 +15,6 @@ from jobengine.domain.errors import (
     JobBusy,
     JobEngineError,
     JobNotFound,
-    LeaseLost,
 )
 from jobengine.domain.models import (
     SCHEMA_VERSION,
@@ -65,7 +64,6 @@ __all__ = [
     "JobNotFound",
     "JobSpec",
     "JobStatus",
-    "LeaseLost",
     "ManualClock",
     "RetryPolicy",
     "RetryStrategy",

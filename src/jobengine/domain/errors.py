@@ -43,15 +43,6 @@ class DuplicateJob(JobEngineError):
         super().__init__(f"a job with idempotency_key {key!r} already exists")
 
 
-class LeaseLost(JobEngineError):
-    """Raised when a worker's fenced write finds the job no longer held by it."""
-
-    def __init__(self, job_id: int, attempt: int) -> None:
-        self.job_id = job_id
-        self.attempt = attempt
-        super().__init__(f"job {job_id} attempt {attempt}: lease lost, outcome not written")
-
-
 class JobBusy(JobEngineError):
     """Raised when a job's row stayed locked by another transaction past the wait allowed."""
 

@@ -45,7 +45,9 @@ class Job(msgspec.Struct, kw_only=True):
     run_at: datetime | None = None
     depends_on: list[int] = msgspec.field(default_factory=list)
     attempt: int = 0
-    released: int = 0
+    #: how many attempts were given back at shutdown (column `released`): counted
+    #: in `attempt`, not against `max_retries`
+    releases: int = 0
     max_retries: int = 3
     retry_policy: dict[str, Any] | None = None
     timeout: timedelta | None = None
@@ -68,7 +70,7 @@ class Job(msgspec.Struct, kw_only=True):
     @property
     def attempts_counted(self) -> int:
         """Attempts that count against `max_retries` (shutdown give-backs do not)."""
-        return self.attempt - self.released
+        return self.attempt - self.releases
 
 
 class HistoryEntry(msgspec.Struct, kw_only=True):

@@ -122,7 +122,7 @@ def policy_for(raw: Any, default: RetryPolicy) -> RetryPolicy:
 def retry_delay(
     *,
     attempt: int,
-    released: int,
+    releases: int,
     max_retries: int,
     policy: RetryPolicy,
     backoff: bool = True,
@@ -131,11 +131,11 @@ def retry_delay(
     """The retry decision for a failed attempt: seconds until the next one, or None.
 
     None means no attempt remains: the job is failed for good. `attempt`
-    counts entries into running, `released` the give-backs among them (not
+    counts entries into running, `releases` the give-backs among them (not
     counted against `max_retries`). Without `backoff` (a rescued job whose
     worker died: the job itself did not fail) the next attempt is due at once.
     """
-    counted = attempt - released
+    counted = attempt - releases
     if not retries_remain(counted, max_retries):
         return None
     return policy.delay(counted, rng) if backoff else 0.0

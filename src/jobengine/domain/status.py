@@ -24,30 +24,27 @@ class JobStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
-_P, _S, _R = JobStatus.PENDING, JobStatus.SCHEDULED, JobStatus.RUNNING
-_C, _F, _X = JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED
-
 #: (from, to) -> timeline event type. `None` as `from` is the insert.
 TRANSITIONS: Final[MappingProxyType[tuple[JobStatus | None, JobStatus], str]] = MappingProxyType(
     {
-        (None, _P): "job.created",
-        (_P, _S): "job.scheduled",
-        (_P, _X): "job.cancelled",
-        (_S, _R): "job.started",
-        (_S, _X): "job.cancelled",
-        (_R, _C): "job.completed",
-        (_R, _F): "job.failed",
-        (_R, _X): "job.cancelled",
-        (_R, _S): "job.released",
-        (_F, _S): "job.retry_scheduled",
+        (None, JobStatus.PENDING): "job.created",
+        (JobStatus.PENDING, JobStatus.SCHEDULED): "job.scheduled",
+        (JobStatus.PENDING, JobStatus.CANCELLED): "job.cancelled",
+        (JobStatus.SCHEDULED, JobStatus.RUNNING): "job.started",
+        (JobStatus.SCHEDULED, JobStatus.CANCELLED): "job.cancelled",
+        (JobStatus.RUNNING, JobStatus.COMPLETED): "job.completed",
+        (JobStatus.RUNNING, JobStatus.FAILED): "job.failed",
+        (JobStatus.RUNNING, JobStatus.CANCELLED): "job.cancelled",
+        (JobStatus.RUNNING, JobStatus.SCHEDULED): "job.released",
+        (JobStatus.FAILED, JobStatus.SCHEDULED): "job.retry_scheduled",
     }
 )
 
 #: States no transition leaves, whatever the retry budget.
-FINAL: Final = frozenset({_C, _X})
+FINAL: Final = frozenset({JobStatus.COMPLETED, JobStatus.CANCELLED})
 
 #: States in which a job is done unless something (a retry) moves it again.
-SETTLED: Final = frozenset({_C, _F, _X})
+SETTLED: Final = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
 
 
 def is_allowed(src: JobStatus | None, dst: JobStatus) -> bool:

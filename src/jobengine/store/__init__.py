@@ -15,7 +15,7 @@ from jobengine.store.lifecycle import (
     Written,
 )
 from jobengine.store.migrate import AppliedMigration, current_version, migrate
-from jobengine.store.pool import connect, create_pool, setup_connection
+from jobengine.store.pool import connect, connection, create_pool, setup_connection
 
 __all__ = [
     "TRANSIENT",
@@ -30,6 +30,7 @@ __all__ = [
     "RetryResult",
     "Written",
     "connect",
+    "connection",
     "create_pool",
     "current_version",
     "migrate",

@@ -18,6 +18,7 @@ import asyncpg
 from jobengine.domain.errors import IllegalTransition, JobNotFound
 from jobengine.domain.models import HistoryEntry, Job, JobSpec, TimelineEvent
 from jobengine.domain.status import JobStatus
+from jobengine.metrics import count_status_change
 from jobengine.store.executor import Executor, connection_of, fetch_on
 from jobengine.store.lifecycle import Lifecycle
 from jobengine.store.records import history_from_row, job_from_row, timeline_from_row
@@ -77,7 +78,9 @@ class JobStore(Lifecycle):
             spec.requires_network, spec.idempotency_key,
         )
         if rows:
-            return job_from_row(rows[0]), True
+            job = job_from_row(rows[0])
+            count_status_change(job.kind, "pending")
+            return job, True
         existing = await self._fetch("job_get_by_idempotency_key", spec.idempotency_key)
         if not existing:  # the first job's transaction rolled back meanwhile: try again
             return await self.insert(spec)
@@ -153,6 +156,7 @@ class JobStore(Lifecycle):
             raise JobNotFound(job_id)
         if row["from_status"] is None:
             raise IllegalTransition(JobStatus(row["status"]), JobStatus.CANCELLED, job_id)
+        count_status_change(row["kind"], "cancelled")
         return await self.get(job_id)
 
     async def retry(self, job_id: int, *, reason: str = "operator_retry") -> RetryResult:
@@ -162,6 +166,7 @@ class JobStore(Lifecycle):
         if not rows[0]["retried"]:
             # failed -> scheduled is the only way back an operator may take
             raise IllegalTransition(job.status, JobStatus.SCHEDULED, job_id)
+        count_status_change(job.kind, "scheduled")
         return RetryResult(job, list(rows[0]["stays_cancelled"]))
 
     async def timeline_note(self, job_ids: Sequence[int], event_type: str, reason: str) -> int:

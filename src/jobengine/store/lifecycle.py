@@ -10,6 +10,8 @@ database answers per attempt:
 - `Written.MOVED`: the job is no longer this owner's attempt (cancelled,
   reaped, re-claimed): the outcome must be dropped, never forced.
 
+Every status change is counted here, where it is written
+(`jobengine_transitions_total`), from what the database says it did.
 Decisions are made in `jobengine.domain` (whether and when a failed attempt
 is retried: `retry_delay`) and written by the database in the same call as the
 failure. Times come from the database's clock.
@@ -28,6 +30,7 @@ import msgspec
 
 from jobengine.domain.models import Job
 from jobengine.domain.retry import RetryPolicy, policy_for, retry_delay
+from jobengine.metrics import count_status_change
 from jobengine.store.executor import Executor, connection_of, fetch_on
 from jobengine.store.records import job_from_row
 
@@ -105,7 +108,12 @@ class Lifecycle:
             return []
         rows = await fetch_on(self._db, "lifecycle_claim", owner, list(queues), list(kinds),
                               limit, lease_ttl, sealed)
-        return [job_from_row(r) for r in rows]
+        jobs = [job_from_row(r) for r in rows]
+        for job in jobs:
+            if job.scheduled_at == job.started_at:  # claimed straight from pending: two steps
+                count_status_change(job.kind, "scheduled")
+            count_status_change(job.kind, "running")
+        return jobs
 
     async def finish(
         self, owner: str, completions: Sequence[Completion]
@@ -120,7 +128,7 @@ class Lifecycle:
             # would be read as another array dimension.
             [None if c.result is None else _encode(c.result).decode() for c in completions],
         )
-        return _written(rows)
+        return _written(rows, "completed")
 
     async def fail(self, owner: str, failures: Sequence[Failure]) -> dict[AttemptKey, FailResult]:
         """`running -> failed`, and `-> scheduled` where a retry delay is given, in one call."""
@@ -132,6 +140,11 @@ class Lifecycle:
             [f.reason for f in failures], [f.error for f in failures],
             [f.retry_delay for f in failures],
         )
+        for r in rows:
+            if r["outcome"] == Written.DONE:
+                count_status_change(r["kind"], "failed")
+                if r["retry_at"] is not None:
+                    count_status_change(r["kind"], "scheduled")
         return {(r["id"], r["attempt"]): FailResult(Written(r["outcome"]), r["retry_at"])
                 for r in rows}
 
@@ -143,7 +156,7 @@ class Lifecycle:
             return {}
         rows = await fetch_on(self._db, "lifecycle_release", owner,
                               [a[0] for a in attempts], [a[1] for a in attempts])
-        return _written(rows)
+        return _written(rows, "scheduled")
 
     async def renew(
         self, owner: str, held: Iterable[AttemptKey], lease_ttl: timedelta
@@ -154,7 +167,7 @@ class Lifecycle:
             return {}
         rows = await fetch_on(self._db, "lifecycle_renew", owner,
                               [a[0] for a in attempts], [a[1] for a in attempts], lease_ttl)
-        return _written(rows)
+        return {(r["id"], r["attempt"]): Written(r["outcome"]) for r in rows}  # (not a transition)
 
     async def reap(
         self, default_policy: RetryPolicy, *, limit: int = 1000, rng: random.Random | None = None
@@ -176,7 +189,9 @@ class Lifecycle:
         for r in done:
             if r["outcome"] != Written.DONE:
                 continue
+            count_status_change(r["kind"], "failed")
             if r["retry_at"] is not None:
+                count_status_change(r["kind"], "scheduled")
                 outcome.retried[r["id"]] = r["retry_at"]
             else:
                 outcome.terminal.append(r["id"])
@@ -196,14 +211,19 @@ class Lifecycle:
                 return {}
             delays = [_decide(r, default_policy, rng) for r in rows]
             done = await fetch_on(conn, "lifecycle_retry", [r["id"] for r in rows], delays, "retry")
-        return {r["id"]: r["run_at"] for r in done if r["retried"]}
+        retried = [r for r in done if r["retried"]]
+        for r in retried:
+            count_status_change(r["kind"], "scheduled")
+        return {r["id"]: r["run_at"] for r in retried}
 
     async def promote(
         self, queues: Sequence[str], *, sealed: bool = False, limit: int = 1000
     ) -> list[int]:
         """`pending -> scheduled` for due jobs whose dependencies all completed."""
         rows = await fetch_on(self._db, "lifecycle_promote", list(queues), limit, sealed)
-        return [r[0] for r in rows]
+        for r in rows:
+            count_status_change(r["kind"], "scheduled")
+        return [r["id"] for r in rows]
 
     async def cascade(self, *, limit: int = 1000) -> list[int]:
         """Cancel pending jobs whose dependency failed for good or was cancelled, down the DAG."""
@@ -212,17 +232,25 @@ class Lifecycle:
             rows = await fetch_on(self._db, "lifecycle_cascade", limit)
             if not rows:
                 return cancelled
-            cancelled.extend(r[0] for r in rows)
+            for r in rows:
+                count_status_change(r["kind"], "cancelled")
+            cancelled.extend(r["id"] for r in rows)
 
 
 def _decide(
     row: Any, default: RetryPolicy, rng: random.Random | None, *, backoff: bool = True
 ) -> float | None:
     return retry_delay(
-        attempt=row["attempt"], released=row["released"], max_retries=row["max_retries"],
+        attempt=row["attempt"], releases=row["released"], max_retries=row["max_retries"],
         policy=policy_for(row["retry_policy"], default), backoff=backoff, rng=rng,
     )
 
 
-def _written(rows: Sequence[Any]) -> dict[AttemptKey, Written]:
-    return {(r["id"], r["attempt"]): Written(r["outcome"]) for r in rows}
+def _written(rows: Sequence[Any], to_status: str) -> dict[AttemptKey, Written]:
+    """Each attempt's answer; the changes made are counted (jobengine_transitions_total)."""
+    written = {}
+    for r in rows:
+        outcome = written[(r["id"], r["attempt"])] = Written(r["outcome"])
+        if outcome is Written.DONE:
+            count_status_change(r["kind"], to_status)
+    return written

@@ -7,6 +7,8 @@ connection that does not (psql, an app's driver) is recorded as `sql`.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
 import asyncpg
@@ -65,6 +67,22 @@ async def connect(dsn: str, actor: str, *, connect_timeout: float = 10.0) -> asy
     )
     await setup_connection(conn)
     return conn
+
+
+@asynccontextmanager
+async def connection(
+    dsn: str, actor: str, *, connect_timeout: float = 10.0
+) -> AsyncIterator[asyncpg.Connection]:
+    """One connection for the duration of the block (closed, or dropped if it will not close)."""
+    conn = await connect(dsn, actor, connect_timeout=connect_timeout)
+    try:
+        yield conn
+    finally:
+        try:
+            await conn.close(timeout=2)
+        except BaseException:
+            conn.terminate()
+            raise
 
 
 async def create_pool(

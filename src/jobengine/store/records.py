@@ -46,6 +46,7 @@ _NOT_PENDING = re.compile(r"job (\d+) must be inserted as pending, not (\w+)")
 def job_from_row(row: Mapping[str, Any]) -> Job:
     """A `Job` from a `jobengine.jobs` row (columns it does not know are ignored)."""
     values = {k: v for k, v in row.items() if k in _JOB_FIELDS}
+    values["releases"] = row.get("released", 0)  # the column's name; a count, not a flag
     values["status"] = JobStatus(values["status"])
     values["depends_on"] = list(values.get("depends_on") or ())
     return Job(**values)

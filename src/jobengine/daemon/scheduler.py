@@ -1,0 +1,103 @@
+"""The DAG scheduler: jobs whose dependencies completed become `scheduled`; failures cascade.
+
+`pending -> scheduled` once every dependency completed (and `run_at` came),
+and `pending -> cancelled` (`dependency_failed`) for dependents of jobs that
+failed for good or were cancelled, down the whole DAG; in sealed mode, a
+`job.held` note on jobs that need the network. (Jobs without dependencies
+are promoted by the claim itself.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import anyio
+import structlog
+from anyio.abc import TaskStatus
+
+from jobengine.notifications import Signal
+from jobengine.store import TRANSIENT, JobStore
+
+log = structlog.get_logger("jobengine.scheduler")
+
+HELD_REASON = "held by sealed mode: requires_network jobs wait until a daemon runs unsealed"
+
+
+@dataclass
+class SchedulePass:
+    """One scheduler pass."""
+
+    promoted: int = 0
+    cancelled: int = 0
+    held: int = 0
+
+
+class Scheduler:
+    """Runs a pass when woken (coalesced: at most one per `min_gap`) and every `poll_interval`.
+
+    It is woken by notifications (jobs inserted, jobs finished), when the
+    claimer sees a job come due, and by the polling fallback.
+    """
+
+    def __init__(
+        self,
+        store: JobStore,
+        queues: Sequence[str],
+        *,
+        poll_interval: float,
+        on_ready: Callable[[], None],
+        sealed: bool = False,
+        min_gap: float = 0.01,
+    ) -> None:
+        self._store = store
+        self._queues = list(queues)
+        self._poll = poll_interval
+        self._on_ready = on_ready
+        self._sealed = sealed
+        self._min_gap = min_gap
+        self._kick = Signal()
+        # False once a pass saw no job waiting on dependencies: finished jobs
+        # then free nothing, until new jobs arrive (or the polling pass).
+        self._maybe_waiting = True
+
+    def wake(self, *, new_jobs: bool = True) -> None:
+        """Ask for a pass soon: jobs were inserted (`new_jobs`) or finished."""
+        if new_jobs:
+            self._maybe_waiting = True
+        if self._maybe_waiting:
+            self._kick.set()
+
+    async def run_once(self) -> SchedulePass:
+        """Cascade failures down the DAG, promote what is ready, hold what needs the network."""
+        cancelled: list[int] = []
+        promoted: list[int] = []
+        # One cheap look first: without waiting jobs there is nothing to
+        # cascade or promote, and no statement (with its audit trigger) to run.
+        self._maybe_waiting = await self._store.any_waiting()
+        if self._maybe_waiting:
+            cancelled = await self._store.cascade()
+            promoted = await self._store.promote(self._queues, sealed=self._sealed)
+        if cancelled:
+            log.info("job.dependency_failed", job_ids=cancelled)
+        if promoted:
+            self._on_ready()
+        held: list[int] = []
+        if self._sealed:
+            held = await self._store.hold_for_network(self._queues, HELD_REASON)
+            if held:
+                log.info("job.held", job_ids=held, reason=HELD_REASON)
+        return SchedulePass(len(promoted), len(cancelled), len(held))
+
+    async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
+        """Pass, sleep until woken (or the polling interval), repeat, until cancelled."""
+        task_status.started()
+        while True:
+            try:
+                await self.run_once()
+            except TRANSIENT as exc:
+                log.warning("scheduler.pass_failed", error=repr(exc))
+            if await self._kick.wait(self._poll):
+                await anyio.sleep(self._min_gap)  # let a burst of notifications coalesce
+            else:
+                self._maybe_waiting = True  # the polling pass looks for itself
