@@ -68,7 +68,9 @@ async def build(server_dsn: str) -> str:
             await migrate(conn)
         finally:
             await conn.close()
-        schema = _dump(dsn, "--schema-only", "--schema=jobengine")
+        # The ledger's daily partitions depend on the day: a daemon makes them.
+        schema = _dump(dsn, "--schema-only", "--schema=jobengine",
+                       "--exclude-table=jobengine.ledger_2*")
         settings = _dump(dsn, "--data-only", "--inserts", "--table=jobengine.settings")
     finally:
         await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
@@ -79,6 +81,10 @@ async def build(server_dsn: str) -> str:
         normalise(schema),
         "-- ===== data: the owner's settings =====\n",
         normalise(settings),
+        "-- ===== data: where the ledger's chaining and relaying begin =====\n",
+        "INSERT INTO jobengine.ledger_epoch (chained_from) VALUES (1);\n"
+        "INSERT INTO jobengine.relay_cursor (tx_id, id) "
+        "VALUES (pg_current_xact_id(), 9223372036854775807);\n",
         "-- ===== bookkeeping: the migrations this schema equals, so `jobengine migrate` "
         "finds nothing to do =====\n",
         "INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES\n"

@@ -11,8 +11,10 @@
 -- jobengine_app: insert jobs, read everything, cancel with
 --   UPDATE jobengine.jobs SET status = 'cancelled' (status and status_reason
 --   are the only columns it may change; any other transition is refused).
--- Neither may write job_history or timeline_events: only the database's own
--- triggers do (they run as the schema owner), and neither may delete jobs.
+-- Neither may write the ledger (job_history and timeline_events are views
+-- over jobengine.ledger): only the database's own triggers do (they run as
+-- the schema owner), and neither may delete jobs: retention (purge_jobs_v1,
+-- ledger_drop_v1, granted to daemons) is the only way rows leave.
 
 DO $$
 BEGIN
@@ -52,7 +54,15 @@ GRANT EXECUTE ON FUNCTION
     jobengine.promote_v1(text[], integer, boolean),
     jobengine.cascade_v1(integer),
     jobengine.cancel_v1(bigint[], text),
-    jobengine.add_timeline_note(bigint[], text, text)
+    jobengine.add_timeline_note(bigint[], text, text),
+    jobengine.ledger_prepare_v1(integer, date),
+    jobengine.relay_v1(integer),
+    jobengine.purge_jobs_v1(timestamptz, integer, boolean),
+    jobengine.ledger_drop_v1(timestamptz, boolean),
+    jobengine.retention_record_v1(boolean, interval, interval, bigint, timestamptz, timestamptz,
+                                  timestamptz, bigint, jsonb, timestamptz, integer, interval),
+    jobengine.ledger_analyze_v1(),
+    jobengine.verify_ledger_v1(bigint, bigint)
     TO jobengine_daemon;
 
 -- Apps cancel: a plain UPDATE of status (and their own status_reason), or cancel_v1.
@@ -60,7 +70,10 @@ GRANT UPDATE (status, status_reason) ON jobengine.jobs TO jobengine_app;
 GRANT EXECUTE ON FUNCTION jobengine.cancel_v1(bigint[], text) TO jobengine_app;
 
 -- What the roles must never have, in case someone granted it by hand.
-REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON jobengine.job_history, jobengine.timeline_events
+REVOKE INSERT, UPDATE, DELETE ON jobengine.job_history, jobengine.timeline_events
+    FROM jobengine_daemon, jobengine_app;
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON jobengine.ledger, jobengine.retention_log,
+    jobengine.relay_cursor, jobengine.ledger_epoch
     FROM jobengine_daemon, jobengine_app;
 REVOKE DELETE, TRUNCATE ON jobengine.jobs FROM jobengine_daemon, jobengine_app;
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON jobengine.schema_migrations, jobengine.settings

@@ -48,6 +48,8 @@ CREATE FUNCTION jobengine.add_timeline_note(p_job_ids bigint[], p_event_type tex
     AS $_$
 DECLARE
     n integer;
+    n_sent bigint;
+    v_relayed boolean := jobengine.notify_relayed();
     v_actor text := coalesce(nullif(current_setting('jobengine.actor', true), ''), 'sql');
 BEGIN
     IF p_event_type !~ '^job\.[a-z_]+$' OR EXISTS (
@@ -57,19 +59,36 @@ BEGIN
         RAISE EXCEPTION 'jobengine: % is not a valid note type: use job.<word>, not a transition''s type', p_event_type
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    WITH c AS (
-        SELECT j.id, j.status, j.attempt, j.kind, j.queue, gen_random_uuid() AS event_id,
-               statement_timestamp() AS occurred_at
+    PERFORM set_config('jobengine.noting', pg_current_xact_id()::text, true);
+    WITH c AS MATERIALIZED (
+        SELECT j.id, j.status, j.attempt, j.kind, j.queue, statement_timestamp() AS occurred_at,
+               j.ledger_head AS prev, j.updated_at AS prev_at
         FROM jobengine.jobs j WHERE j.id = ANY (p_job_ids)
+        ORDER BY j.id
+        FOR NO KEY UPDATE
+    ), h AS MATERIALIZED (
+        SELECT c.*, jobengine.ledger_hash(c.prev, c.id, p_event_type, c.status, c.status, c.attempt,
+                                          c.occurred_at, p_reason, v_actor, session_user::text, c.kind, c.queue,
+                                          c.prev_at) AS hash
+        FROM c
+    ), u AS (
+        UPDATE jobengine.jobs j SET ledger_head = h.hash, updated_at = h.occurred_at
+        FROM h WHERE j.id = h.id
     ), e AS (
-        INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
-        SELECT c.event_id, c.id, p_event_type, c.occurred_at,
-               jobengine.envelope(c.event_id, p_event_type, c.occurred_at, c.id, c.kind,
-                                  c.queue, c.status, c.status, c.attempt, v_actor, p_reason)
-        FROM c ORDER BY c.id
-        RETURNING envelope
+        INSERT INTO jobengine.ledger (job_id, occurred_at, prev_at, attempt, from_status, to_status, note,
+                                      event_type, kind, queue, reason, actor, role, hash, prev_hash)
+        SELECT h.id, h.occurred_at, h.prev_at, h.attempt, h.status, h.status, true, p_event_type, h.kind,
+               h.queue, p_reason, v_actor, session_user::text, h.hash, h.prev
+        FROM h ORDER BY h.id
+        RETURNING id, job_id, occurred_at, kind, queue, to_status, attempt
     )
-    SELECT count(pg_notify('jobengine_events', e.envelope::text)) INTO n FROM e;
+    SELECT (SELECT count(*) FROM e),
+           (SELECT count(pg_notify('jobengine_events',
+                jobengine.envelope(jobengine.ledger_event_id(e.id, NULL), p_event_type, e.occurred_at, e.job_id,
+                                   e.kind, e.queue, e.to_status, e.to_status, e.attempt, v_actor,
+                                   p_reason)::text)) FROM e WHERE NOT v_relayed)
+    INTO n, n_sent;
+    PERFORM set_config('jobengine.noting', '', true);
     RETURN n;
 END
 $_$;
@@ -238,12 +257,19 @@ CREATE TABLE jobengine.jobs (
     updated_at timestamp with time zone DEFAULT now() NOT NULL,
     status_actor text DEFAULT jobengine.current_actor() NOT NULL,
     status_role text DEFAULT CURRENT_USER NOT NULL,
+    ledger_head bytea DEFAULT '\x'::bytea NOT NULL,
     CONSTRAINT jobs_max_retries_must_not_be_negative CHECK ((max_retries >= 0)),
     CONSTRAINT jobs_payload_must_be_a_json_object CHECK ((jsonb_typeof(payload) = 'object'::text)),
     CONSTRAINT jobs_retry_policy_must_be_an_object_or_null CHECK (((retry_policy IS NULL) OR (jsonb_typeof(retry_policy) = 'object'::text))),
     CONSTRAINT jobs_status_reason_at_most_200_chars CHECK ((length(status_reason) <= 200)),
     CONSTRAINT jobs_timeout_must_be_positive CHECK (((timeout IS NULL) OR (timeout > '00:00:00'::interval)))
 );
+
+--
+-- Name: COLUMN jobs.ledger_head; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON COLUMN jobengine.jobs.ledger_head IS 'The hash of the newest ledger row of this job (empty: its rows so far were written before 0004).';
 
 --
 -- Name: claim_jobs(text, text[], text[], integer, interval, timestamp with time zone, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -307,6 +333,26 @@ BEGIN
     RETURNING j.*;
 END
 $$;
+
+--
+-- Name: ledger_hash(bytea, bigint, text, jobengine.job_status, jobengine.job_status, integer, timestamp with time zone, text, text, text, text, text, timestamp with time zone); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.ledger_hash(prev bytea, job_id bigint, event_type text, from_status jobengine.job_status, to_status jobengine.job_status, attempt integer, occurred_at timestamp with time zone, reason text, actor text, role text, kind text, queue text, prev_at timestamp with time zone) RETURNS bytea
+    LANGUAGE sql STABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT sha256((prev || convert_to(concat_ws('|'::text, job_id, event_type, COALESCE((from_status)::text, ''::text), (to_status)::text, attempt, (round((date_part('epoch'::text, occurred_at) * (1000000)::double precision)))::bigint, COALESCE((round((date_part('epoch'::text, prev_at) * (1000000)::double precision)))::bigint, ('-1'::integer)::bigint), kind, queue, quote_nullable(reason), quote_nullable(actor), quote_nullable(role)), 'UTF8'::name))) AS sha256;
+END;
+
+--
+-- Name: creation_hash(bigint, timestamp with time zone, text, text, text, text); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.creation_hash(id bigint, created_at timestamp with time zone, actor text, role text, kind text, queue text) RETURNS bytea
+    LANGUAGE sql STABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT jobengine.ledger_hash('\x'::bytea, id, 'job.created'::text, NULL::jobengine.job_status, 'pending'::jobengine.job_status, 0, created_at, 'created'::text, actor, role, kind, queue, NULL::timestamp with time zone) AS ledger_hash;
+END;
 
 --
 -- Name: default_reason(jobengine.job_status, jobengine.job_status); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -441,6 +487,22 @@ CREATE FUNCTION jobengine.job_content_ok(kind text, queue text, payload jsonb, r
 END;
 
 --
+-- Name: jobs_chain_insert(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.jobs_chain_insert() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    NEW.updated_at := NEW.created_at;
+    NEW.ledger_head := jobengine.creation_hash(NEW.id, NEW.created_at, NEW.status_actor, NEW.status_role,
+                                               NEW.kind, NEW.queue);
+    RETURN NEW;
+END
+$$;
+
+--
 -- Name: jobs_guard_columns(); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -463,9 +525,18 @@ BEGIN
         WHEN NEW.scheduled_at IS DISTINCT FROM OLD.scheduled_at THEN 'scheduled_at'
         WHEN NEW.started_at IS DISTINCT FROM OLD.started_at THEN 'started_at'
         WHEN NEW.finished_at IS DISTINCT FROM OLD.finished_at THEN 'finished_at'
-        WHEN NEW.updated_at IS DISTINCT FROM OLD.updated_at THEN 'updated_at'
         WHEN NEW.lease_owner IS DISTINCT FROM OLD.lease_owner THEN 'lease_owner'
     END;
+    -- A note (add_timeline_note, as the schema owner) moves the head and the
+    -- time of the job's newest ledger row; nothing else may.
+    IF v_column IS NULL AND (NEW.updated_at IS DISTINCT FROM OLD.updated_at
+                             OR NEW.ledger_head IS DISTINCT FROM OLD.ledger_head) THEN
+        IF coalesce(current_setting('jobengine.noting', true), '') <> pg_current_xact_id()::text
+           OR NOT pg_has_role(CURRENT_USER, (SELECT c.relowner FROM pg_class c WHERE c.oid = TG_RELID), 'USAGE') THEN
+            v_column := CASE WHEN NEW.updated_at IS DISTINCT FROM OLD.updated_at
+                             THEN 'updated_at' ELSE 'ledger_head' END;
+        END IF;
+    END IF;
     IF v_column IS NOT NULL THEN
         RAISE EXCEPTION 'jobengine: job %: % changes only with a status transition', OLD.id, v_column
             USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_lifecycle_columns', TABLE = 'jobs', SCHEMA = 'jobengine';
@@ -484,6 +555,23 @@ END
 $$;
 
 --
+-- Name: jobs_guard_delete(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.jobs_guard_delete() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF jobengine.retention_in_progress() THEN
+        RETURN NULL;
+    END IF;
+    RAISE EXCEPTION 'jobengine: jobs are removed only by the retention policy (jobengine retention run): DELETE refused'
+        USING ERRCODE = 'restrict_violation', TABLE = TG_TABLE_NAME, SCHEMA = TG_TABLE_SCHEMA;
+END
+$$;
+
+--
 -- Name: jobs_guard_transition(); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -496,6 +584,8 @@ DECLARE
     v_trusted boolean := jobengine.writer_trusted();
     v_blocker record;
     v_reason text;
+    v_prev bytea;
+    v_prev_at timestamptz;
 BEGIN
     IF jobengine.transition_event_type(OLD.status, NEW.status) IS NULL
        -- The claim (claim_v1) takes a due, dependency-free job straight from
@@ -586,6 +676,24 @@ BEGIN
             NEW.finished_at := v_now;
         END IF;
     END IF;
+
+    -- The chain: from the job's newest row.
+    v_prev := OLD.ledger_head;
+    v_prev_at := OLD.updated_at;
+    IF OLD.status = 'pending' AND NEW.status = 'running' THEN
+        v_prev := jobengine.ledger_hash(v_prev, OLD.id, 'job.scheduled', 'pending', 'scheduled',
+                                        NEW.attempt - 1, v_now, 'ready', NEW.status_actor, NEW.status_role,
+                                        NEW.kind, NEW.queue, v_prev_at);
+        NEW.ledger_head := jobengine.ledger_hash(v_prev, OLD.id, 'job.started', 'scheduled', 'running',
+                                                 NEW.attempt, v_now, NEW.status_reason, NEW.status_actor,
+                                                 NEW.status_role, NEW.kind, NEW.queue, v_now);
+    ELSE
+        NEW.ledger_head := jobengine.ledger_hash(v_prev, OLD.id,
+                                                 jobengine.transition_event_type(OLD.status, NEW.status),
+                                                 OLD.status, NEW.status, NEW.attempt, v_now, NEW.status_reason,
+                                                 NEW.status_actor, NEW.status_role, NEW.kind, NEW.queue,
+                                                 v_prev_at);
+    END IF;
     RETURN NEW;
 END
 $$;
@@ -600,6 +708,7 @@ CREATE FUNCTION jobengine.jobs_record_insert() RETURNS trigger
     AS $$
 DECLARE
     max_bytes bigint := jobengine.max_payload_bytes();
+    v_relayed boolean := jobengine.notify_relayed();
     bad record;
     ids bigint[];
     n_sent bigint;
@@ -629,25 +738,23 @@ BEGIN
         PERFORM jobengine.validate_dependencies(ids);
     END IF;
 
-    WITH c AS (
-        SELECT n.id, NULL::jobengine.job_status AS from_status, n.status AS to_status, n.attempt,
-               n.kind, n.queue, n.status_reason AS reason, n.created_at AS occurred_at,
-               n.status_actor AS actor, n.status_role AS role, gen_random_uuid() AS event_id
+    WITH e AS (
+        INSERT INTO jobengine.ledger (job_id, occurred_at, prev_at, attempt, from_status, to_status, event_type,
+                                      kind, queue, reason, actor, role, hash, prev_hash)
+        SELECT n.id, n.created_at, NULL, 0, NULL, 'pending', 'job.created', n.kind, n.queue, 'created',
+               n.status_actor, n.status_role, n.ledger_head, ''::bytea
         FROM new_jobs n
-    ), h AS (
-        INSERT INTO jobengine.job_history (job_id, from_status, to_status, attempt, occurred_at, reason, actor, role)
-        SELECT c.id, c.from_status, c.to_status, c.attempt, c.occurred_at, c.reason, c.actor, c.role FROM c
-    ), e AS (
-        INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
-        SELECT c.event_id, c.id, 'job.created', c.occurred_at,
-               jobengine.envelope(c.event_id, 'job.created', c.occurred_at, c.id, c.kind,
-                                  c.queue, c.from_status, c.to_status, c.attempt, c.actor, c.reason)
-        FROM c
-        RETURNING envelope
+        RETURNING id, job_id, occurred_at, kind, queue, actor
     )
-    SELECT count(pg_notify('jobengine_events', e.envelope::text)) INTO n_sent FROM e;
+    -- (with the relay, `e` is written and nothing sent: the filter is a constant)
+    SELECT count(pg_notify('jobengine_events',
+               jobengine.envelope(jobengine.ledger_event_id(e.id, NULL), 'job.created', e.occurred_at,
+                                  e.job_id, e.kind, e.queue, NULL, 'pending', 0, e.actor, 'created')::text))
+    INTO n_sent FROM e WHERE NOT v_relayed;
 
-    PERFORM pg_notify('jobengine_wake', q.queue || ':new') FROM (SELECT DISTINCT n.queue FROM new_jobs n) q;
+    IF NOT v_relayed THEN
+        PERFORM pg_notify('jobengine_wake', q.queue || ':new') FROM (SELECT DISTINCT n.queue FROM new_jobs n) q;
+    END IF;
     RETURN NULL;
 END
 $$;
@@ -661,6 +768,7 @@ CREATE FUNCTION jobengine.jobs_record_update() RETURNS trigger
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
 DECLARE
+    v_relayed boolean;
     n_changed bigint;
 BEGIN
     -- Statements that touch no status (lease renewals) or no row at all (an
@@ -669,57 +777,64 @@ BEGIN
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    WITH moved AS MATERIALIZED (
+    v_relayed := jobengine.notify_relayed();
+    WITH moved0 AS MATERIALIZED (
         SELECT n.id, o.status AS old_status, n.status AS new_status, n.attempt,
                n.kind, n.queue, n.status_reason AS reason, n.updated_at AS occurred_at,
-               n.status_actor AS actor, n.status_role AS role
+               n.status_actor AS actor, n.status_role AS role, n.ledger_head AS head,
+               o.ledger_head AS prev, o.updated_at AS prev_at
         FROM new_jobs n JOIN old_jobs o ON o.id = n.id
         WHERE n.status IS DISTINCT FROM o.status
+    ), moved AS MATERIALIZED (
+        -- a claim straight from pending took two steps: the first one's hash
+        SELECT m.*, CASE WHEN m.old_status = 'pending' AND m.new_status = 'running' THEN
+                   jobengine.ledger_hash(m.prev, m.id, 'job.scheduled', 'pending', 'scheduled', m.attempt - 1,
+                                         m.occurred_at, 'ready', m.actor, m.role, m.kind, m.queue, m.prev_at)
+               END AS step1
+        FROM moved0 m
     ), c AS MATERIALIZED (
-        -- one step per transition; a claim straight from pending took two
-        SELECT m.id, s.from_status, s.to_status, s.attempt, m.kind, m.queue, s.reason,
-               m.occurred_at, m.actor, m.role, s.step, gen_random_uuid() AS event_id,
-               jobengine.transition_event_type(s.from_status, s.to_status) AS event_type
+        SELECT m.id, s.from_status, s.to_status, s.attempt, m.kind, m.queue, s.reason, m.occurred_at,
+               m.actor, m.role, s.step, s.event_type, s.prev_at, s.prev_hash, s.hash
         FROM moved m
         CROSS JOIN LATERAL (
-            SELECT m.old_status AS from_status, m.new_status AS to_status,
-                   m.attempt, m.reason, 1 AS step
-            WHERE NOT (m.old_status = 'pending' AND m.new_status = 'running')
+            SELECT m.old_status AS from_status, m.new_status AS to_status, m.attempt, m.reason, 1 AS step,
+                   jobengine.transition_event_type(m.old_status, m.new_status) AS event_type,
+                   m.prev_at, m.prev AS prev_hash, m.head AS hash
+            WHERE m.step1 IS NULL
             UNION ALL
-            SELECT 'pending'::jobengine.job_status, 'scheduled'::jobengine.job_status,
-                   m.attempt - 1, 'ready', 1
-            WHERE m.old_status = 'pending' AND m.new_status = 'running'
+            SELECT 'pending'::jobengine.job_status, 'scheduled'::jobengine.job_status, m.attempt - 1, 'ready', 1,
+                   'job.scheduled', m.prev_at, m.prev, m.step1
+            WHERE m.step1 IS NOT NULL
             UNION ALL
-            SELECT 'scheduled'::jobengine.job_status, 'running'::jobengine.job_status,
-                   m.attempt, m.reason, 2
-            WHERE m.old_status = 'pending' AND m.new_status = 'running'
+            SELECT 'scheduled'::jobengine.job_status, 'running'::jobengine.job_status, m.attempt, m.reason, 2,
+                   'job.started', m.occurred_at, m.step1, m.head
+            WHERE m.step1 IS NOT NULL
         ) AS s
-    ), h AS (
-        INSERT INTO jobengine.job_history (job_id, from_status, to_status, attempt, occurred_at, reason, actor, role)
-        SELECT c.id, c.from_status, c.to_status, c.attempt, c.occurred_at, c.reason, c.actor, c.role
-        FROM c ORDER BY c.id, c.step
     ), e AS (
-        INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)
-        SELECT c.event_id, c.id, c.event_type, c.occurred_at,
-               jobengine.envelope(c.event_id, c.event_type, c.occurred_at, c.id, c.kind,
-                                  c.queue, c.from_status, c.to_status, c.attempt, c.actor, c.reason)
+        INSERT INTO jobengine.ledger (job_id, occurred_at, prev_at, attempt, from_status, to_status, event_type,
+                                      kind, queue, reason, actor, role, hash, prev_hash)
+        SELECT c.id, c.occurred_at, c.prev_at, c.attempt, c.from_status, c.to_status, c.event_type,
+               c.kind, c.queue, c.reason, c.actor, c.role, c.hash, c.prev_hash
         FROM c ORDER BY c.id, c.step
-        RETURNING envelope
+        RETURNING id, job_id, occurred_at, event_type, kind, queue, from_status, to_status, attempt, actor, reason
     ), w AS (
         -- by where jobs ended up (a claim from pending wakes no one)
         SELECT pg_notify('jobengine_wake', q.queue || q.what)
         FROM (SELECT DISTINCT m.queue,
                      CASE WHEN m.new_status = 'scheduled' THEN ':ready' ELSE ':done' END AS what
-              FROM moved m WHERE m.new_status <> 'running') q
+              FROM moved0 m WHERE m.new_status <> 'running' AND NOT v_relayed) q
     ), x AS (
         -- running -> cancelled: tell the daemons (ids chunked to stay far
         -- below the NOTIFY payload limit)
         SELECT pg_notify('jobengine_cancel', string_agg(k.id::text, ','))
         FROM (SELECT m.id, (row_number() OVER (ORDER BY m.id) - 1) / 500 AS chunk
-              FROM moved m WHERE m.old_status = 'running' AND m.new_status = 'cancelled') k
+              FROM moved0 m WHERE m.old_status = 'running' AND m.new_status = 'cancelled' AND NOT v_relayed) k
         GROUP BY k.chunk
     )
-    SELECT (SELECT count(pg_notify('jobengine_events', e.envelope::text)) FROM e)
+    SELECT (SELECT count(pg_notify('jobengine_events',
+                jobengine.envelope(jobengine.ledger_event_id(e.id, NULL), e.event_type, e.occurred_at, e.job_id,
+                                   e.kind, e.queue, e.from_status, e.to_status, e.attempt, e.actor,
+                                   e.reason)::text)) FROM e WHERE NOT v_relayed)
          + (SELECT count(*) FROM w) + (SELECT count(*) FROM x)
     INTO n_changed;
     RETURN NULL;
@@ -785,11 +900,12 @@ $$;
 CREATE TABLE jobengine.settings (
     name text NOT NULL,
     value text NOT NULL,
-    CONSTRAINT settings_name_known CHECK ((name = ANY (ARRAY['max_payload_bytes'::text, 'max_lease_ttl'::text]))),
+    CONSTRAINT settings_name_known CHECK ((name = ANY (ARRAY['max_payload_bytes'::text, 'max_lease_ttl'::text, 'notify_mode'::text]))),
     CONSTRAINT settings_value_valid CHECK (
 CASE name
     WHEN 'max_payload_bytes'::text THEN (value ~ '^[1-9][0-9]{0,17}$'::text)
     WHEN 'max_lease_ttl'::text THEN (value ~ '^[0-9 a-z:.]+$'::text)
+    WHEN 'notify_mode'::text THEN (value = ANY (ARRAY['direct'::text, 'relayed'::text]))
     ELSE NULL::boolean
 END)
 );
@@ -828,6 +944,211 @@ CREATE FUNCTION jobengine.lease_ok(p_expires timestamp with time zone, p_now tim
 END;
 
 --
+-- Name: ledger_analyze_v1(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.ledger_analyze_v1() RETURNS void
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    ANALYZE jobengine.ledger;
+END
+$$;
+
+--
+-- Name: ledger_drop_v1(timestamp with time zone, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.ledger_drop_v1(p_before timestamp with time zone, p_dry_run boolean DEFAULT false) RETURNS TABLE(name text, range_from timestamp with time zone, range_to timestamp with time zone, rows bigint, max_id bigint)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    p record;
+    v_rows bigint;
+    v_max bigint;
+BEGIN
+    IF p_before IS NULL OR p_before > statement_timestamp() THEN
+        RAISE EXCEPTION 'jobengine: ledger_drop_v1: the boundary must be a time in the past, not %', p_before
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM set_config('lock_timeout', '1s', true);
+    FOR p IN SELECT * FROM jobengine.ledger_partitions() lp WHERE lp.range_to <= p_before ORDER BY lp.range_from LOOP
+        EXECUTE format('SELECT count(*), max(id) FROM jobengine.%I', p.name) INTO v_rows, v_max;
+        IF NOT p_dry_run THEN
+            BEGIN
+                EXECUTE format('DROP TABLE jobengine.%I', p.name);
+            EXCEPTION WHEN lock_not_available THEN
+                RETURN;
+            END;
+        END IF;
+        name := p.name; range_from := p.range_from; range_to := p.range_to; rows := v_rows; max_id := v_max;
+        RETURN NEXT;
+    END LOOP;
+    SELECT count(*), max(d.id) INTO v_rows, v_max FROM jobengine.ledger_default d WHERE d.occurred_at < p_before;
+    IF v_rows > 0 THEN
+        IF NOT p_dry_run THEN
+            PERFORM set_config('jobengine.retention', pg_current_xact_id()::text, true);
+            DELETE FROM jobengine.ledger_default d WHERE d.occurred_at < p_before;
+            PERFORM set_config('jobengine.retention', '', true);
+        END IF;
+        name := 'ledger_default'; range_from := NULL; range_to := p_before; rows := v_rows; max_id := v_max;
+        RETURN NEXT;
+    END IF;
+END
+$$;
+
+--
+-- Name: ledger_event_id(bigint, uuid); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.ledger_event_id(id bigint, legacy uuid) RETURNS uuid
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT COALESCE(legacy, (((('6a6f6265-0000-8000-'::text || substr(lpad(to_hex(id), 16, '0'::text), 1, 4)) || '-'::text) || substr(lpad(to_hex(id), 16, '0'::text), 5, 12)))::uuid) AS "coalesce";
+END;
+
+--
+-- Name: ledger_guard(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.ledger_guard() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF TG_OP = 'DELETE' AND jobengine.retention_in_progress() THEN
+        RETURN OLD;
+    END IF;
+    RAISE EXCEPTION 'jobengine: the ledger (%.%) is append-only: % refused; rows leave only through the retention policy',
+        TG_TABLE_SCHEMA, TG_TABLE_NAME, TG_OP
+        USING ERRCODE = 'restrict_violation', TABLE = TG_TABLE_NAME, SCHEMA = TG_TABLE_SCHEMA;
+END
+$$;
+
+--
+-- Name: ledger_partition_name(date); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.ledger_partition_name(day date) RETURNS text
+    LANGUAGE sql IMMUTABLE
+    BEGIN ATOMIC
+ SELECT ('ledger_'::text || to_char((day)::timestamp with time zone, 'YYYYMMDD'::text));
+END;
+
+--
+-- Name: ledger_partitions(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.ledger_partitions() RETURNS TABLE(name text, range_from timestamp with time zone, range_to timestamp with time zone)
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT c.relname::text,
+           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'FROM \(''([^'']+)''\)'))[1]::timestamptz,
+           (regexp_match(pg_get_expr(c.relpartbound, c.oid), 'TO \(''([^'']+)''\)'))[1]::timestamptz
+    FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+    WHERE i.inhparent = 'jobengine.ledger'::regclass
+      AND pg_get_expr(c.relpartbound, c.oid) <> 'DEFAULT'
+    ORDER BY 2
+$$;
+
+--
+-- Name: ledger_prepare_v1(integer, date); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.ledger_prepare_v1(p_days_ahead integer DEFAULT 7, p_from date DEFAULT NULL::date) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_today date := (statement_timestamp() AT TIME ZONE 'UTC')::date;
+    v_day date;
+    v_name text;
+    v_lo timestamptz;
+    v_hi timestamptz;
+    n integer := 0;
+BEGIN
+    IF p_days_ahead IS NULL OR p_days_ahead < 0 OR p_days_ahead > 366 THEN
+        RAISE EXCEPTION 'jobengine: ledger_prepare_v1: days ahead must be between 0 and 366, not %', p_days_ahead
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_from IS NOT NULL AND p_from < v_today - 3660 THEN
+        RAISE EXCEPTION 'jobengine: ledger_prepare_v1: % is more than ten years ago', p_from
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    PERFORM set_config('lock_timeout', '2s', true);
+    FOR v_day IN SELECT d::date FROM generate_series(coalesce(p_from, v_today - 1), v_today + p_days_ahead,
+                                                      interval '1 day') AS g(d)
+    LOOP
+        v_name := jobengine.ledger_partition_name(v_day);
+        CONTINUE WHEN to_regclass('jobengine.' || v_name) IS NOT NULL;
+        v_lo := v_day::timestamp AT TIME ZONE 'UTC';
+        v_hi := (v_day + 1)::timestamp AT TIME ZONE 'UTC';
+        EXECUTE format('CREATE TABLE jobengine.%I (LIKE jobengine.ledger INCLUDING DEFAULTS)', v_name);
+        -- Rows that waited in the default partition move to their day first.
+        IF EXISTS (SELECT 1 FROM jobengine.ledger_default d WHERE d.occurred_at >= v_lo AND d.occurred_at < v_hi) THEN
+            PERFORM set_config('jobengine.retention', pg_current_xact_id()::text, true);
+            EXECUTE format('WITH moved AS (DELETE FROM jobengine.ledger_default d'
+                           ' WHERE d.occurred_at >= %L AND d.occurred_at < %L RETURNING d.*)'
+                           ' INSERT INTO jobengine.%I SELECT * FROM moved', v_lo, v_hi, v_name);
+            PERFORM set_config('jobengine.retention', '', true);
+        END IF;
+        EXECUTE format('ALTER TABLE jobengine.ledger ATTACH PARTITION jobengine.%I FOR VALUES FROM (%L) TO (%L)',
+                       v_name, v_lo, v_hi);
+        EXECUTE format('CREATE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON jobengine.%I'
+                       ' FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite()', v_name);
+        EXECUTE format('ALTER TABLE jobengine.%I ENABLE ALWAYS TRIGGER ledger_no_truncate', v_name);
+        n := n + 1;
+    END LOOP;
+    RETURN n;
+END
+$$;
+
+--
+-- Name: retention_log; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.retention_log (
+    id bigint NOT NULL,
+    ran_at timestamp with time zone DEFAULT statement_timestamp() NOT NULL,
+    actor text NOT NULL,
+    role text DEFAULT SESSION_USER NOT NULL,
+    dry_run boolean NOT NULL,
+    finished_jobs interval,
+    audit interval,
+    jobs_removed bigint DEFAULT 0 NOT NULL,
+    jobs_finished_before timestamp with time zone,
+    jobs_oldest_finished timestamp with time zone,
+    jobs_newest_finished timestamp with time zone,
+    ledger_rows_removed bigint DEFAULT 0 NOT NULL,
+    partitions_dropped jsonb DEFAULT '[]'::jsonb NOT NULL,
+    ledger_removed_before timestamp with time zone,
+    partitions_created integer DEFAULT 0 NOT NULL,
+    duration interval,
+    CONSTRAINT retention_log_partitions_array CHECK ((jsonb_typeof(partitions_dropped) = 'array'::text))
+);
+
+--
+-- Name: TABLE retention_log; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON TABLE jobengine.retention_log IS 'One row per retention pass: what it removed (or, dry, would have), and where the ledger now begins.';
+
+--
+-- Name: ledger_removed_before(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.ledger_removed_before() RETURNS timestamp with time zone
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT COALESCE(max(r.ledger_removed_before), '-infinity'::timestamp with time zone) AS "coalesce"
+    FROM jobengine.retention_log r
+   WHERE (NOT r.dry_run);
+END;
+
+--
 -- Name: max_payload_bytes(); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -847,6 +1168,18 @@ CREATE FUNCTION jobengine.may_only_cancel() RETURNS boolean
     LANGUAGE sql STABLE
     BEGIN ATOMIC
  SELECT (NOT jobengine.writer_trusted());
+END;
+
+--
+-- Name: notify_relayed(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.notify_relayed() RETURNS boolean
+    LANGUAGE sql STABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT (EXISTS ( SELECT 1
+            FROM jobengine.settings s
+           WHERE ((s.name = 'notify_mode'::text) AND (s.value = 'relayed'::text)))) AS "exists";
 END;
 
 --
@@ -888,6 +1221,50 @@ CREATE FUNCTION jobengine.promote_v1(p_queues text[], p_limit integer, p_sealed 
         FOR NO KEY UPDATE SKIP LOCKED
     )
     RETURNING j.id, j.kind
+$$;
+
+--
+-- Name: purge_jobs_v1(timestamp with time zone, integer, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.purge_jobs_v1(p_before timestamp with time zone, p_limit integer, p_dry_run boolean DEFAULT false) RETURNS TABLE(removed bigint, oldest timestamp with time zone, newest timestamp with time zone)
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF p_before IS NULL OR p_limit IS NULL OR p_limit < 1 OR p_limit > 100000 THEN
+        RAISE EXCEPTION 'jobengine: purge_jobs_v1: needs a time and a limit between 1 and 100000 (got %, %)',
+            p_before, p_limit USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_dry_run THEN
+        RETURN QUERY
+        SELECT count(*), min(j.finished_at), max(j.finished_at) FROM (
+            SELECT j.finished_at FROM jobengine.jobs j
+            WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at < p_before
+              AND (j.status <> 'failed' OR j.attempt - j.released > j.max_retries)
+            ORDER BY j.finished_at LIMIT p_limit) j;
+        RETURN;
+    END IF;
+    PERFORM set_config('jobengine.retention', pg_current_xact_id()::text, true);
+    RETURN QUERY
+    WITH needed AS (
+        SELECT DISTINCT unnest(w.depends_on) AS id FROM jobengine.jobs w
+        WHERE w.status IN ('pending', 'scheduled', 'running') AND w.depends_on <> '{}'
+    ), c AS (
+        SELECT j.id FROM jobengine.jobs j
+        WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at < p_before
+          AND (j.status <> 'failed' OR j.attempt - j.released > j.max_retries)
+        ORDER BY j.finished_at
+        LIMIT p_limit
+        FOR UPDATE SKIP LOCKED
+    ), d AS (
+        DELETE FROM jobengine.jobs j USING c
+        WHERE j.id = c.id AND NOT EXISTS (SELECT 1 FROM needed WHERE needed.id = c.id)
+        RETURNING j.finished_at
+    )
+    SELECT count(*), min(d.finished_at), max(d.finished_at) FROM d;
+    PERFORM set_config('jobengine.retention', '', true);
+END
 $$;
 
 --
@@ -993,6 +1370,68 @@ END
 $$;
 
 --
+-- Name: relay_v1(integer); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.relay_v1(p_limit integer DEFAULT 1000) RETURNS integer
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_cursor record;
+    v_last record;
+    n integer;
+BEGIN
+    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 100000 THEN
+        RAISE EXCEPTION 'jobengine: relay_v1: limit must be between 1 and 100000, not %', p_limit
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT jobengine.notify_relayed() THEN
+        RETURN -2;
+    END IF;
+    IF NOT pg_try_advisory_xact_lock(7666530082071394661) THEN
+        RETURN -1;
+    END IF;
+    SELECT r.tx_id, r.id INTO v_cursor FROM jobengine.relay_cursor r;
+    WITH b AS MATERIALIZED (
+        SELECT l.* FROM jobengine.ledger l
+        WHERE (l.tx_id, l.id) > (v_cursor.tx_id, v_cursor.id)
+          AND l.tx_id < pg_snapshot_xmin(pg_current_snapshot())
+        ORDER BY l.tx_id, l.id
+        LIMIT p_limit
+    ), ev AS (
+        SELECT count(pg_notify('jobengine_events', jobengine.envelope(
+                   jobengine.ledger_event_id(o.id, o.legacy_event_id), o.event_type, o.occurred_at, o.job_id,
+                   o.kind, o.queue, CASE WHEN o.note THEN o.to_status ELSE o.from_status END, o.to_status,
+                   o.attempt, o.actor, o.reason)::text)) AS n
+        FROM (SELECT * FROM b ORDER BY b.tx_id, b.id) o
+    ), wk AS (
+        SELECT count(pg_notify('jobengine_wake', q.queue || q.what)) AS n
+        FROM (SELECT DISTINCT b.queue,
+                     CASE b.to_status WHEN 'pending' THEN ':new' WHEN 'scheduled' THEN ':ready' ELSE ':done' END
+                         AS what
+              FROM b WHERE NOT b.note AND b.to_status <> 'running') q
+    ), cx AS (
+        SELECT count(pg_notify('jobengine_cancel', k.ids)) AS n
+        FROM (SELECT string_agg(c.job_id::text, ',') AS ids
+              FROM (SELECT b.job_id, (row_number() OVER (ORDER BY b.job_id) - 1) / 500 AS chunk
+                    FROM b WHERE NOT b.note AND b.from_status = 'running' AND b.to_status = 'cancelled') c
+              GROUP BY c.chunk) k
+    ), newest AS (
+        SELECT b.tx_id, b.id FROM b ORDER BY b.tx_id DESC, b.id DESC LIMIT 1
+    )
+    SELECT ev.n, newest.tx_id AS tx_id, newest.id AS id INTO v_last
+    FROM ev CROSS JOIN wk CROSS JOIN cx LEFT JOIN newest ON true;
+    n := v_last.n;
+    IF n > 0 THEN
+        UPDATE jobengine.relay_cursor
+        SET tx_id = v_last.tx_id, id = v_last.id, relayed_at = statement_timestamp();
+    END IF;
+    RETURN n;
+END
+$$;
+
+--
 -- Name: release_v1(text, bigint[], integer[]); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -1070,6 +1509,38 @@ END
 $$;
 
 --
+-- Name: retention_in_progress(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.retention_in_progress() RETURNS boolean
+    LANGUAGE sql
+    BEGIN ATOMIC
+ SELECT ((COALESCE(current_setting('jobengine.retention'::text, true), ''::text) = (pg_current_xact_id())::text) AND pg_has_role(CURRENT_USER, ( SELECT c.relowner
+            FROM pg_class c
+           WHERE (c.oid = ('jobengine.jobs'::regclass)::oid)), 'USAGE'::text));
+END;
+
+--
+-- Name: retention_record_v1(boolean, interval, interval, bigint, timestamp with time zone, timestamp with time zone, timestamp with time zone, bigint, jsonb, timestamp with time zone, integer, interval); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.retention_record_v1(p_dry_run boolean, p_finished_jobs interval, p_audit interval, p_jobs_removed bigint, p_jobs_finished_before timestamp with time zone, p_jobs_oldest timestamp with time zone, p_jobs_newest timestamp with time zone, p_ledger_rows_removed bigint, p_partitions_dropped jsonb, p_ledger_removed_before timestamp with time zone, p_partitions_created integer, p_duration interval) RETURNS bigint
+    LANGUAGE sql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    INSERT INTO jobengine.retention_log (actor, role, dry_run, finished_jobs, audit, jobs_removed,
+                                         jobs_finished_before, jobs_oldest_finished, jobs_newest_finished,
+                                         ledger_rows_removed, partitions_dropped, ledger_removed_before,
+                                         partitions_created, duration)
+    VALUES (coalesce(nullif(current_setting('jobengine.actor', true), ''), 'sql'), session_user, p_dry_run,
+            p_finished_jobs, p_audit, p_jobs_removed, p_jobs_finished_before, p_jobs_oldest, p_jobs_newest,
+            p_ledger_rows_removed, coalesce(p_partitions_dropped, '[]'),
+            CASE WHEN p_dry_run THEN NULL ELSE p_ledger_removed_before END,
+            p_partitions_created, p_duration)
+    RETURNING id
+$$;
+
+--
 -- Name: retry_candidates_v1(integer); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -1143,6 +1614,11 @@ BEGIN
     IF NEW.name = 'max_lease_ttl' AND NEW.value::interval < interval '1 minute' THEN
         RAISE EXCEPTION 'jobengine: setting max_lease_ttl must be an interval of at least 1 minute, not %', NEW.value
             USING ERRCODE = 'check_violation', TABLE = 'settings', SCHEMA = 'jobengine';
+    END IF;
+    IF NEW.name = 'notify_mode' AND NEW.value = 'relayed'
+       AND (TG_OP = 'INSERT' OR OLD.value IS DISTINCT FROM 'relayed') THEN
+        UPDATE jobengine.relay_cursor
+        SET tx_id = pg_snapshot_xmin(pg_current_snapshot()), id = 0, relayed_at = statement_timestamp();
     END IF;
     RETURN NEW;
 END
@@ -1222,27 +1698,131 @@ END
 $$;
 
 --
--- Name: job_history; Type: TABLE; Schema: jobengine; Owner: -
+-- Name: verify_ledger_v1(bigint, bigint); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
-CREATE TABLE jobengine.job_history (
+CREATE FUNCTION jobengine.verify_ledger_v1(p_from bigint, p_to bigint) RETURNS TABLE(job_id bigint, ledger_id bigint, problem text)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET work_mem TO '64MB'
+    SET enable_sort TO 'off'
+    SET enable_bitmapscan TO 'off'
+    AS $$
+DECLARE
+    v_chained_from bigint := (SELECT e.chained_from FROM jobengine.ledger_epoch e LIMIT 1);
+    v_removed_before timestamptz := jobengine.ledger_removed_before();
+BEGIN
+    RETURN QUERY
+    WITH r AS MATERIALIZED (
+        SELECT l.job_id, l.id, l.hash, l.prev_hash, l.prev_at, l.note, l.event_type, l.occurred_at,
+               l.hash = jobengine.ledger_hash(l.prev_hash, l.job_id, l.event_type, l.from_status, l.to_status,
+                                              l.attempt, l.occurred_at, l.reason, l.actor, l.role, l.kind,
+                                              l.queue, l.prev_at) AS hash_ok,
+               lag(l.id) OVER w AS before_id, lag(l.hash) OVER w AS before_hash,
+               lag(l.occurred_at) OVER w AS before_at, lead(l.id) OVER w IS NULL AS newest
+        FROM jobengine.ledger l
+        WHERE l.job_id >= p_from AND l.job_id < p_to
+        WINDOW w AS (PARTITION BY l.job_id ORDER BY l.id)
+    ), found AS (
+        SELECT r.job_id, r.id, CASE
+            WHEN r.hash IS NULL THEN
+                CASE WHEN r.id >= v_chained_from THEN 'a row without a hash (written outside the engine)' END
+            WHEN NOT r.hash_ok OR r.prev_hash IS NULL THEN 'a row was altered (its hash does not match what it records)'
+            WHEN r.before_id IS NULL THEN
+                CASE WHEN r.event_type = 'job.created' AND NOT r.note THEN
+                          CASE WHEN r.prev_hash <> '' OR r.prev_at IS NOT NULL THEN 'the creation row was altered' END
+                     WHEN r.prev_at IS NULL THEN 'a first row that is not the job''s creation (inserted outside the engine)'
+                     WHEN r.prev_at >= v_removed_before THEN 'rows before this one were removed (not by retention)'
+                END
+            WHEN r.before_hash IS NULL THEN
+                CASE WHEN r.prev_hash <> '' THEN 'the chain does not start where the rows from before chaining end' END
+            WHEN r.prev_hash <> r.before_hash OR r.prev_at IS DISTINCT FROM r.before_at THEN
+                'a row before this one was removed, altered or inserted outside the engine'
+        END AS problem
+        FROM r
+    ), tails AS (
+        -- The job row knows its newest hash: rows removed from the end show.
+        SELECT j.id AS job_id, t.id, CASE
+            WHEN j.ledger_head = '' THEN
+                CASE WHEN t.hash IS NOT NULL THEN 'the job''s newest hash does not match its ledger' END
+            WHEN t.id IS NULL THEN
+                CASE WHEN j.updated_at >= v_removed_before
+                     THEN 'all of its ledger rows were removed (not by retention)' END
+            WHEN t.hash IS DISTINCT FROM j.ledger_head THEN 'its newest ledger rows were removed or altered'
+        END AS problem
+        FROM jobengine.jobs j
+        LEFT JOIN (SELECT r.job_id, r.id, r.hash FROM r WHERE r.newest) t ON t.job_id = j.id
+        WHERE j.id >= p_from AND j.id < p_to
+    )
+    SELECT f.job_id, f.id, f.problem FROM found f WHERE f.problem IS NOT NULL
+    UNION ALL
+    SELECT t.job_id, t.id, t.problem FROM tails t WHERE t.problem IS NOT NULL
+    UNION ALL
+    SELECT NULL::bigint, (SELECT count(*) FROM r), NULL::text;
+END
+$$;
+
+--
+-- Name: ledger; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.ledger (
     id bigint NOT NULL,
+    tx_id xid8 DEFAULT pg_current_xact_id() NOT NULL,
     job_id bigint NOT NULL,
+    occurred_at timestamp with time zone NOT NULL,
+    prev_at timestamp with time zone,
+    attempt integer NOT NULL,
     from_status jobengine.job_status,
     to_status jobengine.job_status NOT NULL,
-    attempt integer NOT NULL,
-    occurred_at timestamp with time zone NOT NULL,
+    note boolean DEFAULT false NOT NULL,
+    event_type text NOT NULL,
+    kind text NOT NULL,
+    queue text NOT NULL,
     reason text,
     actor text NOT NULL,
-    role text DEFAULT ''::text NOT NULL
-);
+    role text NOT NULL,
+    hash bytea,
+    prev_hash bytea,
+    legacy_event_id uuid
+)
+PARTITION BY RANGE (occurred_at);
 
 --
--- Name: job_history_id_seq; Type: SEQUENCE; Schema: jobengine; Owner: -
+-- Name: TABLE ledger; Type: COMMENT; Schema: jobengine; Owner: -
 --
 
-ALTER TABLE jobengine.job_history ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
-    SEQUENCE NAME jobengine.job_history_id_seq
+COMMENT ON TABLE jobengine.ledger IS 'The audit ledger: one row per transition or note; read it as job_history and timeline_events.';
+
+--
+-- Name: job_history; Type: VIEW; Schema: jobengine; Owner: -
+--
+
+CREATE VIEW jobengine.job_history AS
+ SELECT l.id,
+    l.job_id,
+    l.from_status,
+    l.to_status,
+    l.attempt,
+    l.occurred_at,
+    l.reason,
+    l.actor,
+    l.role
+   FROM jobengine.ledger l
+  WHERE (NOT l.note);
+
+--
+-- Name: VIEW job_history; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON VIEW jobengine.job_history IS 'One row per transition (the ledger without its notes).';
+
+--
+-- Name: jobs_id_seq; Type: SEQUENCE; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE jobengine.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME jobengine.jobs_id_seq
     START WITH 1
     INCREMENT BY 1
     NO MINVALUE
@@ -1251,11 +1831,88 @@ ALTER TABLE jobengine.job_history ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTI
 );
 
 --
--- Name: jobs_id_seq; Type: SEQUENCE; Schema: jobengine; Owner: -
+-- Name: ledger_id_seq; Type: SEQUENCE; Schema: jobengine; Owner: -
 --
 
-ALTER TABLE jobengine.jobs ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
-    SEQUENCE NAME jobengine.jobs_id_seq
+CREATE SEQUENCE jobengine.ledger_id_seq
+    START WITH 1
+    INCREMENT BY 1
+    NO MINVALUE
+    NO MAXVALUE
+    CACHE 1;
+
+--
+-- Name: ledger_id_seq; Type: SEQUENCE OWNED BY; Schema: jobengine; Owner: -
+--
+
+ALTER SEQUENCE jobengine.ledger_id_seq OWNED BY jobengine.ledger.id;
+
+--
+-- Name: ledger_default; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.ledger_default (
+    id bigint DEFAULT nextval('jobengine.ledger_id_seq'::regclass) NOT NULL,
+    tx_id xid8 DEFAULT pg_current_xact_id() NOT NULL,
+    job_id bigint NOT NULL,
+    occurred_at timestamp with time zone NOT NULL,
+    prev_at timestamp with time zone,
+    attempt integer NOT NULL,
+    from_status jobengine.job_status,
+    to_status jobengine.job_status NOT NULL,
+    note boolean DEFAULT false NOT NULL,
+    event_type text NOT NULL,
+    kind text NOT NULL,
+    queue text NOT NULL,
+    reason text,
+    actor text NOT NULL,
+    role text NOT NULL,
+    hash bytea,
+    prev_hash bytea,
+    legacy_event_id uuid
+);
+
+--
+-- Name: ledger_epoch; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.ledger_epoch (
+    only_row boolean DEFAULT true NOT NULL,
+    chained_from bigint NOT NULL,
+    migrated_at timestamp with time zone DEFAULT statement_timestamp() NOT NULL,
+    CONSTRAINT ledger_epoch_only_row_check CHECK (only_row)
+);
+
+--
+-- Name: TABLE ledger_epoch; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON TABLE jobengine.ledger_epoch IS 'Rows of jobengine.ledger with id < chained_from were written before hash chaining (0004).';
+
+--
+-- Name: relay_cursor; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.relay_cursor (
+    only_row boolean DEFAULT true NOT NULL,
+    tx_id xid8 NOT NULL,
+    id bigint NOT NULL,
+    relayed_at timestamp with time zone DEFAULT statement_timestamp() NOT NULL,
+    CONSTRAINT relay_cursor_only_row_check CHECK (only_row)
+);
+
+--
+-- Name: TABLE relay_cursor; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON TABLE jobengine.relay_cursor IS 'The newest ledger row (tx_id, id) whose notifications relay_v1 has sent.';
+
+--
+-- Name: retention_log_id_seq; Type: SEQUENCE; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE jobengine.retention_log ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
+    SEQUENCE NAME jobengine.retention_log_id_seq
     START WITH 1
     INCREMENT BY 1
     NO MINVALUE
@@ -1275,38 +1932,40 @@ CREATE TABLE jobengine.schema_migrations (
 );
 
 --
--- Name: timeline_events; Type: TABLE; Schema: jobengine; Owner: -
+-- Name: timeline_events; Type: VIEW; Schema: jobengine; Owner: -
 --
 
-CREATE TABLE jobengine.timeline_events (
-    id bigint NOT NULL,
-    event_id uuid NOT NULL,
-    job_id bigint NOT NULL,
-    event_type text NOT NULL,
-    occurred_at timestamp with time zone NOT NULL,
-    envelope jsonb NOT NULL,
-    tx_id xid8 DEFAULT pg_current_xact_id() NOT NULL
-);
+CREATE VIEW jobengine.timeline_events AS
+ SELECT l.id,
+    jobengine.ledger_event_id(l.id, l.legacy_event_id) AS event_id,
+    l.job_id,
+    l.event_type,
+    l.occurred_at,
+    jobengine.envelope(jobengine.ledger_event_id(l.id, l.legacy_event_id), l.event_type, l.occurred_at, l.job_id, l.kind, l.queue,
+        CASE
+            WHEN l.note THEN l.to_status
+            ELSE l.from_status
+        END, l.to_status, l.attempt, l.actor, l.reason) AS envelope,
+    l.tx_id
+   FROM jobengine.ledger l;
 
 --
--- Name: timeline_events_id_seq; Type: SEQUENCE; Schema: jobengine; Owner: -
+-- Name: VIEW timeline_events; Type: COMMENT; Schema: jobengine; Owner: -
 --
 
-ALTER TABLE jobengine.timeline_events ALTER COLUMN id ADD GENERATED ALWAYS AS IDENTITY (
-    SEQUENCE NAME jobengine.timeline_events_id_seq
-    START WITH 1
-    INCREMENT BY 1
-    NO MINVALUE
-    NO MAXVALUE
-    CACHE 1
-);
+COMMENT ON VIEW jobengine.timeline_events IS 'One event per transition or note, with its envelope (built when read).';
 
 --
--- Name: job_history job_history_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
+-- Name: ledger_default; Type: TABLE ATTACH; Schema: jobengine; Owner: -
 --
 
-ALTER TABLE ONLY jobengine.job_history
-    ADD CONSTRAINT job_history_pkey PRIMARY KEY (id);
+ALTER TABLE ONLY jobengine.ledger ATTACH PARTITION jobengine.ledger_default DEFAULT;
+
+--
+-- Name: ledger id; Type: DEFAULT; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE ONLY jobengine.ledger ALTER COLUMN id SET DEFAULT nextval('jobengine.ledger_id_seq'::regclass);
 
 --
 -- Name: jobs jobs_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
@@ -1314,6 +1973,27 @@ ALTER TABLE ONLY jobengine.job_history
 
 ALTER TABLE ONLY jobengine.jobs
     ADD CONSTRAINT jobs_pkey PRIMARY KEY (id);
+
+--
+-- Name: ledger_epoch ledger_epoch_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE ONLY jobengine.ledger_epoch
+    ADD CONSTRAINT ledger_epoch_pkey PRIMARY KEY (only_row);
+
+--
+-- Name: relay_cursor relay_cursor_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE ONLY jobengine.relay_cursor
+    ADD CONSTRAINT relay_cursor_pkey PRIMARY KEY (only_row);
+
+--
+-- Name: retention_log retention_log_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE ONLY jobengine.retention_log
+    ADD CONSTRAINT retention_log_pkey PRIMARY KEY (id);
 
 --
 -- Name: schema_migrations schema_migrations_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
@@ -1330,19 +2010,6 @@ ALTER TABLE ONLY jobengine.settings
     ADD CONSTRAINT settings_pkey PRIMARY KEY (name);
 
 --
--- Name: timeline_events timeline_events_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
---
-
-ALTER TABLE ONLY jobengine.timeline_events
-    ADD CONSTRAINT timeline_events_pkey PRIMARY KEY (id);
-
---
--- Name: job_history_job_idx; Type: INDEX; Schema: jobengine; Owner: -
---
-
-CREATE INDEX job_history_job_idx ON jobengine.job_history USING btree (job_id, id);
-
---
 -- Name: jobs_claim_idx; Type: INDEX; Schema: jobengine; Owner: -
 --
 
@@ -1353,6 +2020,12 @@ CREATE INDEX jobs_claim_idx ON jobengine.jobs USING btree (priority DESC, run_at
 --
 
 CREATE INDEX jobs_failed_cancelled_idx ON jobengine.jobs USING btree (status, id) WHERE (status = ANY (ARRAY['failed'::jobengine.job_status, 'cancelled'::jobengine.job_status]));
+
+--
+-- Name: jobs_finished_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX jobs_finished_idx ON jobengine.jobs USING btree (finished_at) WHERE (status = ANY (ARRAY['completed'::jobengine.job_status, 'cancelled'::jobengine.job_status, 'failed'::jobengine.job_status]));
 
 --
 -- Name: jobs_idempotency_key_unique; Type: INDEX; Schema: jobengine; Owner: -
@@ -1385,38 +2058,54 @@ CREATE INDEX jobs_retryable_idx ON jobengine.jobs USING btree (id) WHERE ((statu
 CREATE INDEX jobs_waiting_idx ON jobengine.jobs USING btree (id) WHERE ((status = 'pending'::jobengine.job_status) AND (depends_on <> '{}'::bigint[]));
 
 --
--- Name: timeline_events_cursor_idx; Type: INDEX; Schema: jobengine; Owner: -
+-- Name: ledger_cursor_idx; Type: INDEX; Schema: jobengine; Owner: -
 --
 
-CREATE INDEX timeline_events_cursor_idx ON jobengine.timeline_events USING btree (tx_id, id);
+CREATE INDEX ledger_cursor_idx ON ONLY jobengine.ledger USING btree (tx_id, id);
 
 --
--- Name: timeline_events_job_idx; Type: INDEX; Schema: jobengine; Owner: -
+-- Name: ledger_job_idx; Type: INDEX; Schema: jobengine; Owner: -
 --
 
-CREATE INDEX timeline_events_job_idx ON jobengine.timeline_events USING btree (job_id, id);
+CREATE INDEX ledger_job_idx ON ONLY jobengine.ledger USING btree (job_id, id);
 
 --
--- Name: job_history job_history_append_only; Type: TRIGGER; Schema: jobengine; Owner: -
+-- Name: ledger_default_job_id_id_idx; Type: INDEX; Schema: jobengine; Owner: -
 --
 
-CREATE TRIGGER job_history_append_only BEFORE DELETE OR UPDATE ON jobengine.job_history FOR EACH ROW EXECUTE FUNCTION jobengine.refuse_rewrite();
-
-ALTER TABLE jobengine.job_history ENABLE ALWAYS TRIGGER job_history_append_only;
+CREATE INDEX ledger_default_job_id_id_idx ON jobengine.ledger_default USING btree (job_id, id);
 
 --
--- Name: job_history job_history_no_truncate; Type: TRIGGER; Schema: jobengine; Owner: -
+-- Name: ledger_default_tx_id_id_idx; Type: INDEX; Schema: jobengine; Owner: -
 --
 
-CREATE TRIGGER job_history_no_truncate BEFORE TRUNCATE ON jobengine.job_history FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite();
+CREATE INDEX ledger_default_tx_id_id_idx ON jobengine.ledger_default USING btree (tx_id, id);
 
-ALTER TABLE jobengine.job_history ENABLE ALWAYS TRIGGER job_history_no_truncate;
+--
+-- Name: ledger_default_job_id_id_idx; Type: INDEX ATTACH; Schema: jobengine; Owner: -
+--
+
+ALTER INDEX jobengine.ledger_job_idx ATTACH PARTITION jobengine.ledger_default_job_id_id_idx;
+
+--
+-- Name: ledger_default_tx_id_id_idx; Type: INDEX ATTACH; Schema: jobengine; Owner: -
+--
+
+ALTER INDEX jobengine.ledger_cursor_idx ATTACH PARTITION jobengine.ledger_default_tx_id_id_idx;
+
+--
+-- Name: jobs jobs_chain_insert; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER jobs_chain_insert BEFORE INSERT ON jobengine.jobs FOR EACH ROW EXECUTE FUNCTION jobengine.jobs_chain_insert();
+
+ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_chain_insert;
 
 --
 -- Name: jobs jobs_guard_columns; Type: TRIGGER; Schema: jobengine; Owner: -
 --
 
-CREATE TRIGGER jobs_guard_columns BEFORE UPDATE OF attempt, released, status_reason, status_actor, status_role, result, last_error, created_at, scheduled_at, started_at, finished_at, updated_at, lease_owner, lease_expires_at ON jobengine.jobs FOR EACH ROW WHEN ((NOT (old.status IS DISTINCT FROM new.status))) EXECUTE FUNCTION jobengine.jobs_guard_columns();
+CREATE TRIGGER jobs_guard_columns BEFORE UPDATE OF attempt, released, status_reason, status_actor, status_role, result, last_error, created_at, scheduled_at, started_at, finished_at, updated_at, lease_owner, lease_expires_at, ledger_head ON jobengine.jobs FOR EACH ROW WHEN ((NOT (old.status IS DISTINCT FROM new.status))) EXECUTE FUNCTION jobengine.jobs_guard_columns();
 
 ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_guard_columns;
 
@@ -1432,7 +2121,7 @@ ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_guard_transition;
 -- Name: jobs jobs_no_delete; Type: TRIGGER; Schema: jobengine; Owner: -
 --
 
-CREATE TRIGGER jobs_no_delete BEFORE DELETE ON jobengine.jobs FOR EACH ROW EXECUTE FUNCTION jobengine.refuse_rewrite();
+CREATE TRIGGER jobs_no_delete BEFORE DELETE ON jobengine.jobs FOR EACH STATEMENT EXECUTE FUNCTION jobengine.jobs_guard_delete();
 
 ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_no_delete;
 
@@ -1485,28 +2174,68 @@ CREATE TRIGGER jobs_validate_dependencies AFTER UPDATE OF depends_on ON jobengin
 ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_validate_dependencies;
 
 --
+-- Name: ledger ledger_append_only; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER ledger_append_only BEFORE DELETE OR UPDATE ON jobengine.ledger FOR EACH ROW EXECUTE FUNCTION jobengine.ledger_guard();
+
+ALTER TABLE jobengine.ledger ENABLE ALWAYS TRIGGER ledger_append_only;
+
+--
+-- Name: ledger_epoch ledger_epoch_fixed; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER ledger_epoch_fixed BEFORE DELETE OR UPDATE ON jobengine.ledger_epoch FOR EACH ROW EXECUTE FUNCTION jobengine.refuse_rewrite();
+
+ALTER TABLE jobengine.ledger_epoch ENABLE ALWAYS TRIGGER ledger_epoch_fixed;
+
+--
+-- Name: ledger_epoch ledger_epoch_no_truncate; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER ledger_epoch_no_truncate BEFORE TRUNCATE ON jobengine.ledger_epoch FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite();
+
+ALTER TABLE jobengine.ledger_epoch ENABLE ALWAYS TRIGGER ledger_epoch_no_truncate;
+
+--
+-- Name: ledger ledger_no_truncate; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON jobengine.ledger FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite();
+
+ALTER TABLE jobengine.ledger ENABLE ALWAYS TRIGGER ledger_no_truncate;
+
+--
+-- Name: ledger_default ledger_no_truncate; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON jobengine.ledger_default FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite();
+
+ALTER TABLE jobengine.ledger_default ENABLE ALWAYS TRIGGER ledger_no_truncate;
+
+--
+-- Name: retention_log retention_log_append_only; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER retention_log_append_only BEFORE DELETE OR UPDATE ON jobengine.retention_log FOR EACH ROW EXECUTE FUNCTION jobengine.refuse_rewrite();
+
+ALTER TABLE jobengine.retention_log ENABLE ALWAYS TRIGGER retention_log_append_only;
+
+--
+-- Name: retention_log retention_log_no_truncate; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER retention_log_no_truncate BEFORE TRUNCATE ON jobengine.retention_log FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite();
+
+ALTER TABLE jobengine.retention_log ENABLE ALWAYS TRIGGER retention_log_no_truncate;
+
+--
 -- Name: settings settings_check; Type: TRIGGER; Schema: jobengine; Owner: -
 --
 
 CREATE TRIGGER settings_check BEFORE INSERT OR UPDATE ON jobengine.settings FOR EACH ROW EXECUTE FUNCTION jobengine.settings_check();
 
 ALTER TABLE jobengine.settings ENABLE ALWAYS TRIGGER settings_check;
-
---
--- Name: timeline_events timeline_events_append_only; Type: TRIGGER; Schema: jobengine; Owner: -
---
-
-CREATE TRIGGER timeline_events_append_only BEFORE DELETE OR UPDATE ON jobengine.timeline_events FOR EACH ROW EXECUTE FUNCTION jobengine.refuse_rewrite();
-
-ALTER TABLE jobengine.timeline_events ENABLE ALWAYS TRIGGER timeline_events_append_only;
-
---
--- Name: timeline_events timeline_events_no_truncate; Type: TRIGGER; Schema: jobengine; Owner: -
---
-
-CREATE TRIGGER timeline_events_no_truncate BEFORE TRUNCATE ON jobengine.timeline_events FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite();
-
-ALTER TABLE jobengine.timeline_events ENABLE ALWAYS TRIGGER timeline_events_no_truncate;
 
 --
 -- Name: FUNCTION add_timeline_note(p_job_ids bigint[], p_event_type text, p_reason text); Type: ACL; Schema: jobengine; Owner: -
@@ -1551,10 +2280,34 @@ REVOKE ALL ON FUNCTION jobengine.fail_v1(p_owner text, p_ids bigint[], p_attempt
 REVOKE ALL ON FUNCTION jobengine.finish_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_results text[]) FROM PUBLIC;
 
 --
+-- Name: FUNCTION ledger_analyze_v1(); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.ledger_analyze_v1() FROM PUBLIC;
+
+--
+-- Name: FUNCTION ledger_drop_v1(p_before timestamp with time zone, p_dry_run boolean); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.ledger_drop_v1(p_before timestamp with time zone, p_dry_run boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION ledger_prepare_v1(p_days_ahead integer, p_from date); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.ledger_prepare_v1(p_days_ahead integer, p_from date) FROM PUBLIC;
+
+--
 -- Name: FUNCTION promote_v1(p_queues text[], p_limit integer, p_sealed boolean); Type: ACL; Schema: jobengine; Owner: -
 --
 
 REVOKE ALL ON FUNCTION jobengine.promote_v1(p_queues text[], p_limit integer, p_sealed boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION purge_jobs_v1(p_before timestamp with time zone, p_limit integer, p_dry_run boolean); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.purge_jobs_v1(p_before timestamp with time zone, p_limit integer, p_dry_run boolean) FROM PUBLIC;
 
 --
 -- Name: FUNCTION reap_candidates_v1(p_limit integer); Type: ACL; Schema: jobengine; Owner: -
@@ -1569,6 +2322,12 @@ REVOKE ALL ON FUNCTION jobengine.reap_candidates_v1(p_limit integer) FROM PUBLIC
 REVOKE ALL ON FUNCTION jobengine.reap_v1(p_ids bigint[], p_attempts integer[], p_owners text[], p_retry_delays double precision[]) FROM PUBLIC;
 
 --
+-- Name: FUNCTION relay_v1(p_limit integer); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.relay_v1(p_limit integer) FROM PUBLIC;
+
+--
 -- Name: FUNCTION release_v1(p_owner text, p_ids bigint[], p_attempts integer[]); Type: ACL; Schema: jobengine; Owner: -
 --
 
@@ -1579,6 +2338,12 @@ REVOKE ALL ON FUNCTION jobengine.release_v1(p_owner text, p_ids bigint[], p_atte
 --
 
 REVOKE ALL ON FUNCTION jobengine.renew_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_lease_ttl interval) FROM PUBLIC;
+
+--
+-- Name: FUNCTION retention_record_v1(p_dry_run boolean, p_finished_jobs interval, p_audit interval, p_jobs_removed bigint, p_jobs_finished_before timestamp with time zone, p_jobs_oldest timestamp with time zone, p_jobs_newest timestamp with time zone, p_ledger_rows_removed bigint, p_partitions_dropped jsonb, p_ledger_removed_before timestamp with time zone, p_partitions_created integer, p_duration interval); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.retention_record_v1(p_dry_run boolean, p_finished_jobs interval, p_audit interval, p_jobs_removed bigint, p_jobs_finished_before timestamp with time zone, p_jobs_oldest timestamp with time zone, p_jobs_newest timestamp with time zone, p_ledger_rows_removed bigint, p_partitions_dropped jsonb, p_ledger_removed_before timestamp with time zone, p_partitions_created integer, p_duration interval) FROM PUBLIC;
 
 --
 -- Name: FUNCTION retry_candidates_v1(p_limit integer); Type: ACL; Schema: jobengine; Owner: -
@@ -1597,6 +2362,12 @@ REVOKE ALL ON FUNCTION jobengine.retry_v1(p_ids bigint[], p_delays double precis
 --
 
 REVOKE ALL ON FUNCTION jobengine.schedule_retries(p_ids bigint[], p_delays double precision[], p_reason text) FROM PUBLIC;
+
+--
+-- Name: FUNCTION verify_ledger_v1(p_from bigint, p_to bigint); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.verify_ledger_v1(p_from bigint, p_to bigint) FROM PUBLIC;
 
 --
 -- PostgreSQL database dump complete
@@ -1625,14 +2396,21 @@ SET row_security = off;
 
 INSERT INTO jobengine.settings VALUES ('max_payload_bytes', '1048576');
 INSERT INTO jobengine.settings VALUES ('max_lease_ttl', '1 hour');
+INSERT INTO jobengine.settings VALUES ('notify_mode', 'direct');
 
 --
 -- PostgreSQL database dump complete
 --
+
+-- ===== data: where the ledger's chaining and relaying begin =====
+
+INSERT INTO jobengine.ledger_epoch (chained_from) VALUES (1);
+INSERT INTO jobengine.relay_cursor (tx_id, id) VALUES (pg_current_xact_id(), 9223372036854775807);
 
 -- ===== bookkeeping: the migrations this schema equals, so `jobengine migrate` finds nothing to do =====
 
 INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (1, 'lifecycle', '8618960b3a0a93b2322701929ebb939acba318dde5f31e372fcb492881d26d7d'),
     (2, 'claim', '86d63803a175883f4540732205a839bba3f261f4b8751194f6a5cd3efd1e7753'),
-    (3, 'guarantees', '27211b450eedd1f26736df466bb8260d53fc4f01324b14269708a1d1114bfec5');
+    (3, 'guarantees', '27211b450eedd1f26736df466bb8260d53fc4f01324b14269708a1d1114bfec5'),
+    (4, 'ledger', '572f6ed79b43f27ae393e3bdef0bce4df4fe1384acac91a6fb1861b18a5c2b23');

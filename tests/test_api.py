@@ -277,6 +277,12 @@ async def test_metrics_move_when_jobs_move(client: httpx.AsyncClient, pool: asyn
                  "jobengine_lease_expiries_total", "jobengine_listener_reconnects_total",
                  "jobengine_fenced_writes_total"):
         assert name in after
+    # what `jobengine doctor` judges, as gauges read at scrape time
+    assert 'jobengine_table_bytes{table="ledger"}' in after
+    assert 'jobengine_dead_rows{table="jobs"}' in after
+    assert "jobengine_oldest_transaction_seconds" in after
+    assert 'jobengine_xmin_horizon_age{holder="slot"}' in after
+    assert "jobengine_ledger_default_partition_rows 0.0" in after
 
 
 async def test_a_job_made_outside_the_api_is_served(

@@ -85,10 +85,15 @@ async def test_app_cannot_touch_leases_results_or_delete(roles: asyncpg.Connecti
     [
         "INSERT INTO jobengine.job_history (job_id, to_status, attempt, occurred_at, actor)"
         " VALUES ($1, 'completed', 1, now(), 'forger')",
-        "INSERT INTO jobengine.timeline_events (event_id, job_id, event_type, occurred_at, envelope)"
-        " VALUES (gen_random_uuid(), $1, 'job.completed', now(), '{}')",
+        "INSERT INTO jobengine.timeline_events (job_id, event_type, occurred_at)"
+        " VALUES ($1, 'job.completed', now())",
         "UPDATE jobengine.job_history SET actor = 'forger' WHERE job_id = $1",
         "DELETE FROM jobengine.timeline_events WHERE job_id = $1",
+        "INSERT INTO jobengine.ledger (job_id, occurred_at, attempt, to_status, event_type, kind, queue,"
+        " actor, role) VALUES ($1, now(), 1, 'completed', 'job.completed', 'x', 'default', 'f', 'f')",
+        "UPDATE jobengine.ledger SET reason = 'forged' WHERE job_id = $1",
+        "DELETE FROM jobengine.ledger WHERE job_id = $1",
+        "INSERT INTO jobengine.retention_log (actor, dry_run) SELECT 'forger', $1 < 0",
     ],
 )
 async def test_no_role_writes_the_audit_trail_directly(
@@ -96,6 +101,22 @@ async def test_no_role_writes_the_audit_trail_directly(
 ) -> None:
     job_id = await new_job(roles)
     assert "permission denied" in await refused(roles, role, sql, job_id)
+
+
+async def test_app_cannot_purge_relay_or_forge_retention(roles: asyncpg.Connection) -> None:
+    job_id = await new_job(roles)
+    for sql in ("SELECT * FROM jobengine.purge_jobs_v1(now(), 10)",
+                "SELECT jobengine.relay_v1(10)",
+                "SELECT jobengine.ledger_prepare_v1(3)",
+                "SELECT * FROM jobengine.ledger_drop_v1(now() - interval '1 day', false)",
+                "SELECT * FROM jobengine.verify_ledger_v1(0, 10)"):
+        assert "permission denied for function" in await refused(roles, "jobengine_app", sql)
+    for role in ("jobengine_app", "jobengine_daemon"):
+        assert "permission denied" in await refused(roles, role, "TRUNCATE jobengine.ledger")
+    # the daemon's role may update jobs, but not the ledger's head
+    with pytest.raises(asyncpg.CheckViolationError, match="ledger_head changes only with"):
+        await as_role(roles, "jobengine_daemon",
+                      "UPDATE jobengine.jobs SET ledger_head = '\\x00' WHERE id = $1", job_id)
 
 
 async def test_app_cannot_claim_or_write_notes(roles: asyncpg.Connection) -> None:

@@ -348,25 +348,27 @@ async def test_one_statement_moving_many_jobs_records_each(
 
 
 @pytest.mark.parametrize(
-    "statement",
+    ("statement", "why"),
     [
-        "UPDATE jobengine.job_history SET to_status = 'completed'",
-        "DELETE FROM jobengine.job_history",
-        "TRUNCATE jobengine.job_history",
-        "UPDATE jobengine.timeline_events SET event_type = 'job.completed'",
-        "DELETE FROM jobengine.timeline_events",
-        "TRUNCATE jobengine.timeline_events",
-        "DELETE FROM jobengine.jobs",
-        "TRUNCATE jobengine.jobs CASCADE",
+        ("UPDATE jobengine.job_history SET to_status = 'completed'", "append-only"),
+        ("DELETE FROM jobengine.job_history", "append-only"),
+        ("UPDATE jobengine.timeline_events SET event_type = 'job.completed'", "append-only"),
+        ("DELETE FROM jobengine.timeline_events", "append-only"),
+        ("UPDATE jobengine.ledger SET reason = 'forged'", "append-only"),
+        ("DELETE FROM jobengine.ledger", "append-only"),
+        ("TRUNCATE jobengine.ledger", "append-only"),
+        ("TRUNCATE jobengine.ledger_default", "append-only"),
+        ("DELETE FROM jobengine.jobs", "removed only by the retention policy"),
+        ("TRUNCATE jobengine.jobs CASCADE", "append-only"),
     ],
 )
-async def test_audit_trail_is_append_only(tx: asyncpg.Connection, statement: str) -> None:
+async def test_audit_trail_is_append_only(tx: asyncpg.Connection, statement: str, why: str) -> None:
     await job_in(tx, JobStatus.COMPLETED)
     before = await tx.fetchval(
         "SELECT (SELECT count(*) FROM jobengine.job_history)"
         " + (SELECT count(*) FROM jobengine.timeline_events) + (SELECT count(*) FROM jobengine.jobs)"
     )
-    with pytest.raises(asyncpg.RestrictViolationError, match="append-only"):
+    with pytest.raises(asyncpg.RestrictViolationError, match=why):
         async with tx.transaction():
             await tx.execute(statement)
     after = await tx.fetchval(

@@ -66,3 +66,31 @@ def count_status_change(kind: str, to_status: str, n: int = 1) -> None:
     if child is None:
         child = _transition_children[(kind, to_status)] = STATUS_CHANGES.labels(kind, to_status)
     child.inc(n)
+
+# -- what `jobengine doctor` judges, read at scrape time ---------------------------
+
+TABLE_BYTES = Gauge(
+    "jobengine_table_bytes", "Size of jobengine's tables with their indexes (the ledger summed).",
+    ["table"], registry=REGISTRY,
+)
+DEAD_ROWS = Gauge(
+    "jobengine_dead_rows", "Dead rows in jobengine's tables, by the statistics collector.",
+    ["table"], registry=REGISTRY,
+)
+OLDEST_TRANSACTION = Gauge(
+    "jobengine_oldest_transaction_seconds", "Age of the oldest open transaction on the server.",
+    registry=REGISTRY,
+)
+XMIN_AGE = Gauge(
+    "jobengine_xmin_horizon_age", "Transaction ids the xmin horizon is held back, by holder.",
+    ["holder"], registry=REGISTRY,
+)
+RETENTION_AGE = Gauge(
+    "jobengine_retention_last_pass_age_seconds",
+    "Seconds since the last retention pass (absent before the first).", registry=REGISTRY,
+)
+LEDGER_DEFAULT_ROWS = Gauge(
+    "jobengine_ledger_default_partition_rows",
+    "Ledger rows waiting in the default partition (a day without its partition).",
+    registry=REGISTRY,
+)

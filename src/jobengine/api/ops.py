@@ -18,7 +18,17 @@ from jobengine.api.auth import requires_scope
 from jobengine.api.errors import UNAVAILABLE, json_response
 from jobengine.api.inputs import ApiContext, context
 from jobengine.api.wire import Health, Readiness
-from jobengine.metrics import JOBS, REGISTRY
+from jobengine.metrics import (
+    DEAD_ROWS,
+    JOBS,
+    LEDGER_DEFAULT_ROWS,
+    OLDEST_TRANSACTION,
+    REGISTRY,
+    RETENTION_AGE,
+    TABLE_BYTES,
+    XMIN_AGE,
+)
+from jobengine.store.health import HealthStore
 
 #: Seconds a readiness or metrics query may take before the database counts as down.
 PROBE_TIMEOUT = 3.0
@@ -77,7 +87,28 @@ async def metrics(request: Request) -> Response:
     else:
         for status, n in counts.items():
             JOBS.labels(status.value).set(n)
+    try:
+        with anyio.fail_after(PROBE_TIMEOUT):
+            await _health_metrics(HealthStore(ctx.store.db))
+    except UNAVAILABLE as exc:
+        _log.warning("api.metrics_without_health", error=str(exc) or type(exc).__name__)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _health_metrics(health: HealthStore) -> None:
+    """The figures `jobengine doctor` judges, as gauges."""
+    for table in await health.tables():
+        TABLE_BYTES.labels(table.name).set(table.table_bytes + table.index_bytes)
+        DEAD_ROWS.labels(table.name).set(table.dead_rows)
+    horizon = await health.horizon()
+    OLDEST_TRANSACTION.set(horizon.oldest_transaction_seconds)
+    for holder, age in (("session", horizon.session_xmin_age), ("slot", horizon.slot_xmin_age),
+                        ("prepared", horizon.prepared_xact_age)):
+        XMIN_AGE.labels(holder).set(age)
+    retention = await health.retention()
+    if retention.last_pass is not None:
+        RETENTION_AGE.set((retention.now - retention.last_pass).total_seconds())
+    LEDGER_DEFAULT_ROWS.set(retention.default_rows)
 
 
 async def openapi(request: Request) -> Response:

@@ -6,6 +6,7 @@ The contract's settings (see the README):
     sealed = false
     [daemon]   queues, concurrency, lease_ttl, poll_interval, shutdown_grace
     [retry]    strategy, base_delay, max_delay, jitter
+    [retention] finished_jobs, audit ("30d", "90d", "forever"), interval, partitions_ahead, batch
     [http]     listen, max_body_bytes, tokens
     [handlers] kind = "pkg.module:function" | { command = [...] }
     [embedded] data_dir
@@ -28,7 +29,7 @@ from typing import Any
 import msgspec
 
 from jobengine.api.config import HttpSettings
-from jobengine.daemon.config import DaemonConfig, DaemonSettings, HandlerSpec
+from jobengine.daemon.config import DaemonConfig, DaemonSettings, HandlerSpec, RetentionSettings
 from jobengine.domain.errors import ConfigError
 from jobengine.domain.retry import RetryPolicy
 
@@ -51,6 +52,7 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     sealed: bool = False
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     handlers: dict[str, HandlerSpec] = msgspec.field(default_factory=dict)
     embedded: EmbeddedSettings = msgspec.field(default_factory=EmbeddedSettings)
@@ -58,13 +60,15 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     def daemon_config(self) -> DaemonConfig:
         """The part of the settings a daemon runs on."""
         return DaemonConfig(
-            daemon=self.daemon, retry=self.retry, handlers=dict(self.handlers), sealed=self.sealed
+            daemon=self.daemon, retry=self.retry, retention=self.retention,
+            handlers=dict(self.handlers), sealed=self.sealed,
         )
 
 
 _SECTIONS: dict[str, type[msgspec.Struct]] = {
     "daemon": DaemonSettings,
     "retry": RetryPolicy,
+    "retention": RetentionSettings,
     "http": HttpSettings,
     "embedded": EmbeddedSettings,
 }
@@ -179,5 +183,6 @@ def load_settings(
     except Exception as exc:  # e.g. InvalidJob from RetryPolicy.__post_init__
         raise ConfigError(f"invalid configuration{where}: {exc}") from exc
     settings.daemon.validate()
+    settings.retention.validate()
     settings.http.validate()
     return settings

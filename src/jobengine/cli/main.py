@@ -9,12 +9,21 @@ from collections.abc import Sequence
 import asyncpg
 
 from jobengine import __version__
-from jobengine.cli import api_cmd, demo_cmd, jobs_cmd, migrate_cmd, run_cmd, token_cmd, watch_cmd
+from jobengine.cli import (
+    api_cmd,
+    demo_cmd,
+    jobs_cmd,
+    ledger_cmd,
+    migrate_cmd,
+    run_cmd,
+    token_cmd,
+    watch_cmd,
+)
 from jobengine.cli.context import fail
 from jobengine.domain.errors import JobEngineError
 
 #: The command modules, each with register(subparsers); order = order in --help.
-COMMANDS = [migrate_cmd, run_cmd, api_cmd, jobs_cmd, watch_cmd, demo_cmd, token_cmd]
+COMMANDS = [migrate_cmd, run_cmd, api_cmd, jobs_cmd, watch_cmd, ledger_cmd, demo_cmd, token_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from jobengine.domain.errors import ConfigError
+from jobengine.domain.retention import RetentionPolicy
 from jobengine.domain.retry import RetryPolicy
 
 
@@ -42,6 +43,8 @@ class DaemonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     reap_interval: float | None = None
     #: the daemon's id in leases and history (default: host-pid-random)
     id: str | None = None
+    #: with notify_mode = 'relayed': seconds between the relay's looks for new ledger rows
+    relay_interval: float = 0.005
 
     def validate(self) -> DaemonSettings:
         """Raise `ConfigError` naming the first setting that makes no sense."""
@@ -49,7 +52,7 @@ class DaemonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             raise ConfigError("daemon.queues must name at least one queue")
         if self.concurrency < 1:
             raise ConfigError(f"daemon.concurrency must be >= 1, not {self.concurrency}")
-        for name in ("lease_ttl", "poll_interval"):
+        for name in ("lease_ttl", "poll_interval", "relay_interval"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"daemon.{name} must be > 0, not {getattr(self, name)}")
         if not self.shutdown_grace >= 0:
@@ -85,10 +88,42 @@ class DaemonSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         return self.reap_interval or min(self.lease_ttl / 4, 1.0)
 
 
+class RetentionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """`[retention]`: how long finished jobs and the ledger are kept, and how it is applied."""
+
+    #: completed, cancelled and failed-with-no-retry-left jobs, this long after finished_at
+    finished_jobs: str | float = "30d"
+    #: history and timeline rows older than this, whole days at a time ("forever" keeps them)
+    audit: str | float = "90d"
+    #: seconds between the daemon's passes (one daemon at a time runs one)
+    interval: float = 3600.0
+    #: daily ledger partitions made ahead of time
+    partitions_ahead: int = 7
+    #: finished jobs removed per transaction
+    batch: int = 1000
+
+    def policy(self) -> RetentionPolicy:
+        """The policy these settings describe (raises `ConfigError` when they make no sense)."""
+        return RetentionPolicy.parse(self.finished_jobs, self.audit)
+
+    def validate(self) -> RetentionSettings:
+        """Raise `ConfigError` naming the first setting that makes no sense."""
+        self.policy()
+        if not self.interval > 0:
+            raise ConfigError(f"retention.interval must be > 0, not {self.interval}")
+        if not 1 <= self.partitions_ahead <= 366:
+            raise ConfigError(
+                f"retention.partitions_ahead must be 1..366, not {self.partitions_ahead}")
+        if not 1 <= self.batch <= 100_000:
+            raise ConfigError(f"retention.batch must be 1..100000, not {self.batch}")
+        return self
+
+
 class DaemonConfig(msgspec.Struct, kw_only=True):
     """Everything a running daemon needs, assembled by the CLI from settings."""
 
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
+    retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     handlers: dict[str, HandlerSpec] = msgspec.field(default_factory=dict)
     sealed: bool = False

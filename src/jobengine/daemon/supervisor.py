@@ -31,6 +31,8 @@ from jobengine.daemon.isolation import sealed_handlers
 from jobengine.daemon.leases import LeaseKeeper
 from jobengine.daemon.outcomes import FlushReport, OutcomeWriter
 from jobengine.daemon.reaper import Reaper
+from jobengine.daemon.relay import Relay
+from jobengine.daemon.retention import Retention
 from jobengine.daemon.scheduler import Scheduler
 from jobengine.daemon.systemd import Notifier
 from jobengine.daemon.testsignals import DaemonSignals
@@ -44,7 +46,7 @@ from jobengine.notifications import (
     parse_cancel,
     parse_wake,
 )
-from jobengine.store import TRANSIENT, AttemptKey, JobStore, connection, create_pool
+from jobengine.store import TRANSIENT, AttemptKey, JobStore, LedgerStore, connection, create_pool
 
 log = structlog.get_logger("jobengine.daemon")
 
@@ -64,6 +66,8 @@ class Services:
     leases: LeaseKeeper
     reaper: Reaper
     scheduler: Scheduler
+    relay: Relay
+    retention: Retention
 
 
 class Daemon:
@@ -180,6 +184,7 @@ class Daemon:
 
     def _assemble(self, store: JobStore) -> Services:
         s = self.settings
+        ledger = LedgerStore(store.db)
         leases = LeaseKeeper(store, self.id, self.attempts, lease_ttl=s.lease_ttl,
                              interval=s.renew_interval, margin=s.fence_margin,
                              clock=self.clock, signals=self.signals)
@@ -195,6 +200,8 @@ class Daemon:
                           on_retry=self._wake_claimer, signals=self.signals),
             scheduler=Scheduler(store, s.queues, poll_interval=s.poll_interval,
                                 on_ready=self._wake_claimer, sealed=self.config.sealed),
+            relay=Relay(ledger, interval=s.relay_interval),
+            retention=Retention(ledger, self.config.retention),
         )
 
     async def _run_services(self, sv: Services, task_status: TaskStatus[None]) -> None:
@@ -205,6 +212,8 @@ class Daemon:
             await services.start(sv.leases.run)
             await services.start(sv.reaper.run)
             await services.start(sv.scheduler.run)
+            await services.start(sv.relay.run)
+            await services.start(sv.retention.run)
             await services.start(self.notifier.watchdog, self.status_line)
             async with anyio.create_task_group() as actors:
                 await services.start(self._claim_loop, sv, actors)

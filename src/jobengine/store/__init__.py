@@ -6,6 +6,13 @@ say about it.
 
 from jobengine.store.executor import TRANSIENT
 from jobengine.store.jobs import EventPage, JobStore, RetryResult
+from jobengine.store.ledger import (
+    DroppedPartition,
+    LedgerProblem,
+    LedgerStore,
+    RetentionReport,
+    VerifyReport,
+)
 from jobengine.store.lifecycle import (
     AttemptKey,
     Completion,
@@ -22,12 +29,17 @@ __all__ = [
     "AppliedMigration",
     "AttemptKey",
     "Completion",
+    "DroppedPartition",
     "EventPage",
     "FailResult",
     "Failure",
     "JobStore",
+    "LedgerProblem",
+    "LedgerStore",
     "ReapOutcome",
+    "RetentionReport",
     "RetryResult",
+    "VerifyReport",
     "Written",
     "connect",
     "connection",

@@ -3,11 +3,18 @@
 -- name: history_for_job
 SELECT id, job_id, from_status::text AS from_status, to_status::text AS to_status,
        attempt, occurred_at, reason, actor, role
-FROM jobengine.job_history WHERE job_id = $1 ORDER BY id;
+FROM jobengine.job_history
+-- (the ledger is partitioned by day: only days since the job was created)
+WHERE job_id = $1
+  AND occurred_at >= coalesce((SELECT created_at FROM jobengine.jobs WHERE id = $1), '-infinity')
+ORDER BY id;
 
 -- name: timeline_for_job
 SELECT id, event_id::text AS event_id, job_id, event_type, occurred_at, envelope
-FROM jobengine.timeline_events WHERE job_id = $1 ORDER BY id;
+FROM jobengine.timeline_events
+WHERE job_id = $1
+  AND occurred_at >= coalesce((SELECT created_at FROM jobengine.jobs WHERE id = $1), '-infinity')
+ORDER BY id;
 
 -- name: timeline_after
 -- Events after the cursor (tx_id, id), in that order, but only from

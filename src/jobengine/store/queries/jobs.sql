@@ -60,7 +60,7 @@ SELECT j.id FROM jobengine.jobs j
 WHERE j.status = 'pending' AND j.requires_network AND j.queue = ANY ($1::text[])
   AND NOT EXISTS (
       SELECT 1 FROM jobengine.timeline_events e
-      WHERE e.job_id = j.id AND e.event_type = 'job.held')
+      WHERE e.job_id = j.id AND e.occurred_at >= j.created_at AND e.event_type = 'job.held')
 ORDER BY j.id
 LIMIT $2
 FOR UPDATE SKIP LOCKED;

@@ -1,0 +1,106 @@
+-- Named queries on the ledger: partitions, relaying, retention, verification.
+
+-- name: ledger_prepare
+SELECT jobengine.ledger_prepare_v1($1::integer);
+
+-- name: ledger_partitions
+SELECT name, range_from, range_to FROM jobengine.ledger_partitions();
+
+-- name: ledger_notify_mode
+SELECT coalesce((SELECT value FROM jobengine.settings WHERE name = 'notify_mode'), 'direct');
+
+-- name: ledger_relay
+SELECT jobengine.relay_v1($1::integer);
+
+-- name: ledger_now
+SELECT statement_timestamp();
+
+-- name: retention_try_lock
+SELECT pg_try_advisory_lock(7666530082071394662);
+
+-- name: retention_unlock
+SELECT pg_advisory_unlock(7666530082071394662);
+
+-- name: retention_purge
+SELECT removed, oldest, newest FROM jobengine.purge_jobs_v1($1::timestamptz, $2::integer);
+
+-- name: retention_jobs_due
+-- What purge_jobs_v1 would remove (a dry run): finished jobs older than the
+-- boundary that no unfinished job depends on.
+SELECT count(*) AS removed, min(j.finished_at) AS oldest, max(j.finished_at) AS newest
+FROM jobengine.jobs j
+WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at < $1::timestamptz
+  AND (j.status <> 'failed' OR j.attempt - j.released > j.max_retries)
+  AND NOT EXISTS (
+      SELECT 1 FROM jobengine.jobs w
+      WHERE w.status IN ('pending', 'scheduled', 'running') AND w.depends_on <> '{}'
+        AND j.id = ANY (w.depends_on));
+
+-- name: retention_drop
+SELECT name, range_from, range_to, rows, max_id FROM jobengine.ledger_drop_v1($1::timestamptz, $2::boolean);
+
+-- name: retention_record
+SELECT jobengine.retention_record_v1($1::boolean, $2::interval, $3::interval, $4::bigint, $5::timestamptz,
+                                     $6::timestamptz, $7::timestamptz, $8::bigint, $9::jsonb,
+                                     $10::timestamptz, $11::integer, $12::interval);
+
+-- name: retention_analyze
+SELECT jobengine.ledger_analyze_v1();
+
+-- name: retention_log_recent
+SELECT id, ran_at, actor, role, dry_run, finished_jobs, audit, jobs_removed, jobs_finished_before,
+       jobs_oldest_finished, jobs_newest_finished, ledger_rows_removed, partitions_dropped,
+       ledger_removed_before, partitions_created, duration
+FROM jobengine.retention_log ORDER BY id DESC LIMIT $1;
+
+-- name: verify_job_range
+-- The smallest and largest job id in the ledger or in jobs.
+SELECT least((SELECT min(job_id) FROM jobengine.ledger), (SELECT min(id) FROM jobengine.jobs)) AS lo,
+       greatest((SELECT max(job_id) FROM jobengine.ledger), (SELECT max(id) FROM jobengine.jobs)) AS hi;
+
+-- name: verify_range
+SELECT job_id, ledger_id, problem FROM jobengine.verify_ledger_v1($1::bigint, $2::bigint);
+
+-- name: health_tables
+-- Size and dead tuples of jobengine's tables (the ledger summed over its partitions).
+SELECT CASE WHEN c.relname LIKE 'ledger\_%' AND c.relispartition THEN 'ledger' ELSE c.relname::text END AS name,
+       sum(pg_table_size(c.oid))::bigint AS table_bytes,
+       sum(pg_indexes_size(c.oid))::bigint AS index_bytes,
+       sum(coalesce(s.n_live_tup, 0))::bigint AS live_rows,
+       sum(coalesce(s.n_dead_tup, 0))::bigint AS dead_rows,
+       min(s.last_autovacuum) AS last_autovacuum
+FROM pg_class c
+JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
+WHERE n.nspname = 'jobengine' AND c.relkind = 'r'
+GROUP BY 1
+HAVING (CASE WHEN c.relname LIKE 'ledger\_%' AND c.relispartition THEN 'ledger' ELSE c.relname::text END)
+       IN ('jobs', 'ledger', 'retention_log')
+ORDER BY 1;
+
+-- name: health_horizon
+-- What holds back vacuum: the oldest open transaction, the xmin horizon of
+-- sessions, replication slots and prepared transactions (ages in seconds / xids).
+SELECT
+    (SELECT extract(epoch FROM max(statement_timestamp() - a.xact_start))
+     FROM pg_stat_activity a WHERE a.xact_start IS NOT NULL AND a.pid <> pg_backend_pid()
+       AND a.backend_type = 'client backend') AS oldest_transaction_seconds,
+    (SELECT max(age(a.backend_xmin)) FROM pg_stat_activity a
+     WHERE a.backend_xmin IS NOT NULL AND a.pid <> pg_backend_pid()) AS session_xmin_age,
+    (SELECT max(greatest(age(s.xmin), age(s.catalog_xmin))) FROM pg_replication_slots s) AS slot_xmin_age,
+    (SELECT count(*) FROM pg_replication_slots s WHERE NOT s.active) AS inactive_slots,
+    (SELECT max(age(p.transaction)) FROM pg_prepared_xacts p) AS prepared_xact_age,
+    age(datfrozenxid) AS database_xid_age
+FROM pg_database WHERE datname = current_database();
+
+-- name: health_retention
+-- How far retention is behind: the last pass, the oldest finished job and
+-- ledger day still there, and rows waiting in the default partition.
+SELECT
+    (SELECT max(r.ran_at) FROM jobengine.retention_log r WHERE NOT r.dry_run) AS last_pass,
+    (SELECT min(j.finished_at) FROM jobengine.jobs j
+     WHERE j.status IN ('completed', 'cancelled', 'failed')) AS oldest_finished,
+    (SELECT min(p.range_from) FROM jobengine.ledger_partitions() p) AS oldest_partition,
+    (SELECT max(p.range_to) FROM jobengine.ledger_partitions() p) AS newest_partition_end,
+    (SELECT count(*) FROM jobengine.ledger_default) AS default_rows,
+    statement_timestamp() AS now;
