@@ -159,3 +159,55 @@ async def test_a_failing_migration_leaves_no_trace(db_dsn: str) -> None:
         assert await current_version(conn) == len(existing)
     finally:
         await conn.close()
+
+
+async def test_the_ledger_migration_keeps_every_row_and_marks_it_before_chaining(
+    empty_db: str,
+) -> None:
+    """0004 moves 0.2.0's history and timeline into the ledger; old rows are unchained, new ones chain."""
+    from jobengine.store import LedgerStore
+
+    conn = await asyncpg.connect(empty_db)
+    try:
+        await migrate(conn, [m for m in load_migrations() if m.version <= 3])
+        await conn.execute("SET jobengine.actor = 'd1'")
+        await conn.execute("INSERT INTO jobengine.jobs (kind) SELECT 'k' FROM generate_series(1, 3)")
+        rows = await conn.fetch("SELECT id, attempt FROM jobengine.claim_v1('d1', ARRAY['default'],"
+                                " ARRAY['k'], 2, '5 min')")
+        await conn.fetch("SELECT * FROM jobengine.finish_v1('d1', $1::bigint[], $2::int[], $3::text[])",
+                         [rows[0]["id"]], [rows[0]["attempt"]], ["{}"])
+        await conn.execute("SELECT jobengine.add_timeline_note(ARRAY[3]::bigint[], 'job.held', 'x')")
+        before = [dict(r) for r in await conn.fetch(
+            "SELECT id, event_id, job_id, event_type, occurred_at, envelope, tx_id"
+            " FROM jobengine.timeline_events ORDER BY id")]
+        history = await conn.fetch("SELECT job_id, from_status::text, to_status::text, attempt, reason,"
+                                   " actor, role FROM jobengine.job_history ORDER BY id")
+
+        await migrate(conn)
+
+        after = [dict(r) for r in await conn.fetch(
+            "SELECT id, event_id, job_id, event_type, occurred_at, envelope, tx_id"
+            " FROM jobengine.timeline_events ORDER BY id")]
+        assert after == before  # same ids, event ids, envelopes and cursors
+        assert await conn.fetch("SELECT job_id, from_status::text, to_status::text, attempt, reason,"
+                                " actor, role FROM jobengine.job_history ORDER BY id") == history
+        assert await conn.fetchval("SELECT count(*) FROM jobengine.ledger WHERE hash IS NOT NULL") == 0
+        ledger = LedgerStore(conn)
+        assert (await ledger.verify()).intact
+        # the running job finishes and a new job lives: their new rows chain
+        await conn.fetch("SELECT * FROM jobengine.finish_v1('d1', $1::bigint[], $2::int[], $3::text[])",
+                         [rows[1]["id"]], [rows[1]["attempt"]], ["{}"])
+        await conn.execute("INSERT INTO jobengine.jobs (kind) VALUES ('k')")
+        report = await ledger.verify()
+        assert report.intact, report.problems
+        assert await conn.fetchval("SELECT count(*) FROM jobengine.ledger WHERE hash IS NOT NULL") == 2
+        # a row without a hash written after the migration is reported
+        await conn.execute("ALTER TABLE jobengine.ledger DISABLE TRIGGER ledger_append_only")
+        await conn.execute("UPDATE jobengine.ledger SET hash = NULL WHERE id = (SELECT max(id)"
+                           " FROM jobengine.ledger)")
+        await conn.execute("ALTER TABLE jobengine.ledger ENABLE ALWAYS TRIGGER ledger_append_only")
+        found = await ledger.verify()
+        assert [p.problem for p in found.problems][:1] == [
+            "a row without a hash (written outside the engine)"]
+    finally:
+        await conn.close()
