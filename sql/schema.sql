@@ -1028,6 +1028,20 @@ END
 $$;
 
 --
+-- Name: ledger_link_key(bytea, timestamp with time zone); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.ledger_link_key(h bytea, at timestamp with time zone) RETURNS bigint
+    LANGUAGE sql STABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT
+         CASE
+             WHEN ((h IS NULL) OR (h = '\x'::bytea)) THEN (0)::bigint
+             ELSE ((((((((((get_byte(h, 0))::bigint << 56) | ((get_byte(h, 1))::bigint << 48)) | ((get_byte(h, 2))::bigint << 40)) | ((get_byte(h, 3))::bigint << 32)) | ((get_byte(h, 4))::bigint << 24)) | ((get_byte(h, 5))::bigint << 16)) | ((get_byte(h, 6))::bigint << 8)) | (get_byte(h, 7))::bigint) # (round((date_part('epoch'::text, at) * (1000000)::double precision)))::bigint)
+         END AS "case";
+END;
+
+--
 -- Name: ledger_partition_name(date); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -1698,15 +1712,18 @@ END
 $$;
 
 --
--- Name: verify_ledger_v1(bigint, bigint); Type: FUNCTION; Schema: jobengine; Owner: -
+-- Name: verify_ledger_jobs(bigint[]); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
-CREATE FUNCTION jobengine.verify_ledger_v1(p_from bigint, p_to bigint) RETURNS TABLE(job_id bigint, ledger_id bigint, problem text)
+CREATE FUNCTION jobengine.verify_ledger_jobs(p_ids bigint[]) RETURNS TABLE(job_id bigint, ledger_id bigint, problem text)
     LANGUAGE plpgsql STABLE SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET work_mem TO '64MB'
     SET enable_sort TO 'off'
     SET enable_bitmapscan TO 'off'
+    SET enable_seqscan TO 'off'
+    SET enable_hashagg TO 'off'
+    SET max_parallel_workers_per_gather TO '0'
     AS $$
 DECLARE
     v_chained_from bigint := (SELECT e.chained_from FROM jobengine.ledger_epoch e LIMIT 1);
@@ -1721,7 +1738,7 @@ BEGIN
                lag(l.id) OVER w AS before_id, lag(l.hash) OVER w AS before_hash,
                lag(l.occurred_at) OVER w AS before_at, lead(l.id) OVER w IS NULL AS newest
         FROM jobengine.ledger l
-        WHERE l.job_id >= p_from AND l.job_id < p_to
+        WHERE l.job_id = ANY (p_ids)
         WINDOW w AS (PARTITION BY l.job_id ORDER BY l.id)
     ), found AS (
         SELECT r.job_id, r.id, CASE
@@ -1752,13 +1769,77 @@ BEGIN
         END AS problem
         FROM jobengine.jobs j
         LEFT JOIN (SELECT r.job_id, r.id, r.hash FROM r WHERE r.newest) t ON t.job_id = j.id
-        WHERE j.id >= p_from AND j.id < p_to
+        WHERE j.id = ANY (p_ids)
     )
     SELECT f.job_id, f.id, f.problem FROM found f WHERE f.problem IS NOT NULL
     UNION ALL
-    SELECT t.job_id, t.id, t.problem FROM tails t WHERE t.problem IS NOT NULL
-    UNION ALL
-    SELECT NULL::bigint, (SELECT count(*) FROM r), NULL::text;
+    SELECT t.job_id, t.id, t.problem FROM tails t WHERE t.problem IS NOT NULL;
+END
+$$;
+
+--
+-- Name: verify_ledger_v1(bigint, bigint); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.verify_ledger_v1(p_from bigint, p_to bigint) RETURNS TABLE(job_id bigint, ledger_id bigint, problem text)
+    LANGUAGE plpgsql STABLE SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET work_mem TO '64MB'
+    SET enable_sort TO 'off'
+    SET enable_bitmapscan TO 'off'
+    SET enable_seqscan TO 'off'
+    SET enable_hashagg TO 'off'
+    SET max_parallel_workers_per_gather TO '0'
+    AS $$
+DECLARE
+    v_chained_from bigint := (SELECT e.chained_from FROM jobengine.ledger_epoch e LIMIT 1);
+    v_removed_before timestamptz := jobengine.ledger_removed_before();
+    v_suspects bigint[];
+    v_emptied bigint[];
+    v_rows bigint;
+BEGIN
+    WITH agg AS (
+        SELECT l.job_id, count(*) AS n,
+               bool_and(CASE WHEN l.hash IS NULL THEN l.id < v_chained_from
+                             ELSE l.prev_hash IS NOT NULL AND l.hash = jobengine.ledger_hash(
+                                 l.prev_hash, l.job_id, l.event_type, l.from_status, l.to_status,
+                                 l.attempt, l.occurred_at, l.reason, l.actor, l.role, l.kind,
+                                 l.queue, l.prev_at) END) AS rows_ok,
+               bit_xor(jobengine.ledger_link_key(l.prev_hash, CASE WHEN l.prev_hash = ''::bytea THEN NULL
+                                                                   ELSE l.prev_at END)
+                       # jobengine.ledger_link_key(l.hash, l.occurred_at))
+                   FILTER (WHERE l.hash IS NOT NULL) AS links,
+               max(ARRAY[l.id, jobengine.ledger_link_key(l.hash, l.occurred_at)])
+                   FILTER (WHERE l.hash IS NOT NULL) AS newest
+        FROM jobengine.ledger l
+        WHERE l.job_id >= p_from AND l.job_id < p_to
+        GROUP BY l.job_id
+    ), judged AS (
+        SELECT coalesce(a.job_id, j.id) AS job_id, CASE
+            WHEN a.job_id IS NULL THEN
+                CASE WHEN j.ledger_head <> ''::bytea AND j.updated_at >= v_removed_before THEN 'emptied' END
+            WHEN NOT a.rows_ok THEN 'suspect'
+            WHEN a.newest IS NULL THEN
+                CASE WHEN j.ledger_head IS NOT NULL AND j.ledger_head <> ''::bytea THEN 'suspect' END
+            WHEN a.links <> a.newest[2] THEN 'suspect'
+            WHEN j.id IS NOT NULL AND a.newest[2] <> jobengine.ledger_link_key(j.ledger_head, j.updated_at)
+                THEN 'suspect'
+        END AS verdict, a.n
+        FROM agg a
+        FULL JOIN (SELECT * FROM jobengine.jobs WHERE id >= p_from AND id < p_to) j ON j.id = a.job_id
+    )
+    SELECT array_agg(d.job_id) FILTER (WHERE d.verdict = 'suspect'),
+           array_agg(d.job_id) FILTER (WHERE d.verdict = 'emptied'),
+           coalesce(sum(d.n), 0)
+    INTO v_suspects, v_emptied, v_rows
+    FROM judged d;
+
+    RETURN QUERY SELECT e.id, NULL::bigint, 'all of its ledger rows were removed (not by retention)'
+    FROM unnest(v_emptied) AS e(id);
+    IF v_suspects IS NOT NULL THEN
+        RETURN QUERY SELECT v.job_id, v.ledger_id, v.problem FROM jobengine.verify_ledger_jobs(v_suspects) v;
+    END IF;
+    RETURN QUERY SELECT NULL::bigint, v_rows, NULL::text;
 END
 $$;
 
@@ -2364,6 +2445,12 @@ REVOKE ALL ON FUNCTION jobengine.retry_v1(p_ids bigint[], p_delays double precis
 REVOKE ALL ON FUNCTION jobengine.schedule_retries(p_ids bigint[], p_delays double precision[], p_reason text) FROM PUBLIC;
 
 --
+-- Name: FUNCTION verify_ledger_jobs(p_ids bigint[]); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.verify_ledger_jobs(p_ids bigint[]) FROM PUBLIC;
+
+--
 -- Name: FUNCTION verify_ledger_v1(p_from bigint, p_to bigint); Type: ACL; Schema: jobengine; Owner: -
 --
 
@@ -2413,4 +2500,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (1, 'lifecycle', '8618960b3a0a93b2322701929ebb939acba318dde5f31e372fcb492881d26d7d'),
     (2, 'claim', '86d63803a175883f4540732205a839bba3f261f4b8751194f6a5cd3efd1e7753'),
     (3, 'guarantees', '27211b450eedd1f26736df466bb8260d53fc4f01324b14269708a1d1114bfec5'),
-    (4, 'ledger', '572f6ed79b43f27ae393e3bdef0bce4df4fe1384acac91a6fb1861b18a5c2b23');
+    (4, 'ledger', '885a522c3b6d893144cd86a4778a79dbb55bb50691e37badab6c522c71b9f01d');

@@ -986,14 +986,17 @@ $$;
 -- Verification: which jobs' rows are not as the database wrote them.
 -- ---------------------------------------------------------------------------
 
--- Jobs with ids in [p_from, p_to) whose ledger rows were altered, removed
--- or inserted outside the engine (one row per problem found; none: intact).
--- Also returns, as problem NULL, one row with how many rows it checked.
-CREATE FUNCTION jobengine.verify_ledger_v1(p_from bigint, p_to bigint)
+-- The exact check of these jobs' chains, row by row: one row per problem
+-- (none: intact), naming the row. verify_ledger_v1 calls it for the jobs
+-- its quick pass could not clear.
+CREATE FUNCTION jobengine.verify_ledger_jobs(p_ids bigint[])
 RETURNS TABLE (job_id bigint, ledger_id bigint, problem text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
--- rows come in (job_id, id) order from the index: no sort, no bitmap
-SET work_mem = '64MB' SET enable_sort = off SET enable_bitmapscan = off
+-- rows come in (job_id, id) order from the index (a span is a small part of
+-- a day's partition): no scan of the whole day, no sort, no hash table;
+-- callers run spans side by side instead of parallel workers
+SET work_mem = '64MB' SET enable_sort = off SET enable_bitmapscan = off SET enable_seqscan = off
+SET enable_hashagg = off SET max_parallel_workers_per_gather = 0
 AS $$
 DECLARE
     v_chained_from bigint := (SELECT e.chained_from FROM jobengine.ledger_epoch e LIMIT 1);
@@ -1008,7 +1011,7 @@ BEGIN
                lag(l.id) OVER w AS before_id, lag(l.hash) OVER w AS before_hash,
                lag(l.occurred_at) OVER w AS before_at, lead(l.id) OVER w IS NULL AS newest
         FROM jobengine.ledger l
-        WHERE l.job_id >= p_from AND l.job_id < p_to
+        WHERE l.job_id = ANY (p_ids)
         WINDOW w AS (PARTITION BY l.job_id ORDER BY l.id)
     ), found AS (
         SELECT r.job_id, r.id, CASE
@@ -1039,13 +1042,94 @@ BEGIN
         END AS problem
         FROM jobengine.jobs j
         LEFT JOIN (SELECT r.job_id, r.id, r.hash FROM r WHERE r.newest) t ON t.job_id = j.id
-        WHERE j.id >= p_from AND j.id < p_to
+        WHERE j.id = ANY (p_ids)
     )
     SELECT f.job_id, f.id, f.problem FROM found f WHERE f.problem IS NOT NULL
     UNION ALL
-    SELECT t.job_id, t.id, t.problem FROM tails t WHERE t.problem IS NOT NULL
-    UNION ALL
-    SELECT NULL::bigint, (SELECT count(*) FROM r), NULL::text;
+    SELECT t.job_id, t.id, t.problem FROM tails t WHERE t.problem IS NOT NULL;
+END
+$$;
+
+-- A 64-bit key of a chain link: a hash and the time of its row. A chain's
+-- links cancel out under XOR: the keys of every row's (prev_hash, prev_at)
+-- XOR the keys of every row's (hash, occurred_at) leave the newest row's.
+CREATE FUNCTION jobengine.ledger_link_key(h bytea, at timestamptz) RETURNS bigint
+LANGUAGE sql STABLE PARALLEL SAFE
+BEGIN ATOMIC
+    SELECT CASE WHEN h IS NULL OR h = ''::bytea THEN 0::bigint ELSE
+        ((get_byte(h, 0)::bigint << 56) | (get_byte(h, 1)::bigint << 48) | (get_byte(h, 2)::bigint << 40)
+         | (get_byte(h, 3)::bigint << 32) | (get_byte(h, 4)::bigint << 24) | (get_byte(h, 5)::bigint << 16)
+         | (get_byte(h, 6)::bigint << 8) | get_byte(h, 7)::bigint)
+        # round(date_part('epoch', at) * 1000000)::bigint END;
+END;
+
+-- Jobs with ids in [p_from, p_to) whose ledger rows were altered, removed
+-- or inserted outside the engine (one row per problem found; none: intact).
+-- Also returns, as problem NULL, one row with how many rows it checked.
+--
+-- One pass over the rows in (job_id, id) order recomputes every row's hash
+-- and folds each job's links (ledger_link_key): a job whose rows are each
+-- intact, whose links cancel out to its newest row, and whose newest row is
+-- its ledger_head, is intact. The few that are not cleared (tampered with,
+-- or trimmed by retention) get the exact, row-by-row check.
+CREATE FUNCTION jobengine.verify_ledger_v1(p_from bigint, p_to bigint)
+RETURNS TABLE (job_id bigint, ledger_id bigint, problem text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+-- rows come in (job_id, id) order from the index (a span is a small part of
+-- a day's partition): no scan of the whole day, no sort, no hash table;
+-- callers run spans side by side instead of parallel workers
+SET work_mem = '64MB' SET enable_sort = off SET enable_bitmapscan = off SET enable_seqscan = off
+SET enable_hashagg = off SET max_parallel_workers_per_gather = 0
+AS $$
+DECLARE
+    v_chained_from bigint := (SELECT e.chained_from FROM jobengine.ledger_epoch e LIMIT 1);
+    v_removed_before timestamptz := jobengine.ledger_removed_before();
+    v_suspects bigint[];
+    v_emptied bigint[];
+    v_rows bigint;
+BEGIN
+    WITH agg AS (
+        SELECT l.job_id, count(*) AS n,
+               bool_and(CASE WHEN l.hash IS NULL THEN l.id < v_chained_from
+                             ELSE l.prev_hash IS NOT NULL AND l.hash = jobengine.ledger_hash(
+                                 l.prev_hash, l.job_id, l.event_type, l.from_status, l.to_status,
+                                 l.attempt, l.occurred_at, l.reason, l.actor, l.role, l.kind,
+                                 l.queue, l.prev_at) END) AS rows_ok,
+               bit_xor(jobengine.ledger_link_key(l.prev_hash, CASE WHEN l.prev_hash = ''::bytea THEN NULL
+                                                                   ELSE l.prev_at END)
+                       # jobengine.ledger_link_key(l.hash, l.occurred_at))
+                   FILTER (WHERE l.hash IS NOT NULL) AS links,
+               max(ARRAY[l.id, jobengine.ledger_link_key(l.hash, l.occurred_at)])
+                   FILTER (WHERE l.hash IS NOT NULL) AS newest
+        FROM jobengine.ledger l
+        WHERE l.job_id >= p_from AND l.job_id < p_to
+        GROUP BY l.job_id
+    ), judged AS (
+        SELECT coalesce(a.job_id, j.id) AS job_id, CASE
+            WHEN a.job_id IS NULL THEN
+                CASE WHEN j.ledger_head <> ''::bytea AND j.updated_at >= v_removed_before THEN 'emptied' END
+            WHEN NOT a.rows_ok THEN 'suspect'
+            WHEN a.newest IS NULL THEN
+                CASE WHEN j.ledger_head IS NOT NULL AND j.ledger_head <> ''::bytea THEN 'suspect' END
+            WHEN a.links <> a.newest[2] THEN 'suspect'
+            WHEN j.id IS NOT NULL AND a.newest[2] <> jobengine.ledger_link_key(j.ledger_head, j.updated_at)
+                THEN 'suspect'
+        END AS verdict, a.n
+        FROM agg a
+        FULL JOIN (SELECT * FROM jobengine.jobs WHERE id >= p_from AND id < p_to) j ON j.id = a.job_id
+    )
+    SELECT array_agg(d.job_id) FILTER (WHERE d.verdict = 'suspect'),
+           array_agg(d.job_id) FILTER (WHERE d.verdict = 'emptied'),
+           coalesce(sum(d.n), 0)
+    INTO v_suspects, v_emptied, v_rows
+    FROM judged d;
+
+    RETURN QUERY SELECT e.id, NULL::bigint, 'all of its ledger rows were removed (not by retention)'
+    FROM unnest(v_emptied) AS e(id);
+    IF v_suspects IS NOT NULL THEN
+        RETURN QUERY SELECT v.job_id, v.ledger_id, v.problem FROM jobengine.verify_ledger_jobs(v_suspects) v;
+    END IF;
+    RETURN QUERY SELECT NULL::bigint, v_rows, NULL::text;
 END
 $$;
 
@@ -1061,7 +1145,8 @@ REVOKE EXECUTE ON FUNCTION
     jobengine.retention_record_v1(boolean, interval, interval, bigint, timestamptz, timestamptz, timestamptz,
                                   bigint, jsonb, timestamptz, integer, interval),
     jobengine.ledger_analyze_v1(),
-    jobengine.verify_ledger_v1(bigint, bigint)
+    jobengine.verify_ledger_v1(bigint, bigint),
+    jobengine.verify_ledger_jobs(bigint[])
 FROM PUBLIC;
 
 -- The views and tables replaced here keep their readers (roles.sql, when
