@@ -399,3 +399,27 @@ async def test_a_relayed_daemon_is_woken_by_the_relay(db_dsn: str, pool: asyncpg
         for job_id in ids:
             await wait_status(pool, job_id, "completed", within=30)
     assert sorted(done) == sorted(ids)
+
+
+async def test_the_daemon_makes_partitions_ahead_and_applies_the_policy_itself(
+    db_dsn: str, pool: asyncpg.Pool,
+) -> None:
+    from jobengine.daemon.config import RetentionSettings
+    from tests.dbutil import wait_for
+
+    [old] = await life(pool, 1)
+    async with pool.acquire() as conn:
+        await backdate(conn, [old], timedelta(days=40))
+    cfg = config()
+    cfg.retention = RetentionSettings(interval=0.2, partitions_ahead=10)
+    async with run_daemon(cfg, db_dsn, handlers=from_callables({"k": lambda job: None})):
+
+        async def passed() -> bool:
+            n = await pool.fetchval("SELECT count(*) FROM jobengine.retention_log"
+                                    " WHERE NOT dry_run AND actor <> 'cli'")
+            return bool(n)
+
+        await wait_for(passed, within=30, message="a retention pass by the daemon")
+    assert await pool.fetchval("SELECT count(*) FROM jobengine.jobs WHERE id = $1", old) == 0
+    ahead = await pool.fetchval("SELECT max(range_to) - now() FROM jobengine.ledger_partitions()")
+    assert ahead > timedelta(days=10)
