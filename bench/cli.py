@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
+import os
 import sys
 import time
 from pathlib import Path
@@ -11,9 +13,10 @@ from typing import Any
 
 from bench import db, machine, peers_env, report
 from bench.config import BENCH_DIR, FULL, QUICK, Options
+from bench.peers._cpu import POSTMASTER_ENV
 from bench.procs import StepFailed
 from bench.results import Results, catalogue
-from bench.systems import ALL, PEERS, select
+from bench.systems import ALL, System, select
 from bench.workloads import WORKLOADS, Context
 from bench.workloads.common import database_name
 from bench.workloads.scale import template_name
@@ -39,6 +42,9 @@ def parser() -> argparse.ArgumentParser:
     run.add_argument("--format", choices=["auto", "rich", "markdown"], default="auto")
     run.add_argument("--db-prefix", default="bench",
                      help="databases are named PREFIX_<system> (default: bench)")
+    run.add_argument("--scale-rows", type=int,
+                     help="finished jobs in the scale workload (default 10,000,000; --quick: "
+                     "5,000)")
     return p
 
 
@@ -65,27 +71,55 @@ def _print_header(info: dict[str, Any], warnings: list[str]) -> None:
     print(flush=True)
 
 
+def _peer_envs(systems: list[System], results: Results) -> tuple[list[System], dict[str, str]]:
+    """Build the venvs the chosen peers need; (the systems that can run, their versions).
+
+    A peer whose venv cannot be built here (oban without a Python 3.12+, a
+    failed pip install) is left out with the reason under the table.
+    """
+    versions: dict[str, str] = {}
+    usable = []
+    for name in dict.fromkeys(s.env for s in systems if s.env):
+        env = peers_env.ENVS[name]
+        try:
+            env.ensure()
+        except peers_env.Unavailable as exc:
+            for s in systems:
+                if s.env == name:
+                    results.skip(f"{s.label}: not run, its virtualenv could not be built: {exc}")
+            continue
+        versions.update(env.versions())
+        usable.append(name)
+    return [s for s in systems if not s.env or s.env in usable], versions
+
+
 async def _run(args: argparse.Namespace) -> int:
     sizes = QUICK if args.quick else FULL
+    if args.scale_rows is not None:
+        sizes = dataclasses.replace(sizes, scale_rows=args.scale_rows)
     options = Options(sizes=sizes, reps=sizes.reps, limit=args.limit,
                       out_dir=args.out.parent, db_prefix=args.db_prefix).with_reps(args.reps)
-    systems = select(args.systems)
+    results = Results()
+    systems, versions = _peer_envs(select(args.systems), results)
     workloads = _workloads(args.only)
-    if any(s in PEERS for s in systems):
-        peers_env.ensure()
     admin = args.dsn or machine.start_embedded(args.embedded_dir.resolve())
     server = await machine.server(admin)
+    postmaster = await machine.postmaster(admin)
+    if postmaster is None:
+        results.skip("PostgreSQL CPU: the server's processes are not visible from here "
+                     "(not a local server): CPU per job counts the client only")
+    else:
+        os.environ[POSTMASTER_ENV] = str(postmaster)  # the steps measure it too
     info: dict[str, Any] = {
-        "machine": machine.machine(), "server": server,
-        "jobengine": machine.jobengine_version(), "peers": peers_env.versions()
-        if any(s in PEERS for s in systems) else {},
+        "machine": machine.machine(), "server": {**server, "postmaster_pid": postmaster},
+        "jobengine": machine.jobengine_version(), "peers": versions,
         "sizes": sizes.__dict__, "reps": options.reps, "limit": options.limit,
         "workloads": workloads, "systems": [s.name for s in systems],
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     warnings = machine.warnings(server)
     _print_header(info, warnings)
-    ctx = Context(admin, systems, options, Results())
+    ctx = Context(admin, systems, options, results, postmaster)
     failed = await _workloads_run(ctx, workloads)
     info["warnings"] = warnings
     info["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -128,6 +162,8 @@ def _print_results(args: argparse.Namespace, ctx: Context, info: dict[str, Any])
         print(report.markdown(table))
     for note in ctx.results.notes:
         print(f"note: {note}")
+    for skipped in ctx.results.skipped:
+        print(f"skipped: {skipped}")
     report.write_json(args.out, ctx.results, {**info, "table": table})
     args.out.with_suffix(".md").write_text(f"### {title}\n\n{report.markdown(table)}\n")
     print(f"\nresults: {args.out} (and {args.out.with_suffix('.md').name})", flush=True)

@@ -8,6 +8,7 @@ from pathlib import Path
 BENCH_DIR = Path(__file__).resolve().parent
 PEERS_DIR = BENCH_DIR / "peers"
 PEER_VENV = BENCH_DIR / ".venv-peers"
+OBAN_VENV = BENCH_DIR / ".venv-oban"
 
 
 @dataclass(frozen=True)
@@ -24,7 +25,9 @@ class Sizes:
     steady_rate: float = 300.0
     steady_seconds: float = 30.0
     steady_connections: int = 4
-    scale_rows: int = 1_000_000
+    producers_connections: int = 32
+    producers_seconds: float = 15.0
+    scale_rows: int = 10_000_000
     memory_jobs: int = 10_000
     rescue_jobs: int = 100
     rescue_lease_ttl: float = 5.0
@@ -36,8 +39,8 @@ FULL = Sizes()
 #: tiny sizes for CI's smoke run: the harness keeps working, the figures mean nothing
 QUICK = Sizes(
     bulk=500, single=50, burndown=500, pickups=20, steady_rate=100.0, steady_seconds=3.0,
-    steady_connections=2, scale_rows=5_000, memory_jobs=200, rescue_jobs=10,
-    rescue_lease_ttl=2.0, reps=1,
+    steady_connections=2, producers_connections=4, producers_seconds=1.0, scale_rows=5_000,
+    memory_jobs=200, rescue_jobs=10, rescue_lease_ttl=2.0, reps=1,
 )
 
 

@@ -100,3 +100,15 @@ def start_embedded(data_dir: Path) -> str:
 
     os.makedirs(data_dir, exist_ok=True)
     return ensure_embedded(data_dir)
+
+
+async def postmaster(dsn: str) -> int | None:
+    """The server's postmaster pid, if its processes are visible here (a local server)."""
+    from bench.peers._cpu import postmaster_of
+
+    conn = await asyncpg.connect(dsn)
+    try:
+        backend = int(await conn.fetchval("SELECT pg_backend_pid()"))
+        return postmaster_of(backend)
+    finally:
+        await conn.close()

@@ -40,19 +40,34 @@ def ratio(summaries: dict[str, Summary], peer: str) -> str:
     return f"{mine.median / theirs.median:.2f}x"
 
 
+def _with_parts(text: str, results: Results, metric: Metric, column: str) -> str:
+    """`total (part + part)`: the medians of the metric's parts, "?" where one is missing."""
+    if not metric.parts or not text:
+        return text
+    medians = [results.summaries(p).get(column) for p in metric.parts]
+    return text + " (" + " + ".join("?" if m is None else _num(m.median) for m in medians) + ")"
+
+
 def rows(results: Results, metrics: list[Metric], systems: list[System]) -> list[list[str]]:
-    """The table: header first, then one row per metric that has figures."""
+    """The table: header first, then one row per metric that has figures.
+
+    The columns are the systems, then the extra columns (`Results.column`) that
+    have a figure in some row; the ratios are jobengine's over each peer's.
+    """
     peers = [s for s in systems if s.name != "jobengine"]
-    header = ["metric", "unit", *[s.label for s in systems],
+    shown = [m for m in metrics if results.summaries(m.key)]
+    extra = [(k, label) for k, label in results.columns.items()
+             if any(k in results.summaries(m.key) for m in shown)]
+    columns = [(s.name, s.label) for s in systems] + extra
+    header = ["metric", "unit", *[label for _, label in columns],
               *[f"jobengine / {p.label}" for p in peers], "target", "met"]
     out = [header]
-    for metric in metrics:
+    for metric in shown:
         summaries = results.summaries(metric.key)
-        if not summaries:
-            continue
         met = metric.check(summaries) if metric.check else None
         out.append([
-            metric.label, metric.unit, *[cell(summaries.get(s.name)) for s in systems],
+            metric.label, metric.unit,
+            *[_with_parts(cell(summaries.get(k)), results, metric, k) for k, _ in columns],
             *[ratio(summaries, p.name) for p in peers], metric.target,
             "" if met is None else ("yes" if met else "NO"),
         ])

@@ -23,6 +23,8 @@ class Metric:
     target: str = ""
     #: met? from the summaries by system (None: cannot tell)
     check: Callable[[dict[str, Summary]], bool | None] | None = None
+    #: metrics whose medians the cell adds in parentheses, joined by " + " (the CPU split)
+    parts: tuple[str, ...] = ()
 
 
 def _ratio_at_least(factor: float, peer: str) -> Callable[[dict[str, Summary]], bool | None]:
@@ -52,18 +54,36 @@ def _count(n: int) -> str:
         f"{n // 1000}k" if n >= 1000 and n % 1000 == 0 else str(n))
 
 
+#: what the CPU of a rate row is split into: the client process, and every PostgreSQL process
+CPU_PARTS = ("cpu_worker", "cpu_db")
+
+
+def cpu_metric(rate: Metric, who: str) -> Metric:
+    """The CPU-per-job row that goes under a rate row: total, with the split in parentheses."""
+    return Metric(f"{rate.key}.cpu", f"{rate.label}: CPU per job, {who} + PostgreSQL", "µs/job",
+                  "lower", parts=tuple(f"{rate.key}.{p}" for p in CPU_PARTS))
+
+
+def _with_cpu(rate: Metric, who: str) -> list[Metric]:
+    return [rate, cpu_metric(rate, who)]
+
+
 def catalogue(sizes: Sizes) -> list[Metric]:
     """Every metric, in table order, labelled with this run's sizes."""
     s = sizes
     rescue_limit = s.rescue_lease_ttl + 2.0
     steady_backlog_limit = max(1.0, s.steady_rate * 0.1)
+    producers = (f"many producers ({s.producers_connections} connections, one job per tx, "
+                 f"{s.producers_seconds:g} s)")
     return [
-        Metric("enqueue.bulk", f"enqueue {_count(s.bulk)} in one call", "jobs/s", "higher"),
-        Metric("enqueue.single", f"enqueue {_count(s.single)}, one tx each", "jobs/s",
-               "higher"),
-        *[Metric(f"burndown.c{c}", f"burn-down {_count(s.burndown)}, concurrency {c}", "jobs/s",
-                 "higher", "≥ 2x PgQueuer", _ratio_at_least(2.0, "pgqueuer"))
-          for c in s.concurrencies],
+        *_with_cpu(Metric("enqueue.bulk", f"enqueue {_count(s.bulk)} in one call", "jobs/s",
+                          "higher"), "enqueuer"),
+        *_with_cpu(Metric("enqueue.single", f"enqueue {_count(s.single)}, one tx each",
+                          "jobs/s", "higher"), "enqueuer"),
+        *[m for c in s.concurrencies for m in _with_cpu(
+            Metric(f"burndown.c{c}", f"burn-down {_count(s.burndown)}, concurrency {c}",
+                   "jobs/s", "higher", "≥ 2x PgQueuer", _ratio_at_least(2.0, "pgqueuer")),
+            "worker")],
         Metric("pickup.p50", "idle pickup p50", "ms", "lower"),
         Metric("pickup.p95", "idle pickup p95", "ms", "lower"),
         Metric("pickup.p99", "idle pickup p99", "ms", "lower", "≤ 5 ms", _at_most(5.0)),
@@ -74,10 +94,19 @@ def catalogue(sizes: Sizes) -> list[Metric]:
         Metric("steady.p99", "steady load pickup p99", "ms", "lower", "≤ 15 ms", _at_most(15.0)),
         Metric("steady.backlog", "steady load: backlog at end", "jobs", "lower",
                f"≤ {steady_backlog_limit:g} (none growing)", _at_most(steady_backlog_limit)),
-        Metric("scale.empty", "burn-down c10, empty tables", "jobs/s", "higher"),
-        Metric("scale.full", f"burn-down c10, {_count(s.scale_rows)} finished jobs present",
-               "jobs/s", "higher"),
+        *_with_cpu(Metric("producers.rate", producers, "jobs/s", "higher"), "producers"),
+        Metric("producers.floor", "many producers / plain table (same repetition)", "x",
+               "higher"),
+        Metric("scale.load", f"scale: load {_count(s.scale_rows)} finished jobs and their ledger "
+               "by SQL", "s", "lower"),
+        Metric("scale.size", "scale: database size after the load", "GB", ""),
+        *_with_cpu(Metric("scale.empty", "burn-down c10, empty tables", "jobs/s", "higher"),
+                   "worker"),
+        *_with_cpu(Metric("scale.full", f"burn-down c10, {_count(s.scale_rows)} finished jobs "
+                          "present", "jobs/s", "higher"), "worker"),
         Metric("scale.ratio", "scale: full / empty", "x", "higher", "≥ 0.9", _at_least(0.9)),
+        Metric("scale.retention", f"scale: retention pass over {_count(s.scale_rows)} finished "
+               "jobs", "s", "lower"),
         Metric("memory.rss", f"peak RSS, {_count(s.memory_jobs)} running jobs", "MB", "lower",
                "≤ 300 MB",
                _at_most(300.0)),
@@ -94,14 +123,44 @@ class Results:
 
     values: dict[str, dict[str, list[Value]]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    #: what was left out on purpose, and why (not a failure: a missing feature or install)
+    skipped: list[str] = field(default_factory=list)
+    #: columns besides the systems' (e.g. the many-producers floor), key -> label, in order
+    columns: dict[str, str] = field(default_factory=dict)
 
     def add(self, metric: str, system: str, value: Value) -> None:
         """Record one run's figure."""
         self.values.setdefault(metric, {}).setdefault(system, []).append(value)
 
+    def add_cpu(self, metric: str, system: str, jobs: int, worker: float,
+                database: float | None, foreign: float = 0.0) -> None:
+        """Record one run's CPU seconds as µs per job: the client, the server and their sum.
+
+        Without the server's figure (not visible from here) the sum is the
+        client's alone, and the cell shows the server's part as "?". `foreign`
+        (other databases' backends, left out of `database`) goes to the JSON only.
+        """
+        if jobs <= 0:
+            return
+        per_job = 1e6 / jobs
+        self.add(f"{metric}.cpu_worker", system, Value(worker * per_job))
+        self.add(f"{metric}.cpu_foreign", system, Value(foreign * per_job))
+        if database is not None:
+            self.add(f"{metric}.cpu_db", system, Value(database * per_job))
+        self.add(f"{metric}.cpu", system, Value((worker + (database or 0.0)) * per_job))
+
+    def column(self, key: str, label: str) -> None:
+        """A column that is not a system under test (shown only where it has figures)."""
+        self.columns.setdefault(key, label)
+
     def note(self, text: str) -> None:
         """Something the reader of the table must know."""
         self.notes.append(text)
+
+    def skip(self, text: str) -> None:
+        """Something not measured on purpose, and why (printed as `skipped:`, not a failure)."""
+        if text not in self.skipped:
+            self.skipped.append(text)
 
     def summaries(self, metric: str) -> dict[str, Summary]:
         """Median and range per system for one metric."""
@@ -118,4 +177,5 @@ class Results:
             "metrics": {m: {s: summ.as_json() for s, summ in self.summaries(m).items()}
                         for m in self.values},
             "notes": self.notes,
+            "skipped": self.skipped,
         }

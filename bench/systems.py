@@ -11,7 +11,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.config import PEER_VENV, PEERS_DIR
+from bench.config import OBAN_VENV, PEER_VENV, PEERS_DIR
 
 
 @dataclass(frozen=True)
@@ -30,10 +30,14 @@ class System:
     backlog_sql: str
     #: jobengine only: how many running jobs at attempt $1
     running_sql: str = ""
+    #: the peer venv its script runs on (`bench.peers_env.ENVS`), "" for the project's
+    env: str = ""
+    #: arguments of the script before the step's command (the floor's variant)
+    args: tuple[str, ...] = ()
 
     def argv(self, command: str, dsn: str, *args: str) -> list[str]:
         """The command line of one protocol step."""
-        return [str(self.python), str(self.script), command, "--dsn", dsn, *args]
+        return [str(self.python), str(self.script), *self.args, command, "--dsn", dsn, *args]
 
 
 def _peer_python() -> Path:
@@ -69,6 +73,7 @@ PGQUEUER = System(
     unfinished_sql="SELECT EXISTS (SELECT 1 FROM pgqueuer WHERE status IN ('queued', 'picked'))",
     succeeded_sql="SELECT count(DISTINCT job_id) FROM pgqueuer_log WHERE status = 'successful'",
     backlog_sql="SELECT count(*) FROM pgqueuer WHERE status IN ('queued', 'picked')",
+    env="peers",
 )
 
 PROCRASTINATE = System(
@@ -81,10 +86,39 @@ PROCRASTINATE = System(
     ),
     succeeded_sql="SELECT count(*) FROM procrastinate_jobs WHERE status = 'succeeded'",
     backlog_sql="SELECT count(*) FROM procrastinate_jobs WHERE status IN ('todo', 'doing')",
+    env="peers",
 )
 
-ALL = {s.name: s for s in (JOBENGINE, PGQUEUER, PROCRASTINATE)}
+_OBAN_UNFINISHED = "state IN ('available', 'scheduled', 'executing', 'retryable')"
+OBAN = System(
+    name="oban",
+    label="oban",
+    script=PEERS_DIR / "oban_peer.py",
+    python=OBAN_VENV / "bin" / "python",
+    # Finished jobs stay (the pruner deletes them after a day).
+    unfinished_sql=f"SELECT EXISTS (SELECT 1 FROM oban_jobs WHERE {_OBAN_UNFINISHED})",
+    succeeded_sql="SELECT count(*) FROM oban_jobs WHERE state = 'completed'",
+    backlog_sql=f"SELECT count(*) FROM oban_jobs WHERE {_OBAN_UNFINISHED}",
+    env="oban",
+)
+
+ALL = {s.name: s for s in (JOBENGINE, PGQUEUER, PROCRASTINATE, OBAN)}
 PEERS = [s for s in ALL.values() if s is not JOBENGINE]
+
+
+def _floor(variant: str, label: str) -> System:
+    return System(
+        name=f"floor_{variant}", label=label, script=PEERS_DIR / "floor_peer.py",
+        python=Path(sys.executable), unfinished_sql="SELECT false",
+        succeeded_sql="SELECT 0", backlog_sql="SELECT count(*) FROM bench_floor.jobs",
+        args=(variant,),
+    )
+
+
+#: the many-producers floor: the same inserts into a plain table, then with a NOTIFY trigger
+#: (not systems under test: only that workload runs them)
+FLOOR_PLAIN = _floor("plain", "plain table")
+FLOOR_NOTIFY = _floor("notify", "plain table + NOTIFY trigger")
 
 
 def select(names: str) -> list[System]:

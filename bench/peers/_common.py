@@ -68,9 +68,9 @@ class Clock:
     A peer wraps exactly what is timed in `with clock:`.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, dsn: str) -> None:
         self.seconds = 0.0
-        self.meter = _cpu.Meter(None, _cpu.postmaster_from_env())
+        self.meter = _cpu.Meter(None, _cpu.postmaster_from_env(), _cpu.database_from_dsn(dsn))
         self._started = 0.0
 
     def __enter__(self) -> Clock:
@@ -83,7 +83,7 @@ class Clock:
         self.meter.stop()
 
     def as_json(self) -> dict[str, Any]:
-        """`{"seconds": s, "cpu": {"process": s, "database": s or None}}`."""
+        """`{"seconds": s, "cpu": {"process": s, "database": s or None, ...}}`."""
         return {"seconds": self.seconds, "cpu": self.meter.as_json()}
 
 
@@ -131,7 +131,7 @@ def _write_json(path: str, data: Any) -> None:
 
 async def _single(peer: Peer, dsn: str, n: int) -> Clock:
     inserter = await peer.open_inserter(dsn)
-    clock = Clock()
+    clock = Clock(dsn)
     try:
         with clock:
             for i in range(n):
@@ -149,7 +149,7 @@ async def _many(peer: Peer, dsn: str, connections: int, seconds: float) -> tuple
     """
     inserters = [await peer.open_inserter(dsn) for _ in range(connections)]
     counts = [0] * connections
-    clock = Clock()
+    clock = Clock(dsn)
 
     async def lane(index: int, inserter: Inserter, deadline: float) -> None:
         key = index
@@ -255,7 +255,7 @@ async def run(peer: Peer, args: argparse.Namespace) -> None:
         await peer.install(args.dsn)
         print(json.dumps({"ok": True}), flush=True)
     elif args.command == "enqueue-bulk":
-        clock = Clock()
+        clock = Clock(args.dsn)
         await peer.enqueue_bulk(args.dsn, args.n, clock)
         print(json.dumps(clock.as_json()), flush=True)
     elif args.command == "enqueue-single":

@@ -46,8 +46,8 @@ def _stat(pid: int) -> tuple[str, int, int] | None:
     return text[left + 1:right], ppid, ticks
 
 
-def tree_seconds(root: int) -> float | None:
-    """CPU seconds used so far by `root` and all its descendants (None if `root` is gone)."""
+def _tree(root: int) -> dict[int, int] | None:
+    """Ticks of `root` and of each of its live descendants (None if `root` is gone)."""
     children: dict[int, list[int]] = {}
     ticks: dict[int, int] = {}
     for name in os.listdir("/proc"):
@@ -61,12 +61,59 @@ def tree_seconds(root: int) -> float | None:
         children.setdefault(ppid, []).append(int(name))
     if root not in ticks:
         return None
-    total, todo = 0, [root]
+    out, todo = {}, [root]
     while todo:
         pid = todo.pop()
-        total += ticks.get(pid, 0)
+        out[pid] = ticks.get(pid, 0)
         todo.extend(children.get(pid, ()))
-    return total / _TICK
+    return out
+
+
+def tree_seconds(root: int) -> float | None:
+    """CPU seconds used so far by `root` and all its descendants (None if `root` is gone)."""
+    tree = _tree(root)
+    return None if tree is None else sum(tree.values()) / _TICK
+
+
+#: process titles of PostgreSQL's own processes (not a session's backend)
+_AUXILIARY = ("checkpointer", "background writer", "walwriter", "autovacuum launcher",
+              "autovacuum worker", "logical replication", "archiver", "stats collector",
+              "parallel worker", "walsender", "walreceiver", "startup", "wal")
+
+
+def database_of(pid: int) -> str | None:
+    """The database a backend serves, from its process title; None for the server's own."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            title = f.read().replace(b"\0", b" ").decode("utf-8", "replace").strip()
+    except OSError:
+        return None
+    if not title.startswith("postgres:"):
+        return None  # the postmaster
+    rest = title.split(": ")[-1].strip()  # after "postgres: [cluster_name: ]"
+    words = rest.split()
+    if rest.startswith("autovacuum worker"):
+        return words[2] if len(words) > 2 else None
+    if rest.startswith(_AUXILIARY) or len(words) < 2:
+        return None
+    return words[1]  # "user database host(port) state"
+
+
+def database_from_dsn(dsn: str) -> str:
+    """The database a postgresql:// DSN names ("" if none)."""
+    from urllib.parse import urlsplit
+
+    return urlsplit(dsn).path.lstrip("/")
+
+
+class _ServerSnapshot:
+    """The server's CPU ticks in all, and those of backends serving other databases."""
+
+    def __init__(self, postmaster: int, database: str) -> None:
+        tree = _tree(postmaster) or {}
+        self.total = sum(tree.values())
+        self.foreign = {pid: ticks for pid, ticks in tree.items()
+                        if (db := database_of(pid)) is not None and db != database}
 
 
 def postmaster_of(backend_pid: int) -> int | None:
@@ -89,15 +136,26 @@ class Meter:
 
     `pid=None` measures this process (`time.process_time()`, all its threads,
     at nanosecond resolution) instead of a tree read from /proc.
+
+    `database` is the server's share: all its processes (the live ones, and
+    the ones the postmaster reaped in between), less what the backends of
+    other databases used while alive at a snapshot (a shared server's other
+    users). Other databases' backends that exited in between cannot be told
+    apart and stay in: `foreign_exited` counts the ones seen at the start.
     """
 
-    def __init__(self, pid: int | None = None, server: int | None = None) -> None:
+    def __init__(self, pid: int | None = None, server: int | None = None,
+                 database: str = "") -> None:
         self.pid = pid
         self.server = server
+        self.dbname = database
         self.process = 0.0
         self.database: float | None = None
+        #: CPU seconds of other databases' backends, left out of `database`
+        self.foreign = 0.0
+        self.foreign_exited = 0
         self._process0 = 0.0
-        self._database0: float | None = None
+        self._server0: _ServerSnapshot | None = None
 
     def _process_now(self) -> float:
         if self.pid is None:
@@ -106,16 +164,22 @@ class Meter:
 
     def start(self) -> None:
         """Take the first snapshot."""
-        self._database0 = None if self.server is None else tree_seconds(self.server)
+        if self.server is not None:
+            self._server0 = _ServerSnapshot(self.server, self.dbname)
         self._process0 = self._process_now()
 
     def stop(self) -> None:
         """Take the second snapshot: `process` and `database` are the CPU seconds in between."""
         self.process = self._process_now() - self._process0
-        after = None if self.server is None else tree_seconds(self.server)
-        self.database = (None if after is None or self._database0 is None
-                         else after - self._database0)
+        if self.server is None or self._server0 is None:
+            return
+        before, after = self._server0, _ServerSnapshot(self.server, self.dbname)
+        foreign = sum(t - before.foreign.get(pid, 0) for pid, t in after.foreign.items())
+        self.foreign = foreign / _TICK
+        self.foreign_exited = len(before.foreign.keys() - after.foreign.keys())
+        self.database = (after.total - before.total - foreign) / _TICK
 
-    def as_json(self) -> dict[str, float | None]:
-        """`{"process": s, "database": s or None}`."""
-        return {"process": self.process, "database": self.database}
+    def as_json(self) -> dict[str, float | int | None]:
+        """`{"process": s, "database": s or None, "foreign": s, "foreign_exited": n}`."""
+        return {"process": self.process, "database": self.database, "foreign": self.foreign,
+                "foreign_exited": self.foreign_exited}

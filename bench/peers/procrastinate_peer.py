@@ -1,9 +1,11 @@
 """Procrastinate (psycopg 3) under the bench protocol, as its docs run it.
 
 An `App` on a `PsycopgConnector`; `Task.batch_defer_async` for bulk (one
-statement), `Task.defer_async` for single jobs; `App.run_worker_async` with
-`concurrency=C` and its defaults otherwise (LISTEN/NOTIFY on), on asyncio as
-the `procrastinate worker` command runs it. Run by `bench/.venv-peers`' Python.
+statement), `Task.defer_async` for single jobs (each producer an app on a
+one-connection pool: 32 default pools would exceed `max_connections`);
+`App.run_worker_async` with `concurrency=C` and its defaults otherwise
+(LISTEN/NOTIFY on), on asyncio as the `procrastinate worker` command runs it.
+Run by `bench/.venv-peers`' Python.
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ import _common
 import procrastinate
 
 
-def make_app(dsn: str, *, sleeping: bool = False) -> tuple[procrastinate.App, Any]:
-    """An app with the one no-op task (or the sleeping one)."""
+def make_app(dsn: str, *, sleeping: bool = False,
+             **pool: Any) -> tuple[procrastinate.App, Any]:
+    """An app with the one no-op task (or the sleeping one); `pool`: the pool's sizes."""
     app = procrastinate.App(
-        connector=procrastinate.PsycopgConnector(conninfo=dsn)
+        connector=procrastinate.PsycopgConnector(conninfo=dsn, **pool)
     )
 
     @app.task(name=_common.KIND)
@@ -67,8 +70,8 @@ class ProcrastinatePeer:
                 await task.batch_defer_async(*({"i": i} for i in range(n)))
 
     async def open_inserter(self, dsn: str) -> Inserter:
-        """An open app for single defers."""
-        app, task = make_app(dsn)
+        """An open app for single defers, on a pool of one connection (one producer's)."""
+        app, task = make_app(dsn, min_size=1, max_size=1)
         await app.open_async()
         return Inserter(app, task)
 

@@ -1,10 +1,10 @@
-"""The seven workloads of issue 6, by name, in the order a full run does them."""
+"""The workloads (issue 6's seven and many producers) by name, in the order a run does them."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench.workloads import burndown, daemon, enqueue, pickup, scale
+from bench.workloads import burndown, daemon, enqueue, pickup, producers, scale
 from bench.workloads.common import Context
 
 WORKLOADS: dict[str, Callable[[Context], Awaitable[None]]] = {
@@ -12,6 +12,7 @@ WORKLOADS: dict[str, Callable[[Context], Awaitable[None]]] = {
     "burndown": burndown.run,
     "pickup": pickup.run_idle,
     "steady": pickup.run_steady,
+    "many_producers": producers.run,
     "scale": scale.run,
     "memory": daemon.run_memory,
     "rescue": daemon.run_rescue,

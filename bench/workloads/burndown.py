@@ -1,4 +1,7 @@
-"""Workload 2: burn-down — N queued no-op jobs, one worker at concurrency C, until all done."""
+"""Workload 2: burn-down — N queued no-op jobs, one worker at concurrency C, until all done.
+
+Each run also yields the CPU per job of the worker and of PostgreSQL (`burn`).
+"""
 
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ async def run(ctx: Context) -> None:
                 dsn = await fresh(ctx, system)
                 await enqueue_bulk(ctx, system, dsn, n)
                 value = await burn(ctx, system, dsn, n=n, concurrency=concurrency,
-                                   tag=f"{metric}-{system.name}-{rep + 1}")
+                                   tag=f"{metric}-{system.name}-{rep + 1}", metric=metric)
                 ctx.results.add(metric, system.name, value)
                 ctx.log(f"{metric} rep {rep + 1} {system.name}: {value.bound}"
                         f"{value.value:,.0f} jobs/s")

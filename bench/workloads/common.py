@@ -6,11 +6,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 
 from bench import db
 from bench.config import Options, Sizes
+from bench.peers._cpu import Meter, database_from_dsn
 from bench.procs import StepFailed, Worker, step
 from bench.results import Results
 from bench.stats import Value
@@ -29,6 +31,8 @@ class Context:
     systems: list[System]
     options: Options
     results: Results
+    #: the server's postmaster, when its processes are visible here (for their CPU time)
+    postmaster: int | None = None
 
     @property
     def sizes(self) -> Sizes:
@@ -72,6 +76,28 @@ async def fresh(ctx: Context, system: System) -> str:
     return dsn
 
 
+def add_step_cpu(ctx: Context, metric: str, column: str, jobs: int,
+                 result: dict[str, Any]) -> None:
+    """Record the CPU a step measured over its timed part (`"cpu"` in its JSON) per job."""
+    cpu = result.get("cpu") or {}
+    if "process" in cpu:
+        ctx.results.add_cpu(metric, column, jobs, float(cpu["process"]),
+                            None if cpu.get("database") is None else float(cpu["database"]),
+                            float(cpu.get("foreign") or 0.0))
+        _log_foreign(ctx, f"{metric} {column}", float(cpu.get("foreign") or 0.0),
+                     int(cpu.get("foreign_exited") or 0))
+
+
+def _log_foreign(ctx: Context, what: str, foreign: float, exited: int) -> None:
+    """Say when other databases' sessions used the server during a measurement.
+
+    (A lone exited one is usually the harness's own CHECKPOINT connection, just closed.)
+    """
+    if foreign > 0.0:
+        ctx.log(f"{what}: other databases' backends used {foreign * 1000:.0f} ms of CPU (left "
+                f"out){f', {exited} of them exited meanwhile (left in)' if exited else ''}")
+
+
 async def enqueue_bulk(ctx: Context, system: System, dsn: str, n: int) -> float:
     """Queue n no-op jobs through the bulk path (untimed set-up for other workloads)."""
     result = await step(system, "enqueue-bulk", dsn, "--n", str(n), limit=ctx.limit)
@@ -98,23 +124,32 @@ async def verify(ctx: Context, system: System, dsn: str, expected: int, what: st
 
 
 async def burn(ctx: Context, system: System, dsn: str, *, n: int, concurrency: int,
-               tag: str, expected: int | None = None) -> Value:
+               tag: str, expected: int | None = None, metric: str = "") -> Value:
     """Time one worker at `concurrency` through n queued jobs; jobs/s (a bound on timeout).
 
     The worker is started and set up first; CHECKPOINT; then "go" starts the
-    clock, which stops when a poll finds no job in a non-final state.
+    clock, which stops when a poll finds no job in a non-final state. With a
+    `metric`, the CPU of the worker (and its children) and of every PostgreSQL
+    process over the same interval, per job processed, goes to `<metric>.cpu*`.
     """
     worker = Worker(system, dsn, concurrency=concurrency, log_path=ctx.path(f"{tag}.log"))
+    meter = Meter(worker.pid, ctx.postmaster, database_from_dsn(dsn))
+    processed = n
     try:
         await worker.ready()
         await db.checkpoint(ctx.admin_dsn)
         conn = await asyncpg.connect(dsn)
         try:
+            meter.start()
             worker.go()
             started = time.perf_counter()
             seconds, timed_out = await db.wait_until_false(
                 conn, system.unfinished_sql, limit=ctx.limit,
                 interval=ctx.options.poll_interval, started=started)
+            meter.stop()
+            if timed_out:
+                before = 0 if expected is None else expected - n
+                processed = int(await conn.fetchval(system.succeeded_sql)) - before
         finally:
             await conn.close()
         await worker.stop()
@@ -123,6 +158,10 @@ async def burn(ctx: Context, system: System, dsn: str, *, n: int, concurrency: i
         raise
     finally:
         worker.close()
+    if metric:
+        ctx.results.add_cpu(metric, system.name, processed, meter.process, meter.database,
+                            meter.foreign)
+        _log_foreign(ctx, tag, meter.foreign, meter.foreign_exited)
     if timed_out:
         ctx.results.note(f"{system.label} {tag}: not finished within {ctx.limit:g}s")
         return Value(n / seconds, "<")

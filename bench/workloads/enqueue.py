@@ -1,11 +1,15 @@
-"""Workload 1: enqueue — bulk (one call, N jobs) and single (N calls, one transaction each)."""
+"""Workload 1: enqueue — bulk (one call, N jobs) and single (N calls, one transaction each).
+
+Each run also yields the CPU per job of the enqueuing process and of PostgreSQL
+over the timed part, measured inside the enqueuing process (`_common.Clock`).
+"""
 
 from __future__ import annotations
 
 from bench import db
 from bench.procs import StepTimeout, step
 from bench.stats import Value
-from bench.workloads.common import Context, fresh
+from bench.workloads.common import Context, add_step_cpu, fresh
 
 
 async def _timed(ctx: Context, command: str, metric: str, n: int) -> None:
@@ -24,6 +28,7 @@ async def _timed(ctx: Context, command: str, metric: str, n: int) -> None:
             if queued != n:
                 ctx.results.note(f"{system.label} {command}: {queued} jobs queued, expected {n}")
             ctx.results.add(metric, system.name, Value(rate))
+            add_step_cpu(ctx, metric, system.name, n, result)
             ctx.log(f"{metric} rep {rep + 1} {system.name}: {rate:,.0f} jobs/s")
 
 
