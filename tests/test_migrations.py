@@ -29,9 +29,14 @@ FINGERPRINT = {
         FROM information_schema.columns WHERE table_schema = 'jobengine'
         ORDER BY table_name, ordinal_position""",
     "constraints": """
-        SELECT conrelid::regclass::text AS rel, conname, pg_get_constraintdef(c.oid) AS def
+        -- (PostgreSQL 18 names the NOT NULL constraints a partition inherits after
+        -- the parent, and those of a partition attached by pg_dump's script after
+        -- the partition: the same constraint either way)
+        SELECT conrelid::regclass::text AS rel,
+               CASE WHEN c.contype = 'n' THEN '(not null)' ELSE conname END AS conname,
+               pg_get_constraintdef(c.oid) AS def
         FROM pg_constraint c JOIN pg_namespace n ON n.oid = c.connamespace
-        WHERE n.nspname = 'jobengine' ORDER BY 1, 2""",
+        WHERE n.nspname = 'jobengine' ORDER BY 1, 2, 3""",
     "indexes": """
         SELECT tablename, indexname, indexdef FROM pg_indexes
         WHERE schemaname = 'jobengine' ORDER BY 1, 2""",
