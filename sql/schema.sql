@@ -1262,8 +1262,16 @@ BEGIN
     PERFORM set_config('jobengine.retention', pg_current_xact_id()::text, true);
     RETURN QUERY
     WITH needed AS (
-        SELECT DISTINCT unnest(w.depends_on) AS id FROM jobengine.jobs w
-        WHERE w.status IN ('pending', 'scheduled', 'running') AND w.depends_on <> '{}'
+        -- one status at a time, so that each reads its partial index (a
+        -- status IN (...) list would read the whole table, every batch)
+        SELECT unnest(w.depends_on) AS id FROM jobengine.jobs w
+        WHERE w.status = 'pending' AND w.depends_on <> '{}'
+        UNION
+        SELECT unnest(w.depends_on) FROM jobengine.jobs w
+        WHERE w.status = 'scheduled' AND w.depends_on <> '{}'
+        UNION
+        SELECT unnest(w.depends_on) FROM jobengine.jobs w
+        WHERE w.status = 'running' AND w.depends_on <> '{}'
     ), c AS (
         SELECT j.id FROM jobengine.jobs j
         WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at < p_before
@@ -2500,4 +2508,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (1, 'lifecycle', '8618960b3a0a93b2322701929ebb939acba318dde5f31e372fcb492881d26d7d'),
     (2, 'claim', '86d63803a175883f4540732205a839bba3f261f4b8751194f6a5cd3efd1e7753'),
     (3, 'guarantees', '27211b450eedd1f26736df466bb8260d53fc4f01324b14269708a1d1114bfec5'),
-    (4, 'ledger', '885a522c3b6d893144cd86a4778a79dbb55bb50691e37badab6c522c71b9f01d');
+    (4, 'ledger', 'f6ba6779d855303c0b513d84b0e0907190b2eda291921bd6b5e9e120037e6590');

@@ -891,8 +891,16 @@ BEGIN
     PERFORM set_config('jobengine.retention', pg_current_xact_id()::text, true);
     RETURN QUERY
     WITH needed AS (
-        SELECT DISTINCT unnest(w.depends_on) AS id FROM jobengine.jobs w
-        WHERE w.status IN ('pending', 'scheduled', 'running') AND w.depends_on <> '{}'
+        -- one status at a time, so that each reads its partial index (a
+        -- status IN (...) list would read the whole table, every batch)
+        SELECT unnest(w.depends_on) AS id FROM jobengine.jobs w
+        WHERE w.status = 'pending' AND w.depends_on <> '{}'
+        UNION
+        SELECT unnest(w.depends_on) FROM jobengine.jobs w
+        WHERE w.status = 'scheduled' AND w.depends_on <> '{}'
+        UNION
+        SELECT unnest(w.depends_on) FROM jobengine.jobs w
+        WHERE w.status = 'running' AND w.depends_on <> '{}'
     ), c AS (
         SELECT j.id FROM jobengine.jobs j
         WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at < p_before

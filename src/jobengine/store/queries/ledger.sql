@@ -31,10 +31,13 @@ SELECT count(*) AS removed, min(j.finished_at) AS oldest, max(j.finished_at) AS 
 FROM jobengine.jobs j
 WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at < $1::timestamptz
   AND (j.status <> 'failed' OR j.attempt - j.released > j.max_retries)
-  AND NOT EXISTS (
-      SELECT 1 FROM jobengine.jobs w
-      WHERE w.status IN ('pending', 'scheduled', 'running') AND w.depends_on <> '{}'
-        AND j.id = ANY (w.depends_on));
+  AND j.id NOT IN (
+      -- one status at a time: each reads its partial index
+      SELECT unnest(w.depends_on) FROM jobengine.jobs w WHERE w.status = 'pending' AND w.depends_on <> '{}'
+      UNION ALL
+      SELECT unnest(w.depends_on) FROM jobengine.jobs w WHERE w.status = 'scheduled' AND w.depends_on <> '{}'
+      UNION ALL
+      SELECT unnest(w.depends_on) FROM jobengine.jobs w WHERE w.status = 'running' AND w.depends_on <> '{}');
 
 -- name: retention_drop
 SELECT name, range_from, range_to, rows, max_id FROM jobengine.ledger_drop_v1($1::timestamptz, $2::boolean);
