@@ -36,7 +36,6 @@ from jobengine.daemon.sealed import (
 from jobengine.domain import ConfigError, JobSpec
 from jobengine.store import JobStore
 from tests.daemon_helpers import daemon_ready, wait_status
-from tests.dbutil import dsn_with_database
 from tests.netns import TestNamespace, can_make_namespaces, daemon_env, spawn, unix_socket_dsn
 
 REPO = Path(__file__).resolve().parents[1]
@@ -266,19 +265,6 @@ def _daemon_pid(log: Path) -> int:
     raise AssertionError("no daemon ready line")
 
 
-def _unix_socket_dsn(server_dsn: str, database: str) -> str | None:
-    """A DSN reaching the test server over its unix socket, if it has one we can find."""
-    parts = urlsplit(server_dsn)
-    if "host=/" in parts.query:
-        return dsn_with_database(server_dsn, database)
-    port = parts.port or 5432
-    for folder in ("/var/run/postgresql", "/run/postgresql", "/tmp"):
-        if Path(folder, f".s.PGSQL.{port}").exists():
-            user = parts.username or "postgres"
-            return f"postgresql://{user}@/{database}?host={folder}&port={port}"
-    return None
-
-
 @pytest.mark.anyio
 @pytest.mark.slow
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root for unshare -n")
@@ -288,7 +274,7 @@ async def test_sealed_daemon_in_an_empty_network_namespace_makes_no_inet_connect
     server_dsn: str, db_dsn: str, recording_db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     database = urlsplit(db_dsn).path.lstrip("/")
-    dsn = _unix_socket_dsn(server_dsn, database)
+    dsn = unix_socket_dsn(server_dsn, database)
     if dsn is None:
         pytest.skip("the test server has no unix socket to reach it from a network namespace")
     trace = tmp_path / "connect.trace"
