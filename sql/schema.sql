@@ -376,6 +376,26 @@ CREATE FUNCTION jobengine.default_reason(from_status jobengine.job_status, to_st
 END;
 
 --
+-- Name: dependencies_needed(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.dependencies_needed() RETURNS SETOF bigint
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT unnest(w.depends_on) AS unnest
+    FROM jobengine.jobs w
+   WHERE ((w.status = 'pending'::jobengine.job_status) AND (w.depends_on <> '{}'::bigint[]))
+ UNION
+  SELECT unnest(w.depends_on) AS unnest
+    FROM jobengine.jobs w
+   WHERE ((w.status = 'scheduled'::jobengine.job_status) AND (w.depends_on <> '{}'::bigint[]))
+ UNION
+  SELECT unnest(w.depends_on) AS unnest
+    FROM jobengine.jobs w
+   WHERE ((w.status = 'running'::jobengine.job_status) AND (w.depends_on <> '{}'::bigint[]));
+END;
+
+--
 -- Name: engine_reason(text); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -1252,27 +1272,15 @@ BEGIN
     END IF;
     IF p_dry_run THEN
         RETURN QUERY
-        SELECT count(*), min(j.finished_at), max(j.finished_at) FROM (
-            SELECT j.finished_at FROM jobengine.jobs j
-            WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at < p_before
-              AND (j.status <> 'failed' OR j.attempt - j.released > j.max_retries)
-            ORDER BY j.finished_at LIMIT p_limit) j;
+        SELECT count(*), min(j.finished_at), max(j.finished_at) FROM jobengine.jobs j
+        WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at < p_before
+          AND (j.status <> 'failed' OR j.attempt - j.released > j.max_retries)
+          AND j.id NOT IN (SELECT n.id FROM jobengine.dependencies_needed() AS n(id));
         RETURN;
     END IF;
     PERFORM set_config('jobengine.retention', pg_current_xact_id()::text, true);
     RETURN QUERY
-    WITH needed AS (
-        -- one status at a time, so that each reads its partial index (a
-        -- status IN (...) list would read the whole table, every batch)
-        SELECT unnest(w.depends_on) AS id FROM jobengine.jobs w
-        WHERE w.status = 'pending' AND w.depends_on <> '{}'
-        UNION
-        SELECT unnest(w.depends_on) FROM jobengine.jobs w
-        WHERE w.status = 'scheduled' AND w.depends_on <> '{}'
-        UNION
-        SELECT unnest(w.depends_on) FROM jobengine.jobs w
-        WHERE w.status = 'running' AND w.depends_on <> '{}'
-    ), c AS (
+    WITH c AS (
         SELECT j.id FROM jobengine.jobs j
         WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at < p_before
           AND (j.status <> 'failed' OR j.attempt - j.released > j.max_retries)
@@ -1281,7 +1289,7 @@ BEGIN
         FOR UPDATE SKIP LOCKED
     ), d AS (
         DELETE FROM jobengine.jobs j USING c
-        WHERE j.id = c.id AND NOT EXISTS (SELECT 1 FROM needed WHERE needed.id = c.id)
+        WHERE j.id = c.id AND c.id NOT IN (SELECT n.id FROM jobengine.dependencies_needed() AS n(id))
         RETURNING j.finished_at
     )
     SELECT count(*), min(d.finished_at), max(d.finished_at) FROM d;
@@ -2508,4 +2516,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (1, 'lifecycle', '8618960b3a0a93b2322701929ebb939acba318dde5f31e372fcb492881d26d7d'),
     (2, 'claim', '86d63803a175883f4540732205a839bba3f261f4b8751194f6a5cd3efd1e7753'),
     (3, 'guarantees', '27211b450eedd1f26736df466bb8260d53fc4f01324b14269708a1d1114bfec5'),
-    (4, 'ledger', 'f6ba6779d855303c0b513d84b0e0907190b2eda291921bd6b5e9e120037e6590');
+    (4, 'ledger', 'cd1ee12508dab55da6154eef8d6a222780ed4d0ab36d8bc7b245829d2497461f');

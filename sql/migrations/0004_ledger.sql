@@ -867,9 +867,23 @@ ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_no_delete;
 CREATE INDEX jobs_finished_idx ON jobengine.jobs (finished_at)
     WHERE status IN ('completed', 'cancelled', 'failed');
 
+-- The jobs an unfinished job depends on (retention keeps them). One status
+-- at a time, so that each reads its partial index: a status IN (...) list
+-- would read the whole jobs table.
+CREATE FUNCTION jobengine.dependencies_needed() RETURNS SETOF bigint
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT unnest(w.depends_on) FROM jobengine.jobs w WHERE w.status = 'pending' AND w.depends_on <> '{}'
+    UNION
+    SELECT unnest(w.depends_on) FROM jobengine.jobs w WHERE w.status = 'scheduled' AND w.depends_on <> '{}'
+    UNION
+    SELECT unnest(w.depends_on) FROM jobengine.jobs w WHERE w.status = 'running' AND w.depends_on <> '{}';
+END;
+
 -- Remove up to p_limit finished jobs (completed, cancelled, or failed with no
 -- retry left) that finished before p_before, except those an unfinished job
--- depends on. Their ledger rows stay until their partition goes.
+-- depends on. Their ledger rows stay until their partition goes. With
+-- p_dry_run, remove nothing and count every job that would go (no limit).
 CREATE FUNCTION jobengine.purge_jobs_v1(p_before timestamptz, p_limit integer, p_dry_run boolean DEFAULT false)
 RETURNS TABLE (removed bigint, oldest timestamptz, newest timestamptz)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
@@ -881,27 +895,15 @@ BEGIN
     END IF;
     IF p_dry_run THEN
         RETURN QUERY
-        SELECT count(*), min(j.finished_at), max(j.finished_at) FROM (
-            SELECT j.finished_at FROM jobengine.jobs j
-            WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at < p_before
-              AND (j.status <> 'failed' OR j.attempt - j.released > j.max_retries)
-            ORDER BY j.finished_at LIMIT p_limit) j;
+        SELECT count(*), min(j.finished_at), max(j.finished_at) FROM jobengine.jobs j
+        WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at < p_before
+          AND (j.status <> 'failed' OR j.attempt - j.released > j.max_retries)
+          AND j.id NOT IN (SELECT n.id FROM jobengine.dependencies_needed() AS n(id));
         RETURN;
     END IF;
     PERFORM set_config('jobengine.retention', pg_current_xact_id()::text, true);
     RETURN QUERY
-    WITH needed AS (
-        -- one status at a time, so that each reads its partial index (a
-        -- status IN (...) list would read the whole table, every batch)
-        SELECT unnest(w.depends_on) AS id FROM jobengine.jobs w
-        WHERE w.status = 'pending' AND w.depends_on <> '{}'
-        UNION
-        SELECT unnest(w.depends_on) FROM jobengine.jobs w
-        WHERE w.status = 'scheduled' AND w.depends_on <> '{}'
-        UNION
-        SELECT unnest(w.depends_on) FROM jobengine.jobs w
-        WHERE w.status = 'running' AND w.depends_on <> '{}'
-    ), c AS (
+    WITH c AS (
         SELECT j.id FROM jobengine.jobs j
         WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at < p_before
           AND (j.status <> 'failed' OR j.attempt - j.released > j.max_retries)
@@ -910,7 +912,7 @@ BEGIN
         FOR UPDATE SKIP LOCKED
     ), d AS (
         DELETE FROM jobengine.jobs j USING c
-        WHERE j.id = c.id AND NOT EXISTS (SELECT 1 FROM needed WHERE needed.id = c.id)
+        WHERE j.id = c.id AND c.id NOT IN (SELECT n.id FROM jobengine.dependencies_needed() AS n(id))
         RETURNING j.finished_at
     )
     SELECT count(*), min(d.finished_at), max(d.finished_at) FROM d;

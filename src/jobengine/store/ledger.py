@@ -175,15 +175,12 @@ class LedgerStore:
                 (await fetch_on(conn, "ledger_prepare", partitions_ahead))[0][0]
             )
         if report.jobs_before is not None:
-            if dry_run:
-                row = (await fetch_on(conn, "retention_jobs_due", report.jobs_before))[0]
+            while True:  # (a dry run counts them all at once)
+                rows = await fetch_on(conn, "retention_purge", report.jobs_before, batch, dry_run)
+                row = rows[0]
                 self._count_jobs(report, row)
-            else:
-                while True:
-                    row = (await fetch_on(conn, "retention_purge", report.jobs_before, batch))[0]
-                    self._count_jobs(report, row)
-                    if row["removed"] < batch:
-                        break
+                if dry_run or row["removed"] < batch:
+                    break
         if report.ledger_before is not None:
             rows = await fetch_on(conn, "retention_drop", report.ledger_before, dry_run)
             report.partitions = [

@@ -22,22 +22,7 @@ SELECT pg_try_advisory_lock(7666530082071394662);
 SELECT pg_advisory_unlock(7666530082071394662);
 
 -- name: retention_purge
-SELECT removed, oldest, newest FROM jobengine.purge_jobs_v1($1::timestamptz, $2::integer);
-
--- name: retention_jobs_due
--- What purge_jobs_v1 would remove (a dry run): finished jobs older than the
--- boundary that no unfinished job depends on.
-SELECT count(*) AS removed, min(j.finished_at) AS oldest, max(j.finished_at) AS newest
-FROM jobengine.jobs j
-WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at < $1::timestamptz
-  AND (j.status <> 'failed' OR j.attempt - j.released > j.max_retries)
-  AND j.id NOT IN (
-      -- one status at a time: each reads its partial index
-      SELECT unnest(w.depends_on) FROM jobengine.jobs w WHERE w.status = 'pending' AND w.depends_on <> '{}'
-      UNION ALL
-      SELECT unnest(w.depends_on) FROM jobengine.jobs w WHERE w.status = 'scheduled' AND w.depends_on <> '{}'
-      UNION ALL
-      SELECT unnest(w.depends_on) FROM jobengine.jobs w WHERE w.status = 'running' AND w.depends_on <> '{}');
+SELECT removed, oldest, newest FROM jobengine.purge_jobs_v1($1::timestamptz, $2::integer, $3::boolean);
 
 -- name: retention_drop
 SELECT name, range_from, range_to, rows, max_id FROM jobengine.ledger_drop_v1($1::timestamptz, $2::boolean);
@@ -66,20 +51,17 @@ SELECT job_id, ledger_id, problem FROM jobengine.verify_ledger_v1($1::bigint, $2
 
 -- name: health_tables
 -- Size and dead tuples of jobengine's tables (the ledger summed over its partitions).
-SELECT CASE WHEN c.relname LIKE 'ledger\_%' AND c.relispartition THEN 'ledger' ELSE c.relname::text END AS name,
-       sum(pg_table_size(c.oid))::bigint AS table_bytes,
-       sum(pg_indexes_size(c.oid))::bigint AS index_bytes,
+SELECT t.name, sum(pg_table_size(t.oid))::bigint AS table_bytes,
+       sum(pg_indexes_size(t.oid))::bigint AS index_bytes,
        sum(coalesce(s.n_live_tup, 0))::bigint AS live_rows,
-       sum(coalesce(s.n_dead_tup, 0))::bigint AS dead_rows,
-       min(s.last_autovacuum) AS last_autovacuum
-FROM pg_class c
-JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid
-WHERE n.nspname = 'jobengine' AND c.relkind = 'r'
-GROUP BY 1
-HAVING (CASE WHEN c.relname LIKE 'ledger\_%' AND c.relispartition THEN 'ledger' ELSE c.relname::text END)
-       IN ('jobs', 'ledger', 'retention_log')
-ORDER BY 1;
+       sum(coalesce(s.n_dead_tup, 0))::bigint AS dead_rows
+FROM (SELECT c.oid, CASE WHEN c.relispartition AND c.relname LIKE 'ledger\_%' THEN 'ledger'
+                         ELSE c.relname::text END AS name
+      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+      WHERE n.nspname = 'jobengine' AND c.relkind = 'r') t
+LEFT JOIN pg_stat_user_tables s ON s.relid = t.oid
+WHERE t.name IN ('jobs', 'ledger', 'retention_log')
+GROUP BY t.name ORDER BY t.name;
 
 -- name: health_horizon
 -- What holds back vacuum: the oldest open transaction, the xmin horizon of
