@@ -258,6 +258,9 @@ CREATE TABLE jobengine.jobs (
     status_actor text DEFAULT jobengine.current_actor() NOT NULL,
     status_role text DEFAULT CURRENT_USER NOT NULL,
     ledger_head bytea DEFAULT '\x'::bytea NOT NULL,
+    limit_key text,
+    claim_order double precision,
+    CONSTRAINT jobs_limit_key_valid CHECK (((limit_key IS NULL) OR ((limit_key <> ''::text) AND (length(limit_key) <= 200)))),
     CONSTRAINT jobs_max_retries_must_not_be_negative CHECK ((max_retries >= 0)),
     CONSTRAINT jobs_payload_must_be_a_json_object CHECK ((jsonb_typeof(payload) = 'object'::text)),
     CONSTRAINT jobs_retry_policy_must_be_an_object_or_null CHECK (((retry_policy IS NULL) OR (jsonb_typeof(retry_policy) = 'object'::text))),
@@ -272,6 +275,18 @@ CREATE TABLE jobengine.jobs (
 COMMENT ON COLUMN jobengine.jobs.ledger_head IS 'The hash of the newest ledger row of this job (empty: its rows so far were written before 0004).';
 
 --
+-- Name: COLUMN jobs.limit_key; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON COLUMN jobengine.jobs.limit_key IS 'Groups jobs under jobengine.concurrency_limits and jobengine.rate_limits (and for fair claiming).';
+
+--
+-- Name: COLUMN jobs.claim_order; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON COLUMN jobengine.jobs.claim_order IS 'The claim''s order: run_at (epoch seconds) less priority x settings.priority_aging; kept by the database.';
+
+--
 -- Name: claim_jobs(text, text[], text[], integer, interval, timestamp with time zone, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -281,6 +296,56 @@ CREATE FUNCTION jobengine.claim_jobs(p_owner text, p_queues text[], p_kinds text
     AS $$
     SELECT * FROM jobengine.claim_v1(p_owner, p_queues, p_kinds, p_limit, p_lease_ttl, p_sealed)
 $$;
+
+--
+-- Name: settings; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.settings (
+    name text NOT NULL,
+    value text NOT NULL,
+    CONSTRAINT settings_name_known CHECK ((name = ANY (ARRAY['max_payload_bytes'::text, 'max_lease_ttl'::text, 'notify_mode'::text, 'priority_aging'::text]))),
+    CONSTRAINT settings_value_valid CHECK (
+CASE name
+    WHEN 'max_payload_bytes'::text THEN (value ~ '^[1-9][0-9]{0,17}$'::text)
+    WHEN 'max_lease_ttl'::text THEN (value ~ '^[0-9 a-z:.]+$'::text)
+    WHEN 'notify_mode'::text THEN (value = ANY (ARRAY['direct'::text, 'relayed'::text]))
+    WHEN 'priority_aging'::text THEN ((value = 'off'::text) OR (value ~ '^[0-9 a-z:.]+$'::text))
+    ELSE NULL::boolean
+END)
+);
+
+--
+-- Name: TABLE settings; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON TABLE jobengine.settings IS 'Limits that protect the server; only the schema owner may change them.';
+
+--
+-- Name: priority_aging_seconds(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.priority_aging_seconds() RETURNS double precision
+    LANGUAGE sql STABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT COALESCE(( SELECT
+                 CASE
+                     WHEN (s.value = 'off'::text) THEN ('1000000000'::numeric)::double precision
+                     ELSE (EXTRACT(epoch FROM (s.value)::interval))::double precision
+                 END AS "extract"
+            FROM jobengine.settings s
+           WHERE (s.name = 'priority_aging'::text)), (60)::double precision) AS "coalesce";
+END;
+
+--
+-- Name: claim_order(timestamp with time zone, integer); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.claim_order(p_run_at timestamp with time zone, p_priority integer) RETURNS double precision
+    LANGUAGE sql STABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT ((EXTRACT(epoch FROM p_run_at))::double precision - ((p_priority)::double precision * jobengine.priority_aging_seconds()));
+END;
 
 --
 -- Name: claim_v1(text, text[], text[], integer, interval, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -294,6 +359,19 @@ CREATE FUNCTION jobengine.claim_v1(p_owner text, p_queues text[], p_kinds text[]
     AS $$
 DECLARE
     v_now timestamptz := statement_timestamp();
+    v_aging double precision;
+    v_queues text[] := p_queues;
+    v_cursor text;
+    v_max integer;
+    v_keys text[];
+    v_limited text[];
+    v_locked text[];
+    v_rate_keys text[];
+    v_group_keys text[];
+    v_group_allowed integer[];
+    v_rate_now timestamptz;
+    v_claimed jobengine.jobs[];
+    v_last text;
 BEGIN
     IF p_limit IS NULL OR p_limit <= 0 THEN
         RETURN;
@@ -302,35 +380,152 @@ BEGIN
         RAISE EXCEPTION 'jobengine: claim: lease_ttl must be positive, not %', p_lease_ttl
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    RETURN QUERY
+    -- Paused queues take nothing new.
+    IF EXISTS (SELECT 1 FROM jobengine.queues q WHERE q.paused AND q.name = ANY (p_queues)) THEN
+        SELECT array_agg(x.q) INTO v_queues FROM unnest(p_queues) AS x(q)
+        WHERE NOT EXISTS (SELECT 1 FROM jobengine.queues q WHERE q.paused AND q.name = x.q);
+        IF v_queues IS NULL THEN
+            RETURN;
+        END IF;
+    END IF;
+    v_aging := jobengine.priority_aging_seconds();
+
+    -- The keys to look at this time, rotating from where this connection left off.
+    v_cursor := coalesce(nullif(current_setting('jobengine.claim_cursor', true), ''), '');
+    v_max := greatest(2 * p_limit, 32);
+    WITH RECURSIVE k(key, n) AS (
+        SELECT jobengine.next_waiting_key(v_cursor), 1
+        UNION ALL
+        SELECT jobengine.next_waiting_key(k.key), k.n + 1 FROM k WHERE k.key IS NOT NULL AND k.n < v_max
+    )
+    SELECT array_agg(k.key ORDER BY k.n) INTO v_keys FROM k WHERE k.key IS NOT NULL;
+    IF coalesce(cardinality(v_keys), 0) < v_max AND v_cursor <> '' THEN
+        -- wrap around: the keys up to and including the cursor
+        WITH RECURSIVE k(key, n) AS (
+            SELECT jobengine.next_waiting_key(''), 1
+            UNION ALL
+            SELECT jobengine.next_waiting_key(k.key), k.n + 1 FROM k
+            WHERE k.key IS NOT NULL AND k.key < v_cursor AND k.n < v_max - coalesce(cardinality(v_keys), 0)
+        )
+        SELECT coalesce(v_keys, '{}') || coalesce(array_agg(k.key ORDER BY k.n), '{}') INTO v_keys
+        FROM k WHERE k.key IS NOT NULL AND k.key <= v_cursor;
+    END IF;
+
+    IF v_keys IS NOT NULL THEN
+        -- Keys under a limit, and of those the ones this claim may decide for.
+        SELECT array_agg(l.key ORDER BY l.key) INTO v_limited FROM (
+            SELECT c.key FROM jobengine.concurrency_limits c WHERE c.key = ANY (v_keys)
+            UNION
+            SELECT r.key FROM jobengine.rate_limits r WHERE r.key = ANY (v_keys)) l;
+        IF v_limited IS NOT NULL THEN
+            SELECT array_agg(l.key ORDER BY l.key) INTO v_locked FROM unnest(v_limited) AS l(key)
+            WHERE pg_try_advisory_xact_lock(1785755235, hashtext(l.key));
+            -- (a new statement, a new snapshot: claims committed by the
+            -- lock's previous holder are counted)
+            v_rate_now := clock_timestamp();
+            SELECT array_agg(r.key) INTO v_rate_keys FROM jobengine.rate_limits r WHERE r.key = ANY (v_locked);
+            IF v_rate_keys IS NOT NULL THEN
+                DELETE FROM jobengine.rate_limit_starts s
+                USING jobengine.rate_limits r
+                WHERE r.key = ANY (v_rate_keys) AND s.key = r.key AND s.started_at <= v_rate_now - r.per;
+            END IF;
+        END IF;
+        SELECT array_agg(g.key), array_agg(g.allowed) INTO v_group_keys, v_group_allowed
+        FROM (
+            SELECT k.key,
+                   CASE WHEN k.key = ANY (coalesce(v_limited, '{}')) AND NOT k.key = ANY (coalesce(v_locked, '{}'))
+                        THEN 0
+                        ELSE least(
+                            p_limit,
+                            (SELECT c.max_running - (SELECT count(*) FROM jobengine.jobs r
+                                                     WHERE r.status = 'running' AND r.limit_key = k.key)
+                             FROM jobengine.concurrency_limits c WHERE c.key = k.key),
+                            (SELECT rl.max_starts - (SELECT count(*) FROM jobengine.rate_limit_starts s
+                                                     WHERE s.key = k.key AND s.started_at > v_rate_now - rl.per)
+                             FROM jobengine.rate_limits rl WHERE rl.key = k.key))::integer
+                   END AS allowed
+            FROM unnest(v_keys) AS k(key)) g
+        WHERE g.allowed > 0;
+    END IF;
+
     WITH ready AS (
-        SELECT s.id, s.priority, s.run_at FROM jobengine.jobs s
-        WHERE s.status = 'scheduled' AND s.queue = ANY (p_queues) AND s.run_at <= v_now
-          AND s.kind = ANY (p_kinds) AND NOT (p_sealed AND s.requires_network)
+        SELECT s.id, s.limit_key, s.claim_order, p_limit AS allowed FROM jobengine.jobs s
+        WHERE s.status = 'scheduled' AND s.limit_key IS NULL AND s.queue = ANY (v_queues)
+          AND s.run_at <= v_now AND s.kind = ANY (p_kinds) AND NOT (p_sealed AND s.requires_network)
           AND (s.depends_on = '{}' OR NOT EXISTS (
               SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (s.depends_on) AND d.status <> 'completed'))
-        ORDER BY s.priority DESC, s.run_at, s.id
+        ORDER BY s.claim_order, s.id
         LIMIT p_limit
         FOR NO KEY UPDATE SKIP LOCKED
     ), due AS (
-        SELECT p.id, p.priority, p.run_at FROM jobengine.jobs p
-        WHERE p.status = 'pending' AND p.queue = ANY (p_queues) AND p.run_at <= v_now
-          AND p.depends_on = '{}' AND p.kind = ANY (p_kinds)
+        SELECT p.id, p.limit_key, p.claim_order, p_limit AS allowed FROM jobengine.jobs p
+        WHERE p.status = 'pending' AND p.limit_key IS NULL AND p.queue = ANY (v_queues)
+          AND p.run_at <= v_now AND p.depends_on = '{}' AND p.kind = ANY (p_kinds)
           AND NOT (p_sealed AND p.requires_network)
-        ORDER BY p.priority DESC, p.run_at, p.id
+        ORDER BY p.claim_order, p.id
         LIMIT p_limit
         FOR NO KEY UPDATE SKIP LOCKED
+    ), ready_keyed AS (
+        SELECT c.* FROM unnest(v_group_keys, v_group_allowed) AS g(key, allowed),
+        LATERAL (
+            SELECT s.id, s.limit_key, s.claim_order, g.allowed FROM jobengine.jobs s
+            WHERE s.status = 'scheduled' AND s.limit_key = g.key AND s.queue = ANY (v_queues)
+              AND s.run_at <= v_now AND s.kind = ANY (p_kinds) AND NOT (p_sealed AND s.requires_network)
+              AND (s.depends_on = '{}' OR NOT EXISTS (
+                  SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (s.depends_on) AND d.status <> 'completed'))
+            ORDER BY s.claim_order, s.id
+            LIMIT g.allowed
+            FOR NO KEY UPDATE SKIP LOCKED
+        ) AS c
+    ), due_keyed AS (
+        SELECT c.* FROM unnest(v_group_keys, v_group_allowed) AS g(key, allowed),
+        LATERAL (
+            SELECT p.id, p.limit_key, p.claim_order, g.allowed FROM jobengine.jobs p
+            WHERE p.status = 'pending' AND p.limit_key = g.key AND p.queue = ANY (v_queues)
+              AND p.run_at <= v_now AND p.depends_on = '{}' AND p.kind = ANY (p_kinds)
+              AND NOT (p_sealed AND p.requires_network)
+            ORDER BY p.claim_order, p.id
+            LIMIT g.allowed
+            FOR NO KEY UPDATE SKIP LOCKED
+        ) AS c
+    ), ranked AS (
+        SELECT c.id, c.claim_order, c.allowed,
+               floor((extract(epoch FROM v_now)::double precision - c.claim_order) / v_aging) AS level,
+               row_number() OVER (PARTITION BY c.limit_key ORDER BY c.claim_order, c.id) AS rank
+        FROM (SELECT * FROM ready UNION ALL SELECT * FROM due
+              UNION ALL SELECT * FROM ready_keyed UNION ALL SELECT * FROM due_keyed) AS c
     ), chosen AS (
-        SELECT c.id FROM (SELECT * FROM ready UNION ALL SELECT * FROM due) AS c
-        ORDER BY c.priority DESC, c.run_at, c.id
+        SELECT r.id FROM ranked r
+        WHERE r.rank <= r.allowed
+        ORDER BY r.level DESC, r.rank, r.claim_order, r.id
         LIMIT p_limit
+    ), claimed AS (
+        UPDATE jobengine.jobs j
+        SET status = 'running', status_reason = 'claimed',
+            lease_owner = p_owner, lease_expires_at = v_now + p_lease_ttl
+        FROM chosen
+        WHERE j.id = chosen.id
+        RETURNING j.*
     )
-    UPDATE jobengine.jobs j
-    SET status = 'running', status_reason = 'claimed',
-        lease_owner = p_owner, lease_expires_at = v_now + p_lease_ttl
-    FROM chosen
-    WHERE j.id = chosen.id
-    RETURNING j.*;
+    SELECT array_agg(c) INTO v_claimed FROM claimed c;
+
+    IF v_claimed IS NULL THEN
+        RETURN;
+    END IF;
+    IF v_rate_keys IS NOT NULL THEN
+        INSERT INTO jobengine.rate_limit_starts (key, started_at, job_id)
+        SELECT c.limit_key, v_rate_now, c.id FROM unnest(v_claimed) c WHERE c.limit_key = ANY (v_rate_keys);
+    END IF;
+    IF v_keys IS NOT NULL THEN
+        -- Next time, start after the last key (in this claim's rotation) that got a job.
+        SELECT k.key INTO v_last FROM unnest(v_keys) WITH ORDINALITY AS k(key, n)
+        WHERE k.key IN (SELECT c.limit_key FROM unnest(v_claimed) c)
+        ORDER BY k.n DESC LIMIT 1;
+        IF v_last IS NOT NULL THEN
+            PERFORM set_config('jobengine.claim_cursor', v_last, false);
+        END IF;
+    END IF;
+    RETURN QUERY SELECT * FROM unnest(v_claimed);
 END
 $$;
 
@@ -353,6 +548,93 @@ CREATE FUNCTION jobengine.creation_hash(id bigint, created_at timestamp with tim
     BEGIN ATOMIC
  SELECT jobengine.ledger_hash('\x'::bytea, id, 'job.created'::text, NULL::jobengine.job_status, 'pending'::jobengine.job_status, 0, created_at, 'created'::text, actor, role, kind, queue, NULL::timestamp with time zone) AS ledger_hash;
 END;
+
+--
+-- Name: cron_problem(text); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.cron_problem(p_expr text) RETURNS text
+    LANGUAGE plpgsql IMMUTABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+    v_names constant text[] := ARRAY['minute', 'hour', 'day-of-month', 'month', 'day-of-week'];
+    v_lo constant integer[] := ARRAY[0, 0, 1, 1, 0];
+    v_hi constant integer[] := ARRAY[59, 23, 31, 12, 7];
+    v_months constant text[] := ARRAY['jan', 'feb', 'mar', 'apr', 'may', 'jun',
+                                      'jul', 'aug', 'sep', 'oct', 'nov', 'dec'];
+    v_days constant text[] := ARRAY['sun', 'mon', 'tue', 'wed', 'thu', 'fri', 'sat'];
+    v_month_days constant integer[] := ARRAY[31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
+    v_fields text[];
+    v_field text;
+    v_item text;
+    m text[];
+    a integer;
+    b integer;
+    v_min_dom integer := 32;
+    v_max_month_days integer := 0;
+BEGIN
+    IF p_expr IS NULL THEN
+        RETURN NULL;
+    END IF;
+    IF lower(btrim(p_expr)) IN ('@yearly', '@annually', '@monthly', '@weekly', '@daily', '@midnight', '@hourly') THEN
+        RETURN NULL;
+    END IF;
+    v_fields := regexp_split_to_array(btrim(p_expr), '\s+');
+    IF btrim(p_expr) = '' OR cardinality(v_fields) <> 5 THEN
+        RETURN format('expected 5 fields (minute hour day-of-month month day-of-week), got %s in %L',
+                      CASE WHEN btrim(p_expr) = '' THEN 0 ELSE cardinality(v_fields) END, p_expr);
+    END IF;
+    FOR i IN 1..5 LOOP
+        v_field := lower(v_fields[i]);
+        IF i = 4 THEN
+            FOR n IN 1..12 LOOP
+                v_field := replace(v_field, v_months[n], n::text);
+            END LOOP;
+        ELSIF i = 5 THEN
+            FOR n IN 1..7 LOOP
+                v_field := replace(v_field, v_days[n], (n - 1)::text);
+            END LOOP;
+        END IF;
+        FOREACH v_item IN ARRAY string_to_array(v_field, ',') LOOP
+            m := regexp_match(v_item, '^(\*|([0-9]{1,4})(-([0-9]{1,4}))?)(/([0-9]{1,4}))?$');
+            IF m IS NULL THEN
+                RETURN format('%s field %L: %L is not *, a number, a range or a step', v_names[i], v_fields[i],
+                              v_item);
+            END IF;
+            IF m[6] IS NOT NULL AND m[6]::integer = 0 THEN
+                RETURN format('%s field %L: a step must be at least 1', v_names[i], v_fields[i]);
+            END IF;
+            IF m[2] IS NOT NULL THEN
+                a := m[2]::integer;
+                b := coalesce(m[4]::integer, a);
+                IF a < v_lo[i] OR a > v_hi[i] OR b < v_lo[i] OR b > v_hi[i] THEN
+                    RETURN format('%s field %L: values must be from %s to %s', v_names[i], v_fields[i],
+                                  v_lo[i], v_hi[i]);
+                END IF;
+                IF b < a THEN
+                    RETURN format('%s field %L: range %s-%s goes backwards', v_names[i], v_fields[i], a, b);
+                END IF;
+                IF i = 3 THEN
+                    v_min_dom := least(v_min_dom, a);
+                ELSIF i = 4 THEN
+                    FOR n IN a..b LOOP
+                        v_max_month_days := greatest(v_max_month_days, v_month_days[n]);
+                    END LOOP;
+                END IF;
+            ELSIF i = 3 THEN
+                v_min_dom := 1;
+            ELSIF i = 4 THEN
+                v_max_month_days := 31;
+            END IF;
+        END LOOP;
+    END LOOP;
+    IF v_min_dom > v_max_month_days AND v_fields[5] = '*' THEN
+        RETURN format('day-of-month field %L: no month in %L has that day', v_fields[3], v_fields[4]);
+    END IF;
+    RETURN NULL;
+END
+$_$;
 
 --
 -- Name: default_reason(jobengine.job_status, jobengine.job_status); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -497,6 +779,40 @@ END
 $$;
 
 --
+-- Name: held_v1(text[]); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.held_v1(p_queues text[]) RETURNS TABLE(concurrency_held boolean, rate_next_at timestamp with time zone, limits_exist boolean)
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+    SELECT
+        EXISTS (
+            SELECT 1 FROM jobengine.concurrency_limits c
+            WHERE (SELECT count(*) FROM jobengine.jobs r WHERE r.status = 'running' AND r.limit_key = c.key)
+                  >= c.max_running
+              AND EXISTS (SELECT 1 FROM jobengine.jobs w
+                          WHERE w.status IN ('pending', 'scheduled') AND w.limit_key = c.key
+                            AND w.queue = ANY (p_queues) AND w.run_at <= statement_timestamp())),
+        (SELECT min(x.next_at) FROM (
+            SELECT (SELECT s.started_at FROM jobengine.rate_limit_starts s
+                    WHERE s.key = rl.key AND s.started_at > statement_timestamp() - rl.per
+                    ORDER BY s.started_at OFFSET greatest(
+                        (SELECT count(*) FROM jobengine.rate_limit_starts s2
+                         WHERE s2.key = rl.key AND s2.started_at > statement_timestamp() - rl.per) - rl.max_starts,
+                        0)
+                    LIMIT 1) + rl.per AS next_at
+            FROM jobengine.rate_limits rl
+            WHERE (SELECT count(*) FROM jobengine.rate_limit_starts s
+                   WHERE s.key = rl.key AND s.started_at > statement_timestamp() - rl.per) >= rl.max_starts
+              AND EXISTS (SELECT 1 FROM jobengine.jobs w
+                          WHERE w.status IN ('pending', 'scheduled') AND w.limit_key = rl.key
+                            AND w.queue = ANY (p_queues) AND w.run_at <= statement_timestamp())
+        ) x),
+        EXISTS (SELECT 1 FROM jobengine.concurrency_limits) OR EXISTS (SELECT 1 FROM jobengine.rate_limits)
+$$;
+
+--
 -- Name: job_content_ok(text, text, jsonb, jsonb, bigint); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -518,6 +834,28 @@ BEGIN
     NEW.updated_at := NEW.created_at;
     NEW.ledger_head := jobengine.creation_hash(NEW.id, NEW.created_at, NEW.status_actor, NEW.status_role,
                                                NEW.kind, NEW.queue);
+    NEW.claim_order := jobengine.claim_order(NEW.run_at, NEW.priority);
+    RETURN NEW;
+END
+$$;
+
+--
+-- Name: jobs_claim_order_update(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.jobs_claim_order_update() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF NEW.limit_key IS DISTINCT FROM OLD.limit_key AND (OLD.status = 'running' OR NEW.status = 'running') THEN
+        RAISE EXCEPTION 'jobengine: job %: limit_key cannot change while the job runs', OLD.id
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_limit_key_fixed', TABLE = 'jobs', SCHEMA = 'jobengine';
+    END IF;
+    IF NEW.run_at IS DISTINCT FROM OLD.run_at OR NEW.priority IS DISTINCT FROM OLD.priority
+       OR NEW.claim_order IS DISTINCT FROM OLD.claim_order THEN
+        NEW.claim_order := jobengine.claim_order(NEW.run_at, NEW.priority);
+    END IF;
     RETURN NEW;
 END
 $$;
@@ -914,29 +1252,6 @@ END
 $$;
 
 --
--- Name: settings; Type: TABLE; Schema: jobengine; Owner: -
---
-
-CREATE TABLE jobengine.settings (
-    name text NOT NULL,
-    value text NOT NULL,
-    CONSTRAINT settings_name_known CHECK ((name = ANY (ARRAY['max_payload_bytes'::text, 'max_lease_ttl'::text, 'notify_mode'::text]))),
-    CONSTRAINT settings_value_valid CHECK (
-CASE name
-    WHEN 'max_payload_bytes'::text THEN (value ~ '^[1-9][0-9]{0,17}$'::text)
-    WHEN 'max_lease_ttl'::text THEN (value ~ '^[0-9 a-z:.]+$'::text)
-    WHEN 'notify_mode'::text THEN (value = ANY (ARRAY['direct'::text, 'relayed'::text]))
-    ELSE NULL::boolean
-END)
-);
-
---
--- Name: TABLE settings; Type: COMMENT; Schema: jobengine; Owner: -
---
-
-COMMENT ON TABLE jobengine.settings IS 'Limits that protect the server; only the schema owner may change them.';
-
---
 -- Name: max_lease_ttl(); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -1202,6 +1517,24 @@ CREATE FUNCTION jobengine.may_only_cancel() RETURNS boolean
     LANGUAGE sql STABLE
     BEGIN ATOMIC
  SELECT (NOT jobengine.writer_trusted());
+END;
+
+--
+-- Name: next_waiting_key(text); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.next_waiting_key(p_after text) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT LEAST(( SELECT s.limit_key
+            FROM jobengine.jobs s
+           WHERE ((s.status = 'scheduled'::jobengine.job_status) AND (s.limit_key IS NOT NULL) AND (s.limit_key > next_waiting_key.p_after))
+           ORDER BY s.limit_key
+          LIMIT 1), ( SELECT p.limit_key
+            FROM jobengine.jobs p
+           WHERE ((p.status = 'pending'::jobengine.job_status) AND (p.limit_key IS NOT NULL) AND (p.limit_key > next_waiting_key.p_after))
+           ORDER BY p.limit_key
+          LIMIT 1)) AS "least";
 END;
 
 --
@@ -1633,6 +1966,168 @@ CREATE FUNCTION jobengine.schedule_retries(p_ids bigint[], p_delays double preci
 $$;
 
 --
+-- Name: schedule_tick_key(text, timestamp with time zone); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.schedule_tick_key(p_name text, p_tick timestamp with time zone) RETURNS text
+    LANGUAGE sql IMMUTABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT ((((('schedule:'::text || p_name) || ':'::text) || to_char((p_tick AT TIME ZONE 'UTC'::text), 'YYYY-MM-DD"T"HH24:MI:SS'::text)) ||
+         CASE
+             WHEN (((EXTRACT(microseconds FROM p_tick))::bigint % (1000000)::bigint) <> 0) THEN to_char((p_tick AT TIME ZONE 'UTC'::text), '.US'::text)
+             ELSE ''::text
+         END) || 'Z'::text);
+END;
+
+--
+-- Name: schedule_tick_v1(text, timestamp with time zone, integer); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.schedule_tick_v1(p_name text, p_tick timestamp with time zone, p_missed integer DEFAULT 0) RETURNS bigint
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_schedule jobengine.schedules;
+    v_job bigint;
+BEGIN
+    IF p_tick IS NULL OR p_tick > statement_timestamp() + interval '1 second' THEN
+        RAISE EXCEPTION 'jobengine: schedule_tick_v1: tick % is not due yet', p_tick
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE jobengine.schedules s SET last_tick = p_tick
+    WHERE s.name = p_name AND s.enabled AND (s.last_tick IS NULL OR s.last_tick < p_tick)
+      AND p_tick >= date_trunc('second', s.created_at)
+    RETURNING s.* INTO v_schedule;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    INSERT INTO jobengine.jobs (kind, queue, payload, priority, run_at, limit_key, idempotency_key)
+    VALUES (v_schedule.kind, v_schedule.queue, v_schedule.payload, v_schedule.priority, p_tick,
+            v_schedule.limit_key, jobengine.schedule_tick_key(p_name, p_tick))
+    ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+    RETURNING id INTO v_job;
+    IF v_job IS NULL THEN
+        RETURN NULL;
+    END IF;
+    UPDATE jobengine.schedules s SET last_job_id = v_job WHERE s.name = p_name;
+    IF coalesce(p_missed, 0) > 0 THEN
+        PERFORM jobengine.add_timeline_note(
+            ARRAY[v_job], 'job.schedule_missed',
+            format('schedule %s: %s earlier tick%s missed while no daemon ran; this job is for the latest (%s)',
+                   p_name, p_missed, CASE WHEN p_missed = 1 THEN ' was' ELSE 's were' END,
+                   jobengine.schedule_tick_key(p_name, p_tick)));
+    END IF;
+    RETURN v_job;
+END
+$$;
+
+--
+-- Name: schedules_check(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.schedules_check() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $_$
+DECLARE
+    v_problem text;
+    v_field text;
+BEGIN
+    IF NEW.name IS NULL OR NEW.name !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$' THEN
+        v_field := 'name';
+        v_problem := 'must be 1 to 100 letters, digits or _.:- (starting with a letter or digit)';
+    ELSIF (NEW.cron IS NULL) = (NEW.every IS NULL) THEN
+        v_field := CASE WHEN NEW.cron IS NULL THEN 'cron' ELSE 'every' END;
+        v_problem := 'give exactly one of cron and every';
+    ELSIF NEW.every IS NOT NULL AND NEW.every < interval '1 second' THEN
+        v_field := 'every';
+        v_problem := format('must be at least 1 second, not %s', NEW.every);
+    ELSIF NEW.every IS NOT NULL AND (extract(month FROM NEW.every) <> 0 OR extract(year FROM NEW.every) <> 0) THEN
+        v_field := 'every';
+        v_problem := format('must be a fixed length (days, hours, minutes, seconds), not %s; use cron for months', NEW.every);
+    ELSIF NEW.cron IS NOT NULL AND jobengine.cron_problem(NEW.cron) IS NOT NULL THEN
+        v_field := 'cron';
+        v_problem := jobengine.cron_problem(NEW.cron);
+    ELSIF NOT EXISTS (SELECT 1 FROM pg_timezone_names z WHERE z.name = NEW.timezone) THEN
+        v_field := 'timezone';
+        v_problem := format('unknown time zone %L (use an IANA name such as Europe/Berlin)', NEW.timezone);
+    ELSIF NEW.kind IS NULL OR NEW.kind !~ '^[A-Za-z0-9_.:-]{1,200}$' THEN
+        v_field := 'kind';
+        v_problem := 'must be 1 to 200 letters, digits or _.:-';
+    ELSIF NEW.queue IS NULL OR NEW.queue !~ '^[A-Za-z0-9_.:-]{1,200}$' THEN
+        v_field := 'queue';
+        v_problem := 'must be 1 to 200 letters, digits or _.:-';
+    ELSIF jsonb_typeof(NEW.payload) IS DISTINCT FROM 'object' THEN
+        v_field := 'payload';
+        v_problem := 'must be a JSON object';
+    ELSIF NEW.limit_key IS NOT NULL AND (NEW.limit_key = '' OR length(NEW.limit_key) > 200) THEN
+        v_field := 'limit_key';
+        v_problem := 'must be 1 to 200 characters';
+    END IF;
+    IF v_problem IS NOT NULL THEN
+        RAISE EXCEPTION 'jobengine: schedule %: %: %', coalesce(quote_ident(NEW.name), '(no name)'), v_field, v_problem
+            USING ERRCODE = 'check_violation', CONSTRAINT = 'schedules_' || v_field || '_valid',
+                  COLUMN = v_field, TABLE = 'schedules', SCHEMA = 'jobengine';
+    END IF;
+    IF TG_OP = 'UPDATE' THEN
+        -- A new timing starts from now: ticks before the change are not "missed".
+        IF (NEW.cron, NEW.every, NEW.timezone) IS DISTINCT FROM (OLD.cron, OLD.every, OLD.timezone)
+           AND NEW.last_tick IS NOT DISTINCT FROM OLD.last_tick THEN
+            NEW.last_tick := NULL;
+            NEW.created_at := statement_timestamp();
+        END IF;
+        IF NEW.enabled AND NOT OLD.enabled AND NEW.last_tick IS NOT DISTINCT FROM OLD.last_tick THEN
+            -- resumed: ticks from while it was paused are skipped, not run
+            NEW.last_tick := NULL;
+            NEW.created_at := statement_timestamp();
+        END IF;
+    END IF;
+    IF TG_OP = 'INSERT' OR NEW.last_tick IS NOT DISTINCT FROM OLD.last_tick THEN
+        NEW.changed_by := jobengine.current_actor();
+        NEW.changed_at := statement_timestamp();
+    END IF;
+    RETURN NEW;
+END
+$_$;
+
+--
+-- Name: scheduling_stamp(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.scheduling_stamp() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    NEW.changed_by := jobengine.current_actor();
+    NEW.changed_at := statement_timestamp();
+    RETURN NEW;
+END
+$$;
+
+--
+-- Name: scheduling_wake(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.scheduling_wake() RETURNS trigger
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    IF TG_TABLE_NAME = 'queues' THEN
+        PERFORM pg_notify('jobengine_wake', n.name || ':ready')
+        FROM (SELECT DISTINCT c.name FROM changed c WHERE NOT c.paused) n;
+    ELSIF TG_TABLE_NAME = 'schedules' THEN
+        PERFORM pg_notify('jobengine_wake', '*:schedules');
+    ELSE
+        PERFORM pg_notify('jobengine_wake', '*:ready');
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+--
 -- Name: settings_check(); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -1643,6 +2138,11 @@ CREATE FUNCTION jobengine.settings_check() RETURNS trigger
 BEGIN
     IF NEW.name = 'max_lease_ttl' AND NEW.value::interval < interval '1 minute' THEN
         RAISE EXCEPTION 'jobengine: setting max_lease_ttl must be an interval of at least 1 minute, not %', NEW.value
+            USING ERRCODE = 'check_violation', TABLE = 'settings', SCHEMA = 'jobengine';
+    END IF;
+    IF NEW.name = 'priority_aging' AND NEW.value <> 'off'
+       AND (NEW.value::interval < interval '1 second' OR NEW.value::interval > interval '1 day') THEN
+        RAISE EXCEPTION 'jobengine: setting priority_aging must be ''off'' or an interval from 1 second to 1 day, not %', NEW.value
             USING ERRCODE = 'check_violation', TABLE = 'settings', SCHEMA = 'jobengine';
     END IF;
     IF NEW.name = 'notify_mode' AND NEW.value = 'relayed'
@@ -1860,6 +2360,25 @@ END
 $$;
 
 --
+-- Name: concurrency_limits; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.concurrency_limits (
+    key text NOT NULL,
+    max_running integer NOT NULL,
+    changed_by text DEFAULT jobengine.current_actor() NOT NULL,
+    changed_at timestamp with time zone DEFAULT statement_timestamp() NOT NULL,
+    CONSTRAINT concurrency_limits_key_valid CHECK (((key <> ''::text) AND (length(key) <= 200))),
+    CONSTRAINT concurrency_limits_max_running_positive CHECK ((max_running > 0))
+);
+
+--
+-- Name: TABLE concurrency_limits; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON TABLE jobengine.concurrency_limits IS 'Never more than max_running jobs with this limit_key running at once, across all daemons.';
+
+--
 -- Name: ledger; Type: TABLE; Schema: jobengine; Owner: -
 --
 
@@ -1987,6 +2506,61 @@ CREATE TABLE jobengine.ledger_epoch (
 COMMENT ON TABLE jobengine.ledger_epoch IS 'Rows of jobengine.ledger with id < chained_from were written before hash chaining (0004).';
 
 --
+-- Name: queues; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.queues (
+    name text NOT NULL,
+    paused boolean DEFAULT false NOT NULL,
+    changed_by text DEFAULT jobengine.current_actor() NOT NULL,
+    changed_at timestamp with time zone DEFAULT statement_timestamp() NOT NULL,
+    CONSTRAINT queues_name_valid CHECK (((name <> ''::text) AND (length(name) <= 200)))
+);
+
+--
+-- Name: TABLE queues; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON TABLE jobengine.queues IS 'Queues an operator paused or resumed (no row: not paused). A paused queue gets no new claims.';
+
+--
+-- Name: rate_limit_starts; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.rate_limit_starts (
+    key text NOT NULL,
+    started_at timestamp with time zone NOT NULL,
+    job_id bigint NOT NULL
+);
+
+--
+-- Name: TABLE rate_limit_starts; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON TABLE jobengine.rate_limit_starts IS 'The starts of rate-limited keys within their window (the claim keeps it).';
+
+--
+-- Name: rate_limits; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.rate_limits (
+    key text NOT NULL,
+    max_starts integer NOT NULL,
+    per interval NOT NULL,
+    changed_by text DEFAULT jobengine.current_actor() NOT NULL,
+    changed_at timestamp with time zone DEFAULT statement_timestamp() NOT NULL,
+    CONSTRAINT rate_limits_key_valid CHECK (((key <> ''::text) AND (length(key) <= 200))),
+    CONSTRAINT rate_limits_max_starts_valid CHECK (((max_starts > 0) AND (max_starts <= 1000000))),
+    CONSTRAINT rate_limits_per_valid CHECK (((per >= '00:00:00.001'::interval) AND (per <= '31 days'::interval)))
+);
+
+--
+-- Name: TABLE rate_limits; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON TABLE jobengine.rate_limits IS 'Never more than max_starts starts of jobs with this limit_key in any window of length per, across all daemons.';
+
+--
 -- Name: relay_cursor; Type: TABLE; Schema: jobengine; Owner: -
 --
 
@@ -2016,6 +2590,34 @@ ALTER TABLE jobengine.retention_log ALTER COLUMN id ADD GENERATED ALWAYS AS IDEN
     NO MAXVALUE
     CACHE 1
 );
+
+--
+-- Name: schedules; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.schedules (
+    name text NOT NULL,
+    cron text,
+    every interval,
+    kind text NOT NULL,
+    queue text DEFAULT 'default'::text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    limit_key text,
+    timezone text DEFAULT 'UTC'::text NOT NULL,
+    enabled boolean DEFAULT true NOT NULL,
+    last_tick timestamp with time zone,
+    last_job_id bigint,
+    created_at timestamp with time zone DEFAULT statement_timestamp() NOT NULL,
+    changed_by text DEFAULT jobengine.current_actor() NOT NULL,
+    changed_at timestamp with time zone DEFAULT statement_timestamp() NOT NULL
+);
+
+--
+-- Name: TABLE schedules; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON TABLE jobengine.schedules IS 'Periodic jobs: each due tick of cron (in timezone) or every creates one job, however many daemons run.';
 
 --
 -- Name: schema_migrations; Type: TABLE; Schema: jobengine; Owner: -
@@ -2065,6 +2667,13 @@ ALTER TABLE ONLY jobengine.ledger ATTACH PARTITION jobengine.ledger_default DEFA
 ALTER TABLE ONLY jobengine.ledger ALTER COLUMN id SET DEFAULT nextval('jobengine.ledger_id_seq'::regclass);
 
 --
+-- Name: concurrency_limits concurrency_limits_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE ONLY jobengine.concurrency_limits
+    ADD CONSTRAINT concurrency_limits_pkey PRIMARY KEY (key);
+
+--
 -- Name: jobs jobs_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
 --
 
@@ -2079,6 +2688,20 @@ ALTER TABLE ONLY jobengine.ledger_epoch
     ADD CONSTRAINT ledger_epoch_pkey PRIMARY KEY (only_row);
 
 --
+-- Name: queues queues_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE ONLY jobengine.queues
+    ADD CONSTRAINT queues_pkey PRIMARY KEY (name);
+
+--
+-- Name: rate_limits rate_limits_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE ONLY jobengine.rate_limits
+    ADD CONSTRAINT rate_limits_pkey PRIMARY KEY (key);
+
+--
 -- Name: relay_cursor relay_cursor_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
 --
 
@@ -2091,6 +2714,13 @@ ALTER TABLE ONLY jobengine.relay_cursor
 
 ALTER TABLE ONLY jobengine.retention_log
     ADD CONSTRAINT retention_log_pkey PRIMARY KEY (id);
+
+--
+-- Name: schedules schedules_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE ONLY jobengine.schedules
+    ADD CONSTRAINT schedules_pkey PRIMARY KEY (name);
 
 --
 -- Name: schema_migrations schema_migrations_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
@@ -2110,7 +2740,13 @@ ALTER TABLE ONLY jobengine.settings
 -- Name: jobs_claim_idx; Type: INDEX; Schema: jobengine; Owner: -
 --
 
-CREATE INDEX jobs_claim_idx ON jobengine.jobs USING btree (priority DESC, run_at, id) WHERE (status = 'scheduled'::jobengine.job_status);
+CREATE INDEX jobs_claim_idx ON jobengine.jobs USING btree (claim_order, id) WHERE ((status = 'scheduled'::jobengine.job_status) AND (limit_key IS NULL));
+
+--
+-- Name: jobs_claim_keyed_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX jobs_claim_keyed_idx ON jobengine.jobs USING btree (limit_key, claim_order, id) WHERE ((status = 'scheduled'::jobengine.job_status) AND (limit_key IS NOT NULL));
 
 --
 -- Name: jobs_failed_cancelled_idx; Type: INDEX; Schema: jobengine; Owner: -
@@ -2140,13 +2776,25 @@ CREATE INDEX jobs_lease_idx ON jobengine.jobs USING btree (lease_expires_at) WHE
 -- Name: jobs_pending_idx; Type: INDEX; Schema: jobengine; Owner: -
 --
 
-CREATE INDEX jobs_pending_idx ON jobengine.jobs USING btree (priority DESC, run_at, id) WHERE (status = 'pending'::jobengine.job_status);
+CREATE INDEX jobs_pending_idx ON jobengine.jobs USING btree (claim_order, id) WHERE ((status = 'pending'::jobengine.job_status) AND (limit_key IS NULL));
+
+--
+-- Name: jobs_pending_keyed_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX jobs_pending_keyed_idx ON jobengine.jobs USING btree (limit_key, claim_order, id) WHERE ((status = 'pending'::jobengine.job_status) AND (limit_key IS NOT NULL));
 
 --
 -- Name: jobs_retryable_idx; Type: INDEX; Schema: jobengine; Owner: -
 --
 
 CREATE INDEX jobs_retryable_idx ON jobengine.jobs USING btree (id) WHERE ((status = 'failed'::jobengine.job_status) AND ((attempt - released) <= max_retries));
+
+--
+-- Name: jobs_running_key_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX jobs_running_key_idx ON jobengine.jobs USING btree (limit_key) WHERE ((status = 'running'::jobengine.job_status) AND (limit_key IS NOT NULL));
 
 --
 -- Name: jobs_waiting_idx; Type: INDEX; Schema: jobengine; Owner: -
@@ -2179,6 +2827,12 @@ CREATE INDEX ledger_default_job_id_id_idx ON jobengine.ledger_default USING btre
 CREATE INDEX ledger_default_tx_id_id_idx ON jobengine.ledger_default USING btree (tx_id, id);
 
 --
+-- Name: rate_limit_starts_key_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX rate_limit_starts_key_idx ON jobengine.rate_limit_starts USING btree (key, started_at);
+
+--
 -- Name: ledger_default_job_id_id_idx; Type: INDEX ATTACH; Schema: jobengine; Owner: -
 --
 
@@ -2191,12 +2845,32 @@ ALTER INDEX jobengine.ledger_job_idx ATTACH PARTITION jobengine.ledger_default_j
 ALTER INDEX jobengine.ledger_cursor_idx ATTACH PARTITION jobengine.ledger_default_tx_id_id_idx;
 
 --
+-- Name: concurrency_limits concurrency_limits_stamp; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER concurrency_limits_stamp BEFORE INSERT OR UPDATE ON jobengine.concurrency_limits FOR EACH ROW EXECUTE FUNCTION jobengine.scheduling_stamp();
+
+--
+-- Name: concurrency_limits concurrency_limits_wake; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER concurrency_limits_wake AFTER INSERT OR DELETE OR UPDATE ON jobengine.concurrency_limits FOR EACH STATEMENT EXECUTE FUNCTION jobengine.scheduling_wake();
+
+--
 -- Name: jobs jobs_chain_insert; Type: TRIGGER; Schema: jobengine; Owner: -
 --
 
 CREATE TRIGGER jobs_chain_insert BEFORE INSERT ON jobengine.jobs FOR EACH ROW EXECUTE FUNCTION jobengine.jobs_chain_insert();
 
 ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_chain_insert;
+
+--
+-- Name: jobs jobs_claim_order; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER jobs_claim_order BEFORE UPDATE OF run_at, priority, claim_order, limit_key ON jobengine.jobs FOR EACH ROW EXECUTE FUNCTION jobengine.jobs_claim_order_update();
+
+ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_claim_order;
 
 --
 -- Name: jobs jobs_guard_columns; Type: TRIGGER; Schema: jobengine; Owner: -
@@ -2311,6 +2985,42 @@ CREATE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON jobengine.ledger_default FO
 ALTER TABLE jobengine.ledger_default ENABLE ALWAYS TRIGGER ledger_no_truncate;
 
 --
+-- Name: queues queues_stamp; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER queues_stamp BEFORE INSERT OR UPDATE ON jobengine.queues FOR EACH ROW EXECUTE FUNCTION jobengine.scheduling_stamp();
+
+--
+-- Name: queues queues_wake_delete; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER queues_wake_delete AFTER DELETE ON jobengine.queues REFERENCING OLD TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION jobengine.scheduling_wake();
+
+--
+-- Name: queues queues_wake_insert; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER queues_wake_insert AFTER INSERT ON jobengine.queues REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION jobengine.scheduling_wake();
+
+--
+-- Name: queues queues_wake_update; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER queues_wake_update AFTER UPDATE ON jobengine.queues REFERENCING NEW TABLE AS changed FOR EACH STATEMENT EXECUTE FUNCTION jobengine.scheduling_wake();
+
+--
+-- Name: rate_limits rate_limits_stamp; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER rate_limits_stamp BEFORE INSERT OR UPDATE ON jobengine.rate_limits FOR EACH ROW EXECUTE FUNCTION jobengine.scheduling_stamp();
+
+--
+-- Name: rate_limits rate_limits_wake; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER rate_limits_wake AFTER INSERT OR DELETE OR UPDATE ON jobengine.rate_limits FOR EACH STATEMENT EXECUTE FUNCTION jobengine.scheduling_wake();
+
+--
 -- Name: retention_log retention_log_append_only; Type: TRIGGER; Schema: jobengine; Owner: -
 --
 
@@ -2325,6 +3035,18 @@ ALTER TABLE jobengine.retention_log ENABLE ALWAYS TRIGGER retention_log_append_o
 CREATE TRIGGER retention_log_no_truncate BEFORE TRUNCATE ON jobengine.retention_log FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite();
 
 ALTER TABLE jobengine.retention_log ENABLE ALWAYS TRIGGER retention_log_no_truncate;
+
+--
+-- Name: schedules schedules_check; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER schedules_check BEFORE INSERT OR UPDATE ON jobengine.schedules FOR EACH ROW EXECUTE FUNCTION jobengine.schedules_check();
+
+--
+-- Name: schedules schedules_wake; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER schedules_wake AFTER INSERT OR DELETE OR UPDATE ON jobengine.schedules FOR EACH STATEMENT EXECUTE FUNCTION jobengine.scheduling_wake();
 
 --
 -- Name: settings settings_check; Type: TRIGGER; Schema: jobengine; Owner: -
@@ -2461,6 +3183,12 @@ REVOKE ALL ON FUNCTION jobengine.retry_v1(p_ids bigint[], p_delays double precis
 REVOKE ALL ON FUNCTION jobengine.schedule_retries(p_ids bigint[], p_delays double precision[], p_reason text) FROM PUBLIC;
 
 --
+-- Name: FUNCTION schedule_tick_v1(p_name text, p_tick timestamp with time zone, p_missed integer); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.schedule_tick_v1(p_name text, p_tick timestamp with time zone, p_missed integer) FROM PUBLIC;
+
+--
 -- Name: FUNCTION verify_ledger_jobs(p_ids bigint[]); Type: ACL; Schema: jobengine; Owner: -
 --
 
@@ -2500,6 +3228,7 @@ SET row_security = off;
 INSERT INTO jobengine.settings VALUES ('max_payload_bytes', '1048576');
 INSERT INTO jobengine.settings VALUES ('max_lease_ttl', '1 hour');
 INSERT INTO jobengine.settings VALUES ('notify_mode', 'direct');
+INSERT INTO jobengine.settings VALUES ('priority_aging', '1 minute');
 
 --
 -- PostgreSQL database dump complete
@@ -2516,4 +3245,5 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (1, 'lifecycle', '8618960b3a0a93b2322701929ebb939acba318dde5f31e372fcb492881d26d7d'),
     (2, 'claim', '86d63803a175883f4540732205a839bba3f261f4b8751194f6a5cd3efd1e7753'),
     (3, 'guarantees', '27211b450eedd1f26736df466bb8260d53fc4f01324b14269708a1d1114bfec5'),
-    (4, 'ledger', 'cd1ee12508dab55da6154eef8d6a222780ed4d0ab36d8bc7b245829d2497461f');
+    (4, 'ledger', 'cd1ee12508dab55da6154eef8d6a222780ed4d0ab36d8bc7b245829d2497461f'),
+    (5, 'scheduling', '65820a7fd034fadc4e0dd5ab96011efb79b1fe85458fc7059b14b7e90c33401e');

@@ -9,6 +9,7 @@ The contract's settings (see the README):
     [retention] finished_jobs, audit ("30d", "90d", "forever"), interval, partitions_ahead, batch
     [http]     listen, max_body_bytes, tokens
     [handlers] kind = "pkg.module:function" | { command = [...] }
+    [schedules.NAME] cron | every, kind, queue, payload, priority, limit_key, timezone, enabled
     [embedded] data_dir
 
 Environment: `JOBENGINE_DSN`, `JOBENGINE_SEALED`, and
@@ -30,8 +31,9 @@ import msgspec
 
 from jobengine.api.config import HttpSettings
 from jobengine.daemon.config import DaemonConfig, DaemonSettings, HandlerSpec, RetentionSettings
-from jobengine.domain.errors import ConfigError
+from jobengine.domain.errors import ConfigError, InvalidSchedule
 from jobengine.domain.retry import RetryPolicy
+from jobengine.domain.schedules import ScheduleSpec, from_config
 
 ENV_PREFIX = "JOBENGINE_"
 #: JOBENGINE_* variables that are not settings
@@ -56,12 +58,26 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     handlers: dict[str, HandlerSpec] = msgspec.field(default_factory=dict)
     embedded: EmbeddedSettings = msgspec.field(default_factory=EmbeddedSettings)
+    #: `[schedules.NAME]` tables, upserted into jobengine.schedules when a daemon starts
+    schedules: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+
+    def schedule_specs(self) -> list[ScheduleSpec]:
+        """`[schedules.*]` as checked specs (`ConfigError` naming the schedule and field)."""
+        specs = []
+        for name, table in sorted(self.schedules.items()):
+            if not isinstance(table, dict):
+                raise ConfigError(f"schedules.{name} must be a table, not {table!r}")
+            try:
+                specs.append(from_config(name, table))
+            except InvalidSchedule as exc:
+                raise ConfigError(f"invalid configuration: {exc}") from None
+        return specs
 
     def daemon_config(self) -> DaemonConfig:
         """The part of the settings a daemon runs on."""
         return DaemonConfig(
             daemon=self.daemon, retry=self.retry, retention=self.retention,
-            handlers=dict(self.handlers), sealed=self.sealed,
+            handlers=dict(self.handlers), sealed=self.sealed, schedules=self.schedule_specs(),
         )
 
 
@@ -185,4 +201,5 @@ def load_settings(
     settings.daemon.validate()
     settings.retention.validate()
     settings.http.validate()
+    settings.schedule_specs()
     return settings

@@ -7,6 +7,7 @@ import msgspec
 from jobengine.domain.errors import ConfigError
 from jobengine.domain.retention import RetentionPolicy
 from jobengine.domain.retry import RetryPolicy
+from jobengine.domain.schedules import ScheduleSpec
 
 
 class CommandHandler(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -127,3 +128,5 @@ class DaemonConfig(msgspec.Struct, kw_only=True):
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)
     handlers: dict[str, HandlerSpec] = msgspec.field(default_factory=dict)
     sealed: bool = False
+    #: schedules upserted into jobengine.schedules when the daemon starts
+    schedules: list[ScheduleSpec] = msgspec.field(default_factory=list)

@@ -36,6 +36,7 @@ from jobengine.daemon.retention import Retention
 from jobengine.daemon.scheduler import Scheduler
 from jobengine.daemon.systemd import Notifier
 from jobengine.daemon.testsignals import DaemonSignals
+from jobengine.daemon.ticker import Ticker
 from jobengine.domain.clock import Clock, SystemClock
 from jobengine.domain.models import Job
 from jobengine.notifications import (
@@ -46,7 +47,15 @@ from jobengine.notifications import (
     parse_cancel,
     parse_wake,
 )
-from jobengine.store import TRANSIENT, AttemptKey, JobStore, LedgerStore, connection, create_pool
+from jobengine.store import (
+    TRANSIENT,
+    AttemptKey,
+    JobStore,
+    LedgerStore,
+    SchedulingStore,
+    connection,
+    create_pool,
+)
 
 log = structlog.get_logger("jobengine.daemon")
 
@@ -68,6 +77,8 @@ class Services:
     scheduler: Scheduler
     relay: Relay
     retention: Retention
+    scheduling: SchedulingStore
+    ticker: Ticker
 
 
 class Daemon:
@@ -107,6 +118,10 @@ class Daemon:
         self.ready = False
         self._services: Services | None = None
         self._maybe_more = True
+        #: due jobs wait on a full concurrency limit: a job ending anywhere may free them
+        self._held_on_done = False
+        #: False once the database said no limit is set (until one is: '*:ready')
+        self._limits_may_exist = True
         self._stopping = False
         self._immediate = False
         self._kick = Signal()      # the claimer: look again
@@ -185,6 +200,7 @@ class Daemon:
     def _assemble(self, store: JobStore) -> Services:
         s = self.settings
         ledger = LedgerStore(store.db)
+        scheduling = SchedulingStore(store.db)
         leases = LeaseKeeper(store, self.id, self.attempts, lease_ttl=s.lease_ttl,
                              interval=s.renew_interval, margin=s.fence_margin,
                              clock=self.clock, signals=self.signals)
@@ -202,6 +218,8 @@ class Daemon:
                                 on_ready=self._wake_claimer, sealed=self.config.sealed),
             relay=Relay(ledger, interval=s.relay_interval),
             retention=Retention(ledger, self.config.retention),
+            scheduling=scheduling,
+            ticker=Ticker(scheduling, self.config.schedules, signals=self.signals),
         )
 
     async def _run_services(self, sv: Services, task_status: TaskStatus[None]) -> None:
@@ -214,6 +232,7 @@ class Daemon:
             await services.start(sv.scheduler.run)
             await services.start(sv.relay.run)
             await services.start(sv.retention.run)
+            await services.start(sv.ticker.run)
             await services.start(self.notifier.watchdog, self.status_line)
             async with anyio.create_task_group() as actors:
                 await services.start(self._claim_loop, sv, actors)
@@ -280,8 +299,10 @@ class Daemon:
                     self._maybe_more = True  # there may be more waiting
                     continue
                 # Drained: sleep until the next job comes due (exactly), a
-                # notification, a free slot, or the polling interval.
-                deadline = clock.monotonic() + await self._until_next_due(sv, s.poll_interval)
+                # limit lets a held job start, a notification, a free slot,
+                # or the polling interval.
+                deadline = clock.monotonic() + min(await self._until_next_due(sv, s.poll_interval),
+                                                   await self._until_released(sv, s.poll_interval))
             if not await self._kick.wait(max(deadline - clock.monotonic(), 0.0)):
                 self._maybe_more = True  # something came due, or the polling fallback
                 sv.scheduler.wake()
@@ -295,6 +316,22 @@ class Daemon:
             return ceiling
         if due_in is None:
             return ceiling
+        return min(ceiling, max(due_in, 0.0) + 0.001)
+
+    async def _until_released(self, sv: Services, ceiling: float) -> float:
+        """Seconds until a rate limit lets a held job start (at most `ceiling`); notes
+        whether jobs wait on a full concurrency limit (a job ending anywhere frees them)."""
+        if not self._limits_may_exist:
+            return ceiling
+        try:
+            held = await sv.scheduling.held(self.settings.queues)
+        except TRANSIENT:
+            return ceiling
+        self._held_on_done = held.concurrency
+        self._limits_may_exist = held.limits_exist
+        if held.rate_next_at is None:
+            return ceiling
+        due_in = (held.rate_next_at - self.clock.now()).total_seconds()
         return min(ceiling, max(due_in, 0.0) + 0.001)
 
     def _start(self, actors: TaskGroup, jobs: Iterable[Job], lease_deadline: float) -> None:
@@ -336,7 +373,18 @@ class Daemon:
 
     def _on_wake(self, payload: str) -> None:
         wake = parse_wake(payload)
-        if wake is None or wake.queue not in self.settings.queues:
+        if wake is None:
+            return
+        if wake.queue == "*":  # a limit or a schedule changed
+            if wake.what == "schedules" and self._services is not None:
+                self._services.ticker.wake()
+            elif wake.what == "ready":
+                self._limits_may_exist = True
+                self._wake_claimer()
+            return
+        if wake.what == "done" and self._held_on_done:
+            self._wake_claimer()  # a job of a full key may have ended, in any queue
+        if wake.queue not in self.settings.queues:
             return
         if wake.what in ("new", "ready"):
             self._wake_claimer()
@@ -351,9 +399,11 @@ class Daemon:
             return
         # Whatever was sent while the listener was away is lost: look for it.
         metrics.LISTENER_RECONNECTS.inc()
+        self._limits_may_exist = True
         self._wake_claimer()
         if self._services is not None:
             self._services.scheduler.wake(new_jobs=True)
+            self._services.ticker.wake()
 
     def _unwritten(self) -> list[AttemptKey]:
         return list(self._services.writer.unwritten.items()) if self._services else []

@@ -72,6 +72,8 @@ class DaemonSignals:
         self.fenced: TestSignal[list[tuple[int, int]]] = TestSignal("fenced")
         #: each reaper pass that changed something (ReapPass)
         self.reaped: TestSignal[Any] = TestSignal("reaped")
+        #: each schedule tick this daemon created a job for: (schedule name, job id)
+        self.ticked: TestSignal[tuple[str, int]] = TestSignal("ticked")
 
     @classmethod
     def enabled(cls) -> DaemonSignals:
@@ -83,4 +85,4 @@ class DaemonSignals:
 
     def all(self) -> list[TestSignal[Any]]:
         """Every signal."""
-        return [self.claimed, self.flushed, self.renewed, self.fenced, self.reaped]
+        return [self.claimed, self.flushed, self.renewed, self.fenced, self.reaped, self.ticked]

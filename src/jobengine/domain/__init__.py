@@ -1,6 +1,7 @@
 """The pure core of jobengine: statuses, transitions, retry policies, records, errors.
 
-Standard library and msgspec only: no I/O, no event loop, no logging.
+Standard library, msgspec and cronsim (a pure cron parser) only: no I/O, no
+event loop, no logging.
 """
 
 from jobengine.domain.clock import Clock, ManualClock, SystemClock
@@ -12,6 +13,8 @@ from jobengine.domain.errors import (
     HandlerNotFound,
     IllegalTransition,
     InvalidJob,
+    InvalidLimit,
+    InvalidSchedule,
     JobBusy,
     JobEngineError,
     JobNotFound,
@@ -58,6 +61,8 @@ __all__ = [
     "HistoryEntry",
     "IllegalTransition",
     "InvalidJob",
+    "InvalidLimit",
+    "InvalidSchedule",
     "Job",
     "JobBusy",
     "JobEngineError",

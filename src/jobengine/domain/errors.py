@@ -43,6 +43,26 @@ class DuplicateJob(JobEngineError):
         super().__init__(f"a job with idempotency_key {key!r} already exists")
 
 
+class InvalidSchedule(JobEngineError):
+    """Raised when a schedule could not run; names the schedule and the field."""
+
+    def __init__(self, name: str, field: str, problem: str) -> None:
+        self.name = name
+        self.field = field
+        self.problem = problem
+        super().__init__(f"schedule {name}: {field}: {problem}")
+
+
+class InvalidLimit(JobEngineError):
+    """Raised when a concurrency or rate limit is malformed; names the key and the field."""
+
+    def __init__(self, key: str, field: str, problem: str) -> None:
+        self.key = key
+        self.field = field
+        self.problem = problem
+        super().__init__(f"limit {key}: {field}: {problem}")
+
+
 class JobBusy(JobEngineError):
     """Raised when a job's row stayed locked by another transaction past the wait allowed."""
 

@@ -30,6 +30,8 @@ class JobSpec(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     retry_policy: dict[str, Any] | None = None
     timeout: timedelta | None = None
     requires_network: bool = False
+    #: groups jobs under concurrency and rate limits (and for fair claiming)
+    limit_key: str | None = None
     idempotency_key: str | None = None
 
 
@@ -52,6 +54,7 @@ class Job(msgspec.Struct, kw_only=True):
     retry_policy: dict[str, Any] | None = None
     timeout: timedelta | None = None
     requires_network: bool = False
+    limit_key: str | None = None
     idempotency_key: str | None = None
     lease_owner: str | None = None
     lease_expires_at: datetime | None = None

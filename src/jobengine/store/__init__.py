@@ -23,6 +23,7 @@ from jobengine.store.lifecycle import (
 )
 from jobengine.store.migrate import AppliedMigration, current_version, migrate
 from jobengine.store.pool import connect, connection, create_pool, setup_connection
+from jobengine.store.scheduling import Held, LimitInfo, QueueInfo, SchedulingStore
 
 __all__ = [
     "TRANSIENT",
@@ -33,12 +34,16 @@ __all__ = [
     "EventPage",
     "FailResult",
     "Failure",
+    "Held",
     "JobStore",
     "LedgerProblem",
     "LedgerStore",
+    "LimitInfo",
+    "QueueInfo",
     "ReapOutcome",
     "RetentionReport",
     "RetryResult",
+    "SchedulingStore",
     "VerifyReport",
     "Written",
     "connect",

@@ -75,7 +75,7 @@ class JobStore(Lifecycle):
             "job_insert",
             spec.kind, spec.queue, spec.payload, spec.priority, spec.run_at,
             list(spec.depends_on), spec.max_retries, spec.retry_policy, spec.timeout,
-            spec.requires_network, spec.idempotency_key,
+            spec.requires_network, spec.idempotency_key, spec.limit_key,
         )
         if rows:
             job = job_from_row(rows[0])

@@ -13,6 +13,8 @@ from jobengine.domain.errors import (
     DuplicateJob,
     IllegalTransition,
     InvalidJob,
+    InvalidLimit,
+    InvalidSchedule,
     JobBusy,
     JobEngineError,
 )
@@ -37,8 +39,21 @@ CONSTRAINT_FIELDS: Mapping[str, str] = {
     "jobs_depends_on_frozen": "depends_on",
     "jobs_lease_bounded": "lease_expires_at",
     "jobs_lifecycle_columns": "status",
+    "jobs_limit_key_valid": "limit_key",
+    "jobs_limit_key_fixed": "limit_key",
 }
 
+#: The limits' checks, by the field they guard.
+LIMIT_FIELDS: Mapping[str, str] = {
+    "concurrency_limits_key_valid": "key",
+    "concurrency_limits_max_running_positive": "max_running",
+    "rate_limits_key_valid": "key",
+    "rate_limits_max_starts_valid": "max_starts",
+    "rate_limits_per_valid": "per",
+    "queues_name_valid": "name",
+}
+
+_SCHEDULE = re.compile(r"^schedule (.+?): (\w+): (.*)$", re.S)
 _ILLEGAL = re.compile(r"illegal transition for job (\d+): (\w+) -> (\w+)")
 _NOT_PENDING = re.compile(r"job (\d+) must be inserted as pending, not (\w+)")
 
@@ -80,6 +95,12 @@ def timeline_from_row(row: Mapping[str, Any]) -> TimelineEvent:
     )
 
 
+def _key_of(detail: str) -> str:
+    """The first value of a check violation's "Failing row contains (...)" detail."""
+    inner = detail.partition("(")[2]
+    return inner.split(",", 1)[0].strip() or "?"
+
+
 def translate_error(exc: asyncpg.PostgresError) -> JobEngineError | None:
     """The domain error a database error stands for, or None when it is not one of ours."""
     constraint = getattr(exc, "constraint_name", None) or ""
@@ -100,6 +121,11 @@ def translate_error(exc: asyncpg.PostgresError) -> JobEngineError | None:
         detail = getattr(exc, "detail", "") or ""
         key = detail.split("=(", 1)[-1].rsplit(")", 1)[0] if "=(" in detail else "?"
         return DuplicateJob(key)
+    if constraint.startswith("schedules_") and (m := _SCHEDULE.match(message)):
+        return InvalidSchedule(m.group(1).strip('"'), m.group(2), m.group(3))
+    if constraint in LIMIT_FIELDS:
+        detail = getattr(exc, "detail", "") or ""
+        return InvalidLimit(_key_of(detail), LIMIT_FIELDS[constraint], message)
     if constraint in CONSTRAINT_FIELDS:
         field = CONSTRAINT_FIELDS[constraint]
         if not message.startswith("job "):

@@ -4,8 +4,8 @@
 -- A new job (pending). With an idempotency key already taken, no row comes back.
 INSERT INTO jobengine.jobs
     (kind, queue, payload, priority, run_at, depends_on, max_retries, retry_policy,
-     timeout, requires_network, idempotency_key)
-VALUES ($1, $2, $3, $4, coalesce($5::timestamptz, now()), $6, $7, $8, $9, $10, $11)
+     timeout, requires_network, idempotency_key, limit_key)
+VALUES ($1, $2, $3, $4, coalesce($5::timestamptz, now()), $6, $7, $8, $9, $10, $11, $12)
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING *;
 
