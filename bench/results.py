@@ -6,7 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from bench.config import Sizes
+from bench.config import LIMITS, Sizes
 from bench.stats import Summary, Value, summarise
 
 
@@ -46,6 +46,13 @@ def _at_most(limit: float) -> Callable[[dict[str, Summary]], bool | None]:
 def _at_least(limit: float) -> Callable[[dict[str, Summary]], bool | None]:
     def check(s: dict[str, Summary]) -> bool | None:
         return None if "jobengine" not in s else s["jobengine"].median >= limit
+    return check
+
+
+def _all_at_most(limit: float) -> Callable[[dict[str, Summary]], bool | None]:
+    """Every repetition's figure (not only the median) at most `limit`."""
+    def check(s: dict[str, Summary]) -> bool | None:
+        return None if "jobengine" not in s else s["jobengine"].high <= limit
     return check
 
 
@@ -97,6 +104,7 @@ def catalogue(sizes: Sizes) -> list[Metric]:
         *_with_cpu(Metric("producers.rate", producers, "jobs/s", "higher"), "producers"),
         Metric("producers.floor", "many producers / plain table (same repetition)", "x",
                "higher"),
+        *_limits(s),
         Metric("scale.load", f"scale: load {_count(s.scale_rows)} finished jobs and their ledger "
                "by SQL", "s", "lower"),
         Metric("scale.size", "scale: database size after the load", "GB", ""),
@@ -115,6 +123,39 @@ def catalogue(sizes: Sizes) -> list[Metric]:
                f"(lease_ttl {s.rescue_lease_ttl:g} s)", "s", "lower",
                f"≤ {rescue_limit:g} s", _at_most(rescue_limit)),
     ]
+
+
+def _limits(s: Sizes) -> list[Metric]:
+    """The limits workload's rows: per concurrency its burn-downs, ratio and peaks; pickups."""
+    n, lim = _count(s.burndown), LIMITS
+    limited = (f"{lim.keys} keys, {len(lim.concurrency_keys())} at ≤ {lim.max_running} running, "
+               f"{len(lim.rate_keys())} at ≤ {lim.max_starts} starts per {lim.per:g} s")
+    out: list[Metric] = []
+    for c in s.limits_concurrencies:
+        key = f"limits.c{c}"
+        out += [
+            *_with_cpu(Metric(f"{key}.plain", f"limits c{c}: burn-down {n}, no limit keys",
+                              "jobs/s", "higher"), "worker"),
+            *_with_cpu(Metric(f"{key}.limited", f"limits c{c}: burn-down {n} over {limited}",
+                              "jobs/s", "higher"), "worker"),
+            Metric(f"{key}.ratio", f"limits c{c}: limited / plain (same repetition)", "x",
+                   "higher", "≥ 0.90", _at_least(0.9)),
+            Metric(f"{key}.peak_running", f"limits c{c}: most running at once, one "
+                   "concurrency-limited key", "jobs", "", f"≤ {lim.max_running} (every run)",
+                   _all_at_most(lim.max_running)),
+            Metric(f"{key}.peak_starts", f"limits c{c}: most starts of one rate-limited key "
+                   f"within {lim.checked_window:g} s", "jobs", "",
+                   f"≤ {lim.max_starts} (every run)", _all_at_most(lim.max_starts)),
+        ]
+    for kind, label in (("free", "unlimited"), ("concurrency", "concurrency-limited"),
+                        ("rate", "rate-limited")):
+        out += [
+            Metric(f"limits.pickup.{kind}.p50", f"idle pickup p50, limits set, {label} key",
+                   "ms", "lower"),
+            Metric(f"limits.pickup.{kind}.p99", f"idle pickup p99, limits set, {label} key",
+                   "ms", "lower", "≤ 5 ms", _at_most(5.0)),
+        ]
+    return out
 
 
 @dataclass

@@ -8,7 +8,8 @@ outcome (exactly N succeeded).
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from bench.config import OBAN_VENV, PEER_VENV, PEERS_DIR
@@ -63,6 +64,12 @@ JOBENGINE = System(
     ),
     running_sql="SELECT count(*) FROM jobengine.jobs WHERE status = 'running' AND attempt = $1",
 )
+
+
+def jobengine_keyed(limit_keys: Sequence[str]) -> System:
+    """jobengine whose inserted jobs get these limit keys, round-robin (job i: key i mod n)."""
+    return replace(JOBENGINE, args=("--limit-keys", ",".join(limit_keys)))
+
 
 PGQUEUER = System(
     name="pgqueuer",

@@ -4,12 +4,18 @@ Jobs are inserted with plain SQL (a plain asyncpg connection, no jobengine
 code in the path); the worker is the in-process daemon (`run_daemon`) with a
 no-op async handler, logging as `jobengine run` sets it up (JSON lines on
 stderr, level info). Run by the project's Python.
+
+`jobengine_peer.py [--limit-keys K1,K2,...] COMMAND ...`: with limit keys,
+every job inserted gets one (`jobs.limit_key`): the job whose payload is
+`{"i": i}` gets key number i modulo their count, in the bulk and the single
+path alike (the limits workload, `bench/workloads/limits.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,6 +31,11 @@ from jobengine.store.pool import connect
 
 BULK_SQL = "INSERT INTO jobengine.jobs (kind, payload) SELECT $1, p FROM unnest($2::jsonb[]) AS p"
 SINGLE_SQL = "INSERT INTO jobengine.jobs (kind, payload) VALUES ($1, $2::jsonb)"
+BULK_KEYED_SQL = ("INSERT INTO jobengine.jobs (kind, payload, limit_key)"
+                  " SELECT $1, p, k FROM unnest($2::jsonb[], $3::text[]) AS u(p, k)")
+SINGLE_KEYED_SQL = ("INSERT INTO jobengine.jobs (kind, payload, limit_key)"
+                    " VALUES ($1, $2::jsonb, $3)")
+LIMIT_KEYS = "--limit-keys"
 
 
 def _runner() -> Callable[[Awaitable[None]], None]:
@@ -53,12 +64,18 @@ async def sleep(job: Any) -> None:
 class SqlInserter:
     """One plain asyncpg connection: one INSERT per job, autocommitted."""
 
-    def __init__(self, conn: asyncpg.Connection) -> None:
+    def __init__(self, conn: asyncpg.Connection, limit_keys: list[str]) -> None:
         self._conn = conn
+        self._keys = limit_keys
 
     async def insert(self, key: int) -> None:
         """INSERT one job; asyncpg returns once it committed."""
-        await self._conn.execute(SINGLE_SQL, _common.KIND, json.dumps({"i": key}))
+        payload = json.dumps({"i": key})
+        if self._keys:
+            await self._conn.execute(SINGLE_KEYED_SQL, _common.KIND, payload,
+                                     self._keys[key % len(self._keys)])
+        else:
+            await self._conn.execute(SINGLE_SQL, _common.KIND, payload)
 
     async def close(self) -> None:
         """Close the connection."""
@@ -66,7 +83,10 @@ class SqlInserter:
 
 
 class JobEngine:
-    """The `Peer` for jobengine."""
+    """The `Peer` for jobengine; jobs get `limit_keys` round-robin when there are some."""
+
+    def __init__(self, limit_keys: list[str]) -> None:
+        self.limit_keys = limit_keys
 
     async def install(self, dsn: str) -> None:
         """`jobengine.store.migrate` on a fresh database."""
@@ -82,13 +102,17 @@ class JobEngine:
         try:
             with clock:
                 payloads = [json.dumps({"i": i}) for i in range(n)]
-                await conn.execute(BULK_SQL, _common.KIND, payloads)
+                if self.limit_keys:
+                    keys = [self.limit_keys[i % len(self.limit_keys)] for i in range(n)]
+                    await conn.execute(BULK_KEYED_SQL, _common.KIND, payloads, keys)
+                else:
+                    await conn.execute(BULK_SQL, _common.KIND, payloads)
         finally:
             await conn.close()
 
     async def open_inserter(self, dsn: str) -> SqlInserter:
         """A plain connection, as an application's would be."""
-        return SqlInserter(await asyncpg.connect(dsn))
+        return SqlInserter(await asyncpg.connect(dsn), self.limit_keys)
 
     async def work(self, options: _common.WorkerOptions, ready: Callable[[], Awaitable[None]],
                    stop: asyncio.Event) -> None:
@@ -106,6 +130,15 @@ class JobEngine:
             await stop.wait()
 
 
+def _limit_keys(argv: list[str]) -> list[str]:
+    """Take a leading `--limit-keys K1,K2,...` off argv; the keys ([] without it)."""
+    if len(argv) > 2 and argv[1] == LIMIT_KEYS:
+        keys = argv[2]
+        del argv[1:3]
+        return [k for k in keys.split(",") if k]
+    return []
+
+
 if __name__ == "__main__":
     # the loop `jobengine run` uses (uvloop where installed)
-    _common.main(JobEngine(), runner=_runner())
+    _common.main(JobEngine(_limit_keys(sys.argv)), runner=_runner())

@@ -1,10 +1,10 @@
-"""The workloads (issue 6's seven and many producers) by name, in the order a run does them."""
+"""The workloads (issue 6's seven, many producers, limits) by name, in the order a run does them."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench.workloads import burndown, daemon, enqueue, pickup, producers, scale
+from bench.workloads import burndown, daemon, enqueue, limits, pickup, producers, scale
 from bench.workloads.common import Context
 
 WORKLOADS: dict[str, Callable[[Context], Awaitable[None]]] = {
@@ -13,6 +13,7 @@ WORKLOADS: dict[str, Callable[[Context], Awaitable[None]]] = {
     "pickup": pickup.run_idle,
     "steady": pickup.run_steady,
     "many_producers": producers.run,
+    "limits": limits.run,
     "scale": scale.run,
     "memory": daemon.run_memory,
     "rescue": daemon.run_rescue,
