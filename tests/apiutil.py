@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -105,3 +105,22 @@ async def row_count(pool: asyncpg.Pool) -> int:
     """How many jobs the database holds."""
     n: int = await pool.fetchval("SELECT count(*) FROM jobengine.jobs")
     return n
+
+
+def last_sunday_of_march(year: int) -> date:
+    """The day the EU moves its clocks forward (at 01:00 UTC)."""
+    end = date(year, 3, 31)
+    return end - timedelta(days=(end.weekday() + 1) % 7)
+
+
+def berlin_spring_schedule(now: datetime) -> tuple[str, list[datetime]]:
+    """A cron for 03:00 in Europe/Berlin on the last three days of March up to the DST change,
+    and its next three ticks after `now`, worked out by the EU rule alone: 03:00 is 02:00 UTC
+    (CET) before the last Sunday of March and 01:00 UTC (CEST) on it."""
+    year = now.year
+    while datetime(year, 3, last_sunday_of_march(year).day - 2, tzinfo=UTC) < now + timedelta(days=2):
+        year += 1
+    sunday = last_sunday_of_march(year).day
+    ticks = [datetime(year, 3, sunday - 2, 2, tzinfo=UTC), datetime(year, 3, sunday - 1, 2, tzinfo=UTC),
+             datetime(year, 3, sunday, 1, tzinfo=UTC)]
+    return f"0 3 {sunday - 2}-{sunday} 3 *", ticks

@@ -220,7 +220,7 @@ async def test_health_and_readiness(pool: asyncpg.Pool) -> None:
         ready = await client.get("/readyz")
         assert ready.status_code == 200
         assert ready.json() == {"ready": True, "checks": {
-            "database": True, "listener": True, "daemon_listener": True}}
+            "database": True, "listener": True, "daemon_listener": True}, "paused_queues": []}
         state["daemon"] = False
         not_ready = await client.get("/readyz")
         assert not_ready.status_code == 503
@@ -235,7 +235,8 @@ async def test_readiness_is_503_without_the_listener(pool: asyncpg.Pool) -> None
     async with httpx.AsyncClient(transport=transport, base_url="http://api") as client:
         response = await client.get("/readyz")
     assert response.status_code == 503
-    assert response.json() == {"ready": False, "checks": {"database": True, "listener": False}}
+    assert response.json() == {"ready": False, "checks": {"database": True, "listener": False},
+                               "paused_queues": []}
 
 
 async def test_the_listener_comes_back_after_its_connection_is_killed(pool: asyncpg.Pool) -> None:

@@ -218,7 +218,8 @@ async def test_unreachable_database_is_503_and_health_still_answers() -> None:
             ready = await client.get("/readyz")
             assert ready.status_code == 503
             assert ready.json() == {"ready": False,
-                                    "checks": {"database": False, "listener": False}}
+                                    "checks": {"database": False, "listener": False},
+                                    "paused_queues": []}
             metrics = await client.get("/metrics")
             assert metrics.status_code == 200
             assert 'jobengine_jobs{status="pending"}' not in metrics.text

@@ -94,3 +94,18 @@ LEDGER_DEFAULT_ROWS = Gauge(
     "Ledger rows waiting in the default partition (a day without its partition).",
     registry=REGISTRY,
 )
+
+# -- scheduling, read at scrape time -----------------------------------------------
+
+QUEUE_PAUSED = Gauge(
+    "jobengine_queue_paused", "1 while a queue is paused, else 0 (queues with jobs or a pause "
+    "record).", ["queue"], registry=REGISTRY,
+)
+LIMIT_HELD = Gauge(
+    "jobengine_limit_held_jobs", "Due jobs of a limit key held back because its limit is full.",
+    ["key"], registry=REGISTRY,
+)
+LIMIT_RUNNING = Gauge(
+    "jobengine_limit_running", "Running jobs of a limit key (what its concurrency limit counts).",
+    ["key"], registry=REGISTRY,
+)

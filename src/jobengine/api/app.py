@@ -18,7 +18,7 @@ from starlette.middleware import Middleware
 from starlette.routing import BaseRoute
 from starlette.types import ASGIApp
 
-from jobengine.api import events, jobs, ops
+from jobengine.api import events, jobs, ops, scheduling
 from jobengine.api.auth import AuthMiddleware, Authorizer, allow_all
 from jobengine.api.config import HttpSettings
 from jobengine.api.errors import exception_handlers
@@ -64,7 +64,7 @@ def create_app(
                 ctx.closing.set()
                 tg.cancel_scope.cancel()
 
-    routes: list[BaseRoute] = [*jobs.ROUTES, *events.ROUTES, *ops.ROUTES]
+    routes: list[BaseRoute] = [*jobs.ROUTES, *scheduling.ROUTES, *events.ROUTES, *ops.ROUTES]
     app = Starlette(
         routes=routes,
         middleware=[Middleware(AuthMiddleware, routes=routes, authorizer=authorizer)],

@@ -1,8 +1,9 @@
 """Errors on the wire: every failure becomes `{"error": {"code", "message"}}` with its status.
 
-Domain errors map to client errors (404, 409, 422); a database that cannot
-be reached is a 503; anything else is a 500 that is logged, never a bare
-traceback. Endpoints raise; the handlers here answer.
+Domain errors map to client errors (404, 409, 422; `invalid_schedule` names
+the schedule and the field); a database that cannot be reached is a 503;
+anything else is a 500 that is logged, never a bare traceback. Endpoints
+raise; the handlers here answer.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from jobengine.domain.errors import (
     DuplicateJob,
     IllegalTransition,
     InvalidJob,
+    InvalidLimit,
+    InvalidSchedule,
     JobBusy,
     JobEngineError,
     JobNotFound,
@@ -123,6 +126,10 @@ def api_error_for(exc: BaseException) -> ApiError | None:
         if exc.field and exc.field not in message:
             message = f"{exc.field}: {message}"
         return ApiError(422, message, "validation_failed")
+    if isinstance(exc, InvalidSchedule):
+        return ApiError(422, str(exc), "invalid_schedule")
+    if isinstance(exc, InvalidLimit):
+        return ApiError(422, str(exc), "invalid_limit")
     if isinstance(exc, UNAVAILABLE):
         return ApiError(503, f"the database is unavailable: {exc or type(exc).__name__}")
     return None

@@ -12,6 +12,14 @@ from typing import Any
 import msgspec
 
 from jobengine import __version__
+from jobengine.api.scheduling_wire import (
+    SCHEDULING_TYPES,
+    QueueOut,
+    QueueOverview,
+    ScheduleIn,
+    ScheduleList,
+    ScheduleOut,
+)
 from jobengine.api.wire import (
     MAX_BIGINT,
     NAME_PATTERN,
@@ -36,11 +44,12 @@ ERROR_STATUSES: dict[int, str] = {
     400: "Malformed JSON body.",
     401: "A bearer token is required and was missing or not valid (when tokens are configured).",
     403: "The bearer token does not have the scope this operation needs.",
-    404: "No such job (or no such path).",
+    404: "No such job or schedule (or no such path).",
     409: "The lifecycle does not allow this transition.",
     413: "The request body is over `http.max_body_bytes`.",
     415: "The request body is not JSON.",
-    422: "A field or parameter failed validation; the message names it and says why.",
+    422: "A field or parameter failed validation; the message names it and says why "
+         "(`invalid_schedule`: the schedule and the field).",
     503: "The database is unavailable.",
 }
 
@@ -74,6 +83,69 @@ _LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": 1000, "def
 def _job_operation(op_id: str, summary: str, ok: dict[str, Any], *errors: int) -> dict[str, Any]:
     return {"operationId": op_id, "summary": summary, "tags": ["jobs"],
             "parameters": [_JOB_ID], "responses": {"200": ok, **_errors(404, *errors, 503)}}
+
+
+_QUEUE_NAME = {"name": "name", "in": "path", "required": True, "description": "The queue.",
+               "schema": _NAME}
+_SCHEDULE_NAME = {"name": "name", "in": "path", "required": True,
+                  "description": "The schedule's name.", "schema": _NAME}
+
+
+def _named(op_id: str, tag: str, parameter: dict[str, Any], summary: str, ok: dict[str, Any],
+           *errors: int, status: str = "200") -> dict[str, Any]:
+    return {"operationId": op_id, "summary": summary, "tags": [tag], "parameters": [parameter],
+            "responses": {status: ok, **_errors(*errors, 503)}}
+
+
+def _scheduling_paths() -> dict[str, Any]:
+    queue = _json(QueueOut, "The queue.")
+    schedule = _json(ScheduleOut, "The schedule, with its next ticks.")
+    return {
+        "/v1/queues": {"get": {
+            "operationId": "list_queues", "tags": ["queues"], "summary": "Queues and limits",
+            "description": "Every queue with jobs or a pause record (counts by status, paused, "
+                           "how long the oldest due job has waited) and every limit key (its "
+                           "limits, running jobs, starts in the window, waiting and held jobs).",
+            "responses": {"200": _json(QueueOverview, "Queues and limits."), **_errors(503)},
+        }},
+        "/v1/queues/{name}/pause": {"post": _named(
+            "pause_queue", "queues", _QUEUE_NAME,
+            "Pause a queue: no new claims (running jobs finish)", queue, 413, 422)},
+        "/v1/queues/{name}/resume": {"post": _named(
+            "resume_queue", "queues", _QUEUE_NAME, "Resume a queue", queue, 413, 422)},
+        "/v1/schedules": {"get": {
+            "operationId": "list_schedules", "tags": ["schedules"], "summary": "List schedules",
+            "description": "Every schedule by name, each with its next three ticks by the "
+                           "database's clock (none while paused).",
+            "responses": {"200": _json(ScheduleList, "The schedules."), **_errors(503)},
+        }},
+        "/v1/schedules/{name}": {
+            "get": _named("get_schedule", "schedules", _SCHEDULE_NAME, "Show a schedule",
+                          schedule, 404),
+            "put": {
+                "operationId": "put_schedule", "tags": ["schedules"],
+                "summary": "Create or redefine a schedule", "parameters": [_SCHEDULE_NAME],
+                "responses": {"201": _json(ScheduleOut, "Created."),
+                              "200": _json(ScheduleOut, "Redefined."),
+                              **_errors(400, 413, 415, 422, 503)},
+                "description": "Exactly one of `cron` (in `timezone`) and `every`. A schedule "
+                               "that could not run is refused with `invalid_schedule`, naming "
+                               "the field; nothing is written.",
+                "requestBody": {"required": True,
+                                "content": {"application/json": {"schema": _ref(ScheduleIn)}}},
+            },
+            "delete": _named("delete_schedule", "schedules", _SCHEDULE_NAME,
+                             "Remove a schedule (the jobs it created stay)",
+                             {"description": "Removed."}, 404, status="204"),
+        },
+        "/v1/schedules/{name}/pause": {"post": _named(
+            "pause_schedule", "schedules", _SCHEDULE_NAME, "Pause a schedule: no ticks",
+            schedule, 404, 413)},
+        "/v1/schedules/{name}/resume": {"post": _named(
+            "resume_schedule", "schedules", _SCHEDULE_NAME,
+            "Resume a schedule: ticks from now on (those missed while paused are skipped)",
+            schedule, 404, 413)},
+    }
 
 
 def _paths() -> dict[str, Any]:
@@ -154,12 +226,14 @@ def _paths() -> dict[str, Any]:
                                       "description": "OpenAPI 3.1.",
                                       "content": {"application/json": {
                                           "schema": {"type": "object"}}}}}}},
+        **_scheduling_paths(),
     }
 
 
 def openapi_document() -> dict[str, Any]:
     """The whole OpenAPI 3.1 document of the REST API."""
-    _, schemas = msgspec.json.schema_components(SCHEMA_TYPES, ref_template=_REF)
+    _, schemas = msgspec.json.schema_components(SCHEMA_TYPES + SCHEDULING_TYPES,
+                                                ref_template=_REF)
     responses = {
         f"Error{status}": {"description": why,
                            "content": {"application/json": {"schema": _ref_name("ErrorBody")}}}

@@ -1,5 +1,8 @@
 """Operational endpoints: `/healthz`, `/readyz`, `/metrics`, `/openapi.json`.
 
+`/readyz` also lists the paused queues (a paused queue is not a failed check:
+it is what an operator asked for, and worth seeing next to the checks).
+
 `/healthz`, `/readyz` and `/openapi.json` are public: probes carry no token.
 `/metrics` needs the read scope when tokens are configured (Prometheus sends
 one with `authorization: {credentials: ...}` / `bearer_token`).
@@ -18,17 +21,22 @@ from jobengine.api.auth import requires_scope
 from jobengine.api.errors import UNAVAILABLE, json_response
 from jobengine.api.inputs import ApiContext, context
 from jobengine.api.wire import Health, Readiness
+from jobengine.domain.status import JobStatus
 from jobengine.metrics import (
     DEAD_ROWS,
     JOBS,
     LEDGER_DEFAULT_ROWS,
+    LIMIT_HELD,
+    LIMIT_RUNNING,
     OLDEST_TRANSACTION,
+    QUEUE_PAUSED,
     REGISTRY,
     RETENTION_AGE,
     TABLE_BYTES,
     XMIN_AGE,
 )
 from jobengine.store.health import HealthStore
+from jobengine.store.scheduling import SchedulingStore
 
 #: Seconds a readiness or metrics query may take before the database counts as down.
 PROBE_TIMEOUT = 3.0
@@ -68,31 +76,60 @@ async def readiness_checks(ctx: ApiContext) -> dict[str, bool]:
 
 async def readyz(request: Request) -> Response:
     """`GET /readyz`: 200 when every check passes, else 503 with the same body."""
-    checks = await readiness_checks(context(request))
+    ctx = context(request)
+    checks = await readiness_checks(ctx)
     ready = all(checks.values())
-    return json_response(Readiness(ready=ready, checks=checks), 200 if ready else 503)
+    paused: list[str] = []
+    if checks["database"]:
+        try:
+            with anyio.fail_after(PROBE_TIMEOUT):
+                paused = await SchedulingStore(ctx.store.db).paused()
+        except UNAVAILABLE as exc:
+            _log.warning("api.readiness_without_paused_queues",
+                         error=str(exc) or type(exc).__name__)
+    return json_response(Readiness(ready=ready, checks=checks, paused_queues=paused),
+                         200 if ready else 503)
 
 
 @requires_scope("read")
 async def metrics(request: Request) -> Response:
-    """`GET /metrics`: Prometheus text format; jobs by status are counted now."""
+    """`GET /metrics`: Prometheus text format; jobs, queues and limits are counted now."""
     ctx = context(request)
     try:
         with anyio.fail_after(PROBE_TIMEOUT):
-            counts = await ctx.store.count_by_status()
+            await _scheduling_metrics(SchedulingStore(ctx.store.db))
     except UNAVAILABLE as exc:
-        # Better no jobengine_jobs series than a stale one; the rest still renders.
+        # Better no series than stale ones; the rest still renders.
         _log.warning("api.metrics_without_job_counts", error=str(exc) or type(exc).__name__)
-        JOBS.clear()
-    else:
-        for status, n in counts.items():
-            JOBS.labels(status.value).set(n)
+        for gauge in (JOBS, QUEUE_PAUSED, LIMIT_HELD, LIMIT_RUNNING):
+            gauge.clear()
     try:
         with anyio.fail_after(PROBE_TIMEOUT):
             await _health_metrics(HealthStore(ctx.store.db))
     except UNAVAILABLE as exc:
         _log.warning("api.metrics_without_health", error=str(exc) or type(exc).__name__)
     return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+async def _scheduling_metrics(store: SchedulingStore) -> None:
+    """Jobs by status and per queue (one read of the jobs table), paused queues, limits."""
+    queues = await store.queues()
+    limits = await store.limits()
+    # Cleared and set with no await in between: a scrape never sees half, and
+    # a queue or limit key that went away leaves no stale series.
+    totals = dict.fromkeys((s.value for s in JobStatus), 0)
+    QUEUE_PAUSED.clear()
+    for queue in queues:
+        QUEUE_PAUSED.labels(queue.name).set(1 if queue.paused else 0)
+        for status, n in queue.counts.items():
+            totals[status] = totals.get(status, 0) + n
+    for status, n in totals.items():
+        JOBS.labels(status).set(n)
+    LIMIT_HELD.clear()
+    LIMIT_RUNNING.clear()
+    for limit in limits:
+        LIMIT_HELD.labels(limit.key).set(limit.held)
+        LIMIT_RUNNING.labels(limit.key).set(limit.running)
 
 
 async def _health_metrics(health: HealthStore) -> None:

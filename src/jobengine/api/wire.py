@@ -66,6 +66,11 @@ class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
         msgspec.Meta(description="seconds a running attempt may take before it fails"),
     ] = None
     requires_network: bool = False
+    limit_key: Annotated[
+        Annotated[str, msgspec.Meta(min_length=1, max_length=200)] | None,
+        msgspec.Meta(description="groups the job under the concurrency and rate limits of "
+                                 "this key"),
+    ] = None
     idempotency_key: Annotated[
         Annotated[str, msgspec.Meta(min_length=1, max_length=255)] | None,
         msgspec.Meta(description="a second POST with the same key returns the first job (200)"),
@@ -84,6 +89,7 @@ class JobCreate(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             retry_policy=msgspec.to_builtins(self.retry_policy) if self.retry_policy else None,
             timeout=timedelta(seconds=self.timeout) if self.timeout is not None else None,
             requires_network=self.requires_network,
+            limit_key=self.limit_key,
             idempotency_key=self.idempotency_key,
         )
 
@@ -104,6 +110,7 @@ class JobOut(msgspec.Struct, kw_only=True):
     retry_policy: dict[str, Any] | None
     timeout: float | None
     requires_network: bool
+    limit_key: str | None
     idempotency_key: str | None
     lease_owner: str | None
     lease_expires_at: datetime | None
@@ -124,7 +131,8 @@ class JobOut(msgspec.Struct, kw_only=True):
             priority=job.priority, run_at=job.run_at, depends_on=list(job.depends_on),
             attempt=job.attempt, max_retries=job.max_retries, retry_policy=job.retry_policy,
             timeout=job.timeout.total_seconds() if job.timeout is not None else None,
-            requires_network=job.requires_network, idempotency_key=job.idempotency_key,
+            requires_network=job.requires_network, limit_key=job.limit_key,
+            idempotency_key=job.idempotency_key,
             lease_owner=job.lease_owner, lease_expires_at=job.lease_expires_at,
             result=job.result, last_error=job.last_error, status_reason=job.status_reason,
             created_at=job.created_at, scheduled_at=job.scheduled_at,
@@ -266,10 +274,15 @@ class Health(msgspec.Struct, kw_only=True):
 
 
 class Readiness(msgspec.Struct, kw_only=True):
-    """`GET /readyz`: each check by name; ready when all pass (else 503)."""
+    """`GET /readyz`: each check by name; ready when all pass (else 503).
+
+    `paused_queues` lists the queues an operator paused (not a failed check;
+    empty when the database cannot be asked).
+    """
 
     ready: bool
     checks: dict[str, bool]
+    paused_queues: list[str] = msgspec.field(default_factory=list)
 
 
 _CURSOR = re.compile(r"^([0-9]{1,20})-([0-9]{1,19})\Z")

@@ -57,6 +57,7 @@ examples:
   jobengine submit report --payload @params.json --depends-on 12,13 --run-at +5m
   jobengine submit backup --queue nightly --max-retries 5 --timeout 600 \
       --idempotency-key backup-2030-01-01
+  jobengine submit fetch --limit-key api.example.com
 """),
     "show": ("show one job",
              "examples:\n  jobengine show 42\n  jobengine show 42 --json | jq .status\n"),
@@ -101,6 +102,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--requires-network", action="store_true",
                    help="needs egress (never scheduled in sealed mode)")
     p.add_argument("--idempotency-key", help="a second submit with this key creates nothing")
+    p.add_argument("--limit-key", help="group the job under this key's concurrency and rate "
+                   "limits (jobengine limit set)")
     p.set_defaults(func=_submit)
 
     p = _parser(sub, "show")
@@ -161,7 +164,8 @@ def _submit(args: argparse.Namespace) -> Action:
         run_at=parse_run_at(args.run_at) if args.run_at else None,
         depends_on=parse_ids(args.depends_on), max_retries=args.max_retries,
         timeout=timedelta(seconds=args.timeout) if args.timeout is not None else None,
-        requires_network=args.requires_network, idempotency_key=args.idempotency_key,
+        requires_network=args.requires_network, limit_key=args.limit_key,
+        idempotency_key=args.idempotency_key,
     )
 
     async def action(store: JobStore) -> int:

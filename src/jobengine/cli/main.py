@@ -16,6 +16,7 @@ from jobengine.cli import (
     ledger_cmd,
     migrate_cmd,
     run_cmd,
+    scheduling_cmd,
     token_cmd,
     watch_cmd,
 )
@@ -23,7 +24,10 @@ from jobengine.cli.context import fail
 from jobengine.domain.errors import JobEngineError
 
 #: The command modules, each with register(subparsers); order = order in --help.
-COMMANDS = [migrate_cmd, run_cmd, api_cmd, jobs_cmd, watch_cmd, ledger_cmd, demo_cmd, token_cmd]
+COMMANDS = [
+    migrate_cmd, run_cmd, api_cmd, jobs_cmd, scheduling_cmd, watch_cmd, ledger_cmd, demo_cmd,
+    token_cmd,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

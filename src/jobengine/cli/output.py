@@ -21,8 +21,10 @@ from rich.table import Table
 from rich.text import Text
 
 from jobengine.api.inputs import MAX_JSON_DEPTH, nests_deeper_than, too_deep_message
+from jobengine.api.scheduling_wire import LimitOut, QueueOut, ScheduleList
 from jobengine.api.wire import MAX_BIGINT, HistoryOut, JobOut, TimelineOut
 from jobengine.domain.models import EventEnvelope
+from jobengine.domain.retention import format_duration
 from jobengine.domain.status import JobStatus
 
 
@@ -116,7 +118,8 @@ def print_json(value: Any) -> None:
     sys.stdout.write(msgspec.json.format(msgspec.json.encode(value), indent=2).decode() + "\n")
 
 
-def _when(value: datetime | None) -> str:
+def utc_text(value: datetime | None) -> str:
+    """A time for tables: UTC, to the second ("-" for none)."""
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S") if value else "-"
 
 
@@ -133,8 +136,8 @@ def jobs_table(jobs: Sequence[JobOut]) -> Table:
         table.add_column(column, no_wrap=True, justify="right" if column == "ID" else "left")
     for j in jobs:
         table.add_row(str(j.id), j.kind, j.queue, status_text(j.status),
-                      f"{j.attempt}/{j.max_retries + 1}", str(j.priority), _when(j.run_at),
-                      _when(j.updated_at))
+                      f"{j.attempt}/{j.max_retries + 1}", str(j.priority), utc_text(j.run_at),
+                      utc_text(j.updated_at))
     return table
 
 
@@ -148,7 +151,7 @@ def job_details(job: JobOut) -> Table:
         if name == "status":
             table.add_row(name, status_text(value))
         elif isinstance(value, datetime):
-            table.add_row(name, _when(value))
+            table.add_row(name, utc_text(value))
         elif isinstance(value, dict | list) or name == "result":
             table.add_row(name, Text(json.dumps(value, default=str)))
         else:
@@ -162,7 +165,7 @@ def history_table(entries: Sequence[HistoryOut]) -> Table:
     for column in ("WHEN (UTC)", "FROM", "TO", "ATTEMPT", "REASON", "ACTOR"):
         table.add_column(column, no_wrap=True)
     for e in entries:
-        table.add_row(_when(e.occurred_at), status_text(e.from_status), status_text(e.to_status),
+        table.add_row(utc_text(e.occurred_at), status_text(e.from_status), status_text(e.to_status),
                       str(e.attempt), e.reason or "-", e.actor or "-")
     return table
 
@@ -174,7 +177,7 @@ def timeline_table(events: Sequence[TimelineOut]) -> Table:
         table.add_column(column, no_wrap=True)
     for e in events:
         env = e.envelope
-        table.add_row(_when(e.occurred_at), e.event_type, status_text(env.from_status),
+        table.add_row(utc_text(e.occurred_at), e.event_type, status_text(env.from_status),
                       status_text(env.to_status), str(env.attempt), env.reason or "-",
                       env.actor or "-")
     return table
@@ -197,3 +200,75 @@ def event_line(env: EventEnvelope) -> Text:
     if env.actor:
         line.append(f"  by {env.actor}", style="dim")
     return line
+
+
+def age_text(seconds: float | None) -> str:
+    """`42s`, `3m05s`, `2h10m`, `4d03h` ("-" for none)."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    for size, unit, small, small_unit in ((86400, "d", 3600, "h"), (3600, "h", 60, "m"),
+                                          (60, "m", 1, "s")):
+        if s >= size:
+            return f"{s // size}{unit}{(s % size) // small:02d}{small_unit}"
+    return f"{s}s"
+
+
+def _yes(flag: bool) -> Text:
+    return Text("yes", style="bold yellow") if flag else Text("no")
+
+
+def queues_table(queues: list[QueueOut]) -> Table:
+    """The `queues` table."""
+    table = Table(box=None, header_style="bold")
+    statuses = [s.value for s in JobStatus]
+    for column in ("QUEUE", "PAUSED", *(s.upper() for s in statuses), "OLDEST WAITING"):
+        table.add_column(column, no_wrap=True,
+                         justify="right" if column.lower() in statuses else "left")
+    for q in queues:
+        table.add_row(q.name, _yes(q.paused), *(str(q.counts.get(s, 0)) for s in statuses),
+                      age_text(q.oldest_waiting_seconds))
+    return table
+
+
+def timing_text(cron: str | None, every: float | None, timezone: str) -> str:
+    """`cron 0 3 * * * (Europe/Berlin)` or `every 30s`."""
+    if cron is not None:
+        return f"cron {cron} ({timezone})"
+    return f"every {format_duration(timedelta(seconds=every or 0))}"
+
+
+def schedules_table(schedules: ScheduleList) -> Table:
+    """The `schedule ls` table."""
+    table = Table(box=None, header_style="bold")
+    for column in ("NAME", "TIMING", "KIND", "QUEUE", "ENABLED", "LAST TICK (UTC)",
+                   "NEXT TICKS (UTC)"):
+        table.add_column(column, no_wrap=True)
+    for s in schedules.schedules:
+        ticks = ", ".join(utc_text(t) for t in s.next_ticks) if s.enabled else "(paused)"
+        table.add_row(s.name, timing_text(s.cron, s.every, s.timezone), s.kind, s.queue,
+                      Text("yes", "green") if s.enabled else Text("no", "bold yellow"),
+                      utc_text(s.last_tick), ticks)
+    return table
+
+
+def rate_text(max_starts: int | None, per: float | None) -> str:
+    """A rate limit as `jobengine limit set --rate` takes it: `10/1s` ("-" for none)."""
+    if max_starts is None or per is None:
+        return "-"
+    if per < 1 and round(per * 1000, 6).is_integer():
+        return f"{max_starts}/{round(per * 1000)}ms"
+    return f"{max_starts}/{format_duration(timedelta(seconds=per))}"
+
+
+def limits_table(limits: list[LimitOut]) -> Table:
+    """The `limit ls` table."""
+    table = Table(box=None, header_style="bold")
+    for column in ("KEY", "MAX RUNNING", "RATE", "RUNNING", "RECENT STARTS", "WAITING", "HELD"):
+        table.add_column(column, no_wrap=True, justify="left" if column == "KEY" else "right")
+    for limit in limits:
+        table.add_row(
+            limit.key, "-" if limit.max_running is None else str(limit.max_running),
+            rate_text(limit.max_starts, limit.per), str(limit.running), str(limit.recent_starts),
+            str(limit.waiting), Text(str(limit.held), style="bold yellow" if limit.held else ""))
+    return table

@@ -102,7 +102,7 @@ def validate(spec: ScheduleSpec) -> None:
 def _zone(spec: ScheduleSpec) -> ZoneInfo:
     try:
         return ZoneInfo(spec.timezone)
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a directory, a name too long
         raise InvalidSchedule(
             spec.name, "timezone",
             f"unknown time zone {spec.timezone!r} (use an IANA name such as Europe/Berlin)",
