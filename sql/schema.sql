@@ -344,7 +344,11 @@ END;
 CREATE FUNCTION jobengine.claim_order(p_run_at timestamp with time zone, p_priority integer) RETURNS double precision
     LANGUAGE sql STABLE PARALLEL SAFE
     BEGIN ATOMIC
- SELECT ((EXTRACT(epoch FROM p_run_at))::double precision - ((p_priority)::double precision * jobengine.priority_aging_seconds()));
+ SELECT ((EXTRACT(epoch FROM p_run_at))::double precision -
+         CASE
+             WHEN (p_priority = 0) THEN (0)::double precision
+             ELSE ((p_priority)::double precision * jobengine.priority_aging_seconds())
+         END);
 END;
 
 --
@@ -355,6 +359,7 @@ CREATE FUNCTION jobengine.claim_v1(p_owner text, p_queues text[], p_kinds text[]
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET enable_bitmapscan TO 'off'
+    SET enable_seqscan TO 'off'
     SET "jobengine.claiming" TO 'on'
     AS $$
 DECLARE
@@ -370,6 +375,9 @@ DECLARE
     v_group_keys text[];
     v_group_allowed integer[];
     v_rate_now timestamptz;
+    v_cap integer;
+    v_pick bigint[];
+    v_more boolean;
     v_claimed jobengine.jobs[];
     v_last text;
 BEGIN
@@ -388,53 +396,111 @@ BEGIN
             RETURN;
         END IF;
     END IF;
-    v_aging := jobengine.priority_aging_seconds();
+
+    IF NOT EXISTS (SELECT 1 FROM jobengine.jobs s WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL)
+       AND NOT EXISTS (SELECT 1 FROM jobengine.jobs p WHERE p.status = 'pending' AND p.limit_key IS NOT NULL) THEN
+        RETURN QUERY
+        WITH ready AS (
+            SELECT s.id, s.claim_order FROM jobengine.jobs s
+            WHERE s.status = 'scheduled' AND s.limit_key IS NULL AND s.queue = ANY (v_queues)
+              AND s.run_at <= v_now AND s.kind = ANY (p_kinds) AND NOT (p_sealed AND s.requires_network)
+              AND (s.depends_on = '{}' OR NOT EXISTS (
+                  SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (s.depends_on) AND d.status <> 'completed'))
+            ORDER BY s.claim_order, s.id
+            LIMIT p_limit
+            FOR NO KEY UPDATE SKIP LOCKED
+        ), due AS (
+            SELECT p.id, p.claim_order FROM jobengine.jobs p
+            WHERE p.status = 'pending' AND p.limit_key IS NULL AND p.queue = ANY (v_queues)
+              AND p.run_at <= v_now AND p.depends_on = '{}' AND p.kind = ANY (p_kinds)
+              AND NOT (p_sealed AND p.requires_network)
+            ORDER BY p.claim_order, p.id
+            LIMIT p_limit
+            FOR NO KEY UPDATE SKIP LOCKED
+        ), chosen AS (
+            SELECT c.id FROM (SELECT * FROM ready UNION ALL SELECT * FROM due) AS c
+            ORDER BY c.claim_order, c.id
+            LIMIT p_limit
+        )
+        UPDATE jobengine.jobs j
+        SET status = 'running', status_reason = 'claimed',
+            lease_owner = p_owner, lease_expires_at = v_now + p_lease_ttl
+        FROM chosen
+        WHERE j.id = chosen.id
+        RETURNING j.*;
+        RETURN;
+    END IF;
 
     -- The keys to look at this time, rotating from where this connection left off.
-    v_cursor := coalesce(nullif(current_setting('jobengine.claim_cursor', true), ''), '');
-    v_max := greatest(2 * p_limit, 32);
+    v_cursor := coalesce(current_setting('jobengine.claim_cursor', true), '');
+    v_max := p_limit + 16;
     WITH RECURSIVE k(key, n) AS (
-        SELECT jobengine.next_waiting_key(v_cursor), 1
+        SELECT least(
+            (SELECT s.limit_key FROM jobengine.jobs s
+             WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL AND s.limit_key > v_cursor
+             ORDER BY s.limit_key LIMIT 1),
+            (SELECT p.limit_key FROM jobengine.jobs p
+             WHERE p.status = 'pending' AND p.limit_key IS NOT NULL AND p.limit_key > v_cursor
+             ORDER BY p.limit_key LIMIT 1)), 1
         UNION ALL
-        SELECT jobengine.next_waiting_key(k.key), k.n + 1 FROM k WHERE k.key IS NOT NULL AND k.n < v_max
+        SELECT least(
+            (SELECT s.limit_key FROM jobengine.jobs s
+             WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL AND s.limit_key > k.key
+             ORDER BY s.limit_key LIMIT 1),
+            (SELECT p.limit_key FROM jobengine.jobs p
+             WHERE p.status = 'pending' AND p.limit_key IS NOT NULL AND p.limit_key > k.key
+             ORDER BY p.limit_key LIMIT 1)), k.n + 1
+        FROM k WHERE k.key IS NOT NULL AND k.n < v_max
     )
     SELECT array_agg(k.key ORDER BY k.n) INTO v_keys FROM k WHERE k.key IS NOT NULL;
     IF coalesce(cardinality(v_keys), 0) < v_max AND v_cursor <> '' THEN
         -- wrap around: the keys up to and including the cursor
         WITH RECURSIVE k(key, n) AS (
-            SELECT jobengine.next_waiting_key(''), 1
+            SELECT least(
+                (SELECT s.limit_key FROM jobengine.jobs s
+                 WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL ORDER BY s.limit_key LIMIT 1),
+                (SELECT p.limit_key FROM jobengine.jobs p
+                 WHERE p.status = 'pending' AND p.limit_key IS NOT NULL ORDER BY p.limit_key LIMIT 1)), 1
             UNION ALL
-            SELECT jobengine.next_waiting_key(k.key), k.n + 1 FROM k
-            WHERE k.key IS NOT NULL AND k.key < v_cursor AND k.n < v_max - coalesce(cardinality(v_keys), 0)
+            SELECT least(
+                (SELECT s.limit_key FROM jobengine.jobs s
+                 WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL AND s.limit_key > k.key
+                 ORDER BY s.limit_key LIMIT 1),
+                (SELECT p.limit_key FROM jobengine.jobs p
+                 WHERE p.status = 'pending' AND p.limit_key IS NOT NULL AND p.limit_key > k.key
+                 ORDER BY p.limit_key LIMIT 1)), k.n + 1
+            FROM k WHERE k.key IS NOT NULL AND k.key < v_cursor AND k.n < v_max - coalesce(cardinality(v_keys), 0)
         )
         SELECT coalesce(v_keys, '{}') || coalesce(array_agg(k.key ORDER BY k.n), '{}') INTO v_keys
         FROM k WHERE k.key IS NOT NULL AND k.key <= v_cursor;
     END IF;
+    v_keys := coalesce(v_keys, '{}');
 
-    IF v_keys IS NOT NULL THEN
-        -- Keys under a limit, and of those the ones this claim may decide for.
-        SELECT array_agg(l.key ORDER BY l.key) INTO v_limited FROM (
-            SELECT c.key FROM jobengine.concurrency_limits c WHERE c.key = ANY (v_keys)
-            UNION
-            SELECT r.key FROM jobengine.rate_limits r WHERE r.key = ANY (v_keys)) l;
-        IF v_limited IS NOT NULL THEN
-            SELECT array_agg(l.key ORDER BY l.key) INTO v_locked FROM unnest(v_limited) AS l(key)
-            WHERE pg_try_advisory_xact_lock(1785755235, hashtext(l.key));
-            -- (a new statement, a new snapshot: claims committed by the
-            -- lock's previous holder are counted)
-            v_rate_now := clock_timestamp();
-            SELECT array_agg(r.key) INTO v_rate_keys FROM jobengine.rate_limits r WHERE r.key = ANY (v_locked);
-            IF v_rate_keys IS NOT NULL THEN
-                DELETE FROM jobengine.rate_limit_starts s
-                USING jobengine.rate_limits r
-                WHERE r.key = ANY (v_rate_keys) AND s.key = r.key AND s.started_at <= v_rate_now - r.per;
-            END IF;
+    -- Keys under a limit, and of those the ones this claim may decide for.
+    SELECT array_agg(l.key ORDER BY l.key) INTO v_limited FROM (
+        SELECT c.key FROM jobengine.concurrency_limits c WHERE c.key = ANY (v_keys)
+        UNION
+        SELECT r.key FROM jobengine.rate_limits r WHERE r.key = ANY (v_keys)) l;
+    v_group_keys := v_keys;
+    v_group_allowed := array_fill(p_limit, ARRAY[cardinality(v_keys)]);
+    IF v_limited IS NOT NULL THEN
+        SELECT array_agg(l.key ORDER BY l.key) INTO v_locked FROM unnest(v_limited) AS l(key)
+        WHERE pg_try_advisory_xact_lock(1785755235, hashtext(l.key));
+        v_locked := coalesce(v_locked, '{}');
+        -- (a new statement, a new snapshot: claims committed by the lock's
+        -- previous holder are counted)
+        v_rate_now := clock_timestamp();
+        SELECT array_agg(r.key) INTO v_rate_keys FROM jobengine.rate_limits r WHERE r.key = ANY (v_locked);
+        IF v_rate_keys IS NOT NULL THEN
+            DELETE FROM jobengine.rate_limit_starts s
+            USING jobengine.rate_limits r
+            WHERE r.key = ANY (v_rate_keys) AND s.key = r.key AND s.started_at <= v_rate_now - r.per;
         END IF;
-        SELECT array_agg(g.key), array_agg(g.allowed) INTO v_group_keys, v_group_allowed
+        SELECT array_agg(g.key ORDER BY g.n), array_agg(g.allowed ORDER BY g.n) INTO v_group_keys, v_group_allowed
         FROM (
-            SELECT k.key,
-                   CASE WHEN k.key = ANY (coalesce(v_limited, '{}')) AND NOT k.key = ANY (coalesce(v_locked, '{}'))
-                        THEN 0
+            SELECT k.key, k.n,
+                   CASE WHEN NOT k.key = ANY (v_limited) THEN p_limit
+                        WHEN NOT k.key = ANY (v_locked) THEN 0
                         ELSE least(
                             p_limit,
                             (SELECT c.max_running - (SELECT count(*) FROM jobengine.jobs r
@@ -444,61 +510,81 @@ BEGIN
                                                      WHERE s.key = k.key AND s.started_at > v_rate_now - rl.per)
                              FROM jobengine.rate_limits rl WHERE rl.key = k.key))::integer
                    END AS allowed
-            FROM unnest(v_keys) AS k(key)) g
+            FROM unnest(v_keys) WITH ORDINALITY AS k(key, n)) g
         WHERE g.allowed > 0;
     END IF;
+    v_group_keys := coalesce(v_group_keys, '{}');
+    v_group_allowed := coalesce(v_group_allowed, '{}');
+    v_aging := coalesce((SELECT CASE WHEN s.value = 'off' THEN 1e9
+                                     ELSE extract(epoch FROM s.value::interval)::double precision END
+                         FROM jobengine.settings s WHERE s.name = 'priority_aging'), 60);
 
-    WITH ready AS (
-        SELECT s.id, s.limit_key, s.claim_order, p_limit AS allowed FROM jobengine.jobs s
-        WHERE s.status = 'scheduled' AND s.limit_key IS NULL AND s.queue = ANY (v_queues)
-          AND s.run_at <= v_now AND s.kind = ANY (p_kinds) AND NOT (p_sealed AND s.requires_network)
-          AND (s.depends_on = '{}' OR NOT EXISTS (
-              SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (s.depends_on) AND d.status <> 'completed'))
-        ORDER BY s.claim_order, s.id
+    -- (the jobs without a key are one more group)
+    v_cap := greatest(2, ceil(2.0 * p_limit / (cardinality(v_group_keys) + 1))::integer);
+    FOR v_round IN 1..2 LOOP
+        WITH groups AS (
+            SELECT g.key, g.allowed, least(g.allowed, v_cap) AS take
+            FROM unnest(v_group_keys, v_group_allowed) AS g(key, allowed)
+        ), cand AS (
+            SELECT g.key, g.allowed, g.take, c.id, c.claim_order FROM groups g,
+            LATERAL (
+                SELECT x.id, x.claim_order FROM (
+                    (SELECT s.id, s.claim_order FROM jobengine.jobs s
+                     WHERE s.status = 'scheduled' AND s.limit_key = g.key
+                       AND s.queue = ANY (v_queues) AND s.run_at <= v_now AND s.kind = ANY (p_kinds)
+                       AND NOT (p_sealed AND s.requires_network)
+                       AND (s.depends_on = '{}' OR NOT EXISTS (
+                           SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (s.depends_on) AND d.status <> 'completed'))
+                     ORDER BY s.claim_order, s.id LIMIT g.take)
+                    UNION ALL
+                    (SELECT p.id, p.claim_order FROM jobengine.jobs p
+                     WHERE p.status = 'pending' AND p.limit_key = g.key
+                       AND p.queue = ANY (v_queues) AND p.run_at <= v_now AND p.depends_on = '{}'
+                       AND p.kind = ANY (p_kinds) AND NOT (p_sealed AND p.requires_network)
+                     ORDER BY p.claim_order, p.id LIMIT g.take)
+                ) x ORDER BY x.claim_order, x.id LIMIT g.take
+            ) c
+            UNION ALL
+            SELECT NULL, p_limit, least(p_limit, v_cap), u.id, u.claim_order FROM (
+                (SELECT s.id, s.claim_order FROM jobengine.jobs s
+                 WHERE s.status = 'scheduled' AND s.limit_key IS NULL
+                   AND s.queue = ANY (v_queues) AND s.run_at <= v_now AND s.kind = ANY (p_kinds)
+                   AND NOT (p_sealed AND s.requires_network)
+                   AND (s.depends_on = '{}' OR NOT EXISTS (
+                       SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (s.depends_on) AND d.status <> 'completed'))
+                 ORDER BY s.claim_order, s.id LIMIT least(p_limit, v_cap))
+                UNION ALL
+                (SELECT p.id, p.claim_order FROM jobengine.jobs p
+                 WHERE p.status = 'pending' AND p.limit_key IS NULL
+                   AND p.queue = ANY (v_queues) AND p.run_at <= v_now AND p.depends_on = '{}'
+                   AND p.kind = ANY (p_kinds) AND NOT (p_sealed AND p.requires_network)
+                 ORDER BY p.claim_order, p.id LIMIT least(p_limit, v_cap))
+                ORDER BY 2, 1 LIMIT least(p_limit, v_cap)
+            ) u
+        ), ranked AS (
+            SELECT c.*, count(*) OVER (PARTITION BY c.key) AS found,
+                   floor((extract(epoch FROM v_now)::double precision - c.claim_order) / v_aging) AS level,
+                   row_number() OVER (PARTITION BY c.key ORDER BY c.claim_order, c.id) AS rank
+            FROM cand c
+        )
+        SELECT array_agg(r.id ORDER BY r.level DESC, r.rank, r.claim_order, r.id),
+               bool_or(r.found = r.take AND r.take < r.allowed)
+        INTO v_pick, v_more
+        FROM ranked r;
+        EXIT WHEN coalesce(cardinality(v_pick), 0) >= p_limit OR NOT coalesce(v_more, false);
+        v_cap := p_limit;
+    END LOOP;
+    IF v_pick IS NULL THEN
+        RETURN;
+    END IF;
+
+    WITH chosen AS (
+        SELECT j.id FROM unnest(v_pick) WITH ORDINALITY AS c(id, n)
+        JOIN jobengine.jobs j ON j.id = c.id
+        WHERE j.status IN ('scheduled', 'pending') AND j.run_at <= v_now
+        ORDER BY c.n
         LIMIT p_limit
-        FOR NO KEY UPDATE SKIP LOCKED
-    ), due AS (
-        SELECT p.id, p.limit_key, p.claim_order, p_limit AS allowed FROM jobengine.jobs p
-        WHERE p.status = 'pending' AND p.limit_key IS NULL AND p.queue = ANY (v_queues)
-          AND p.run_at <= v_now AND p.depends_on = '{}' AND p.kind = ANY (p_kinds)
-          AND NOT (p_sealed AND p.requires_network)
-        ORDER BY p.claim_order, p.id
-        LIMIT p_limit
-        FOR NO KEY UPDATE SKIP LOCKED
-    ), ready_keyed AS (
-        SELECT c.* FROM unnest(v_group_keys, v_group_allowed) AS g(key, allowed),
-        LATERAL (
-            SELECT s.id, s.limit_key, s.claim_order, g.allowed FROM jobengine.jobs s
-            WHERE s.status = 'scheduled' AND s.limit_key = g.key AND s.queue = ANY (v_queues)
-              AND s.run_at <= v_now AND s.kind = ANY (p_kinds) AND NOT (p_sealed AND s.requires_network)
-              AND (s.depends_on = '{}' OR NOT EXISTS (
-                  SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (s.depends_on) AND d.status <> 'completed'))
-            ORDER BY s.claim_order, s.id
-            LIMIT g.allowed
-            FOR NO KEY UPDATE SKIP LOCKED
-        ) AS c
-    ), due_keyed AS (
-        SELECT c.* FROM unnest(v_group_keys, v_group_allowed) AS g(key, allowed),
-        LATERAL (
-            SELECT p.id, p.limit_key, p.claim_order, g.allowed FROM jobengine.jobs p
-            WHERE p.status = 'pending' AND p.limit_key = g.key AND p.queue = ANY (v_queues)
-              AND p.run_at <= v_now AND p.depends_on = '{}' AND p.kind = ANY (p_kinds)
-              AND NOT (p_sealed AND p.requires_network)
-            ORDER BY p.claim_order, p.id
-            LIMIT g.allowed
-            FOR NO KEY UPDATE SKIP LOCKED
-        ) AS c
-    ), ranked AS (
-        SELECT c.id, c.claim_order, c.allowed,
-               floor((extract(epoch FROM v_now)::double precision - c.claim_order) / v_aging) AS level,
-               row_number() OVER (PARTITION BY c.limit_key ORDER BY c.claim_order, c.id) AS rank
-        FROM (SELECT * FROM ready UNION ALL SELECT * FROM due
-              UNION ALL SELECT * FROM ready_keyed UNION ALL SELECT * FROM due_keyed) AS c
-    ), chosen AS (
-        SELECT r.id FROM ranked r
-        WHERE r.rank <= r.allowed
-        ORDER BY r.level DESC, r.rank, r.claim_order, r.id
-        LIMIT p_limit
+        FOR NO KEY UPDATE OF j SKIP LOCKED
     ), claimed AS (
         UPDATE jobengine.jobs j
         SET status = 'running', status_reason = 'claimed',
@@ -516,14 +602,12 @@ BEGIN
         INSERT INTO jobengine.rate_limit_starts (key, started_at, job_id)
         SELECT c.limit_key, v_rate_now, c.id FROM unnest(v_claimed) c WHERE c.limit_key = ANY (v_rate_keys);
     END IF;
-    IF v_keys IS NOT NULL THEN
-        -- Next time, start after the last key (in this claim's rotation) that got a job.
-        SELECT k.key INTO v_last FROM unnest(v_keys) WITH ORDINALITY AS k(key, n)
-        WHERE k.key IN (SELECT c.limit_key FROM unnest(v_claimed) c)
-        ORDER BY k.n DESC LIMIT 1;
-        IF v_last IS NOT NULL THEN
-            PERFORM set_config('jobengine.claim_cursor', v_last, false);
-        END IF;
+    -- Next time, start after the last key (in this claim's rotation) that got a job.
+    SELECT k.key INTO v_last FROM unnest(v_keys) WITH ORDINALITY AS k(key, n)
+    WHERE k.key IN (SELECT c.limit_key FROM unnest(v_claimed) c)
+    ORDER BY k.n DESC LIMIT 1;
+    IF v_last IS NOT NULL THEN
+        PERFORM set_config('jobengine.claim_cursor', v_last, false);
     END IF;
     RETURN QUERY SELECT * FROM unnest(v_claimed);
 END
@@ -1520,24 +1604,6 @@ CREATE FUNCTION jobengine.may_only_cancel() RETURNS boolean
 END;
 
 --
--- Name: next_waiting_key(text); Type: FUNCTION; Schema: jobengine; Owner: -
---
-
-CREATE FUNCTION jobengine.next_waiting_key(p_after text) RETURNS text
-    LANGUAGE sql STABLE PARALLEL SAFE
-    BEGIN ATOMIC
- SELECT LEAST(( SELECT s.limit_key
-            FROM jobengine.jobs s
-           WHERE ((s.status = 'scheduled'::jobengine.job_status) AND (s.limit_key IS NOT NULL) AND (s.limit_key > next_waiting_key.p_after))
-           ORDER BY s.limit_key
-          LIMIT 1), ( SELECT p.limit_key
-            FROM jobengine.jobs p
-           WHERE ((p.status = 'pending'::jobengine.job_status) AND (p.limit_key IS NOT NULL) AND (p.limit_key > next_waiting_key.p_after))
-           ORDER BY p.limit_key
-          LIMIT 1)) AS "least";
-END;
-
---
 -- Name: notify_relayed(); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -1996,8 +2062,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     UPDATE jobengine.schedules s SET last_tick = p_tick
-    WHERE s.name = p_name AND s.enabled AND (s.last_tick IS NULL OR s.last_tick < p_tick)
-      AND p_tick >= date_trunc('second', s.created_at)
+    WHERE s.name = p_name AND s.enabled
+      AND (s.last_tick < p_tick OR (s.last_tick IS NULL AND p_tick >= date_trunc('second', s.created_at)))
     RETURNING s.* INTO v_schedule;
     IF NOT FOUND THEN
         RETURN NULL;
@@ -2052,12 +2118,12 @@ BEGIN
     ELSIF NOT EXISTS (SELECT 1 FROM pg_timezone_names z WHERE z.name = NEW.timezone) THEN
         v_field := 'timezone';
         v_problem := format('unknown time zone %L (use an IANA name such as Europe/Berlin)', NEW.timezone);
-    ELSIF NEW.kind IS NULL OR NEW.kind !~ '^[A-Za-z0-9_.:-]{1,200}$' THEN
+    ELSIF NEW.kind IS NULL OR NEW.kind !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$' THEN
         v_field := 'kind';
-        v_problem := 'must be 1 to 200 letters, digits or _.:-';
-    ELSIF NEW.queue IS NULL OR NEW.queue !~ '^[A-Za-z0-9_.:-]{1,200}$' THEN
+        v_problem := 'use 1-100 characters from A-Z a-z 0-9 _ . : - starting with a letter or digit (as jobs do)';
+    ELSIF NEW.queue IS NULL OR NEW.queue !~ '^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$' THEN
         v_field := 'queue';
-        v_problem := 'must be 1 to 200 letters, digits or _.:-';
+        v_problem := 'use 1-100 characters from A-Z a-z 0-9 _ . : - starting with a letter or digit (as jobs do)';
     ELSIF jsonb_typeof(NEW.payload) IS DISTINCT FROM 'object' THEN
         v_field := 'payload';
         v_problem := 'must be a JSON object';
@@ -3246,4 +3312,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (2, 'claim', '86d63803a175883f4540732205a839bba3f261f4b8751194f6a5cd3efd1e7753'),
     (3, 'guarantees', '27211b450eedd1f26736df466bb8260d53fc4f01324b14269708a1d1114bfec5'),
     (4, 'ledger', 'cd1ee12508dab55da6154eef8d6a222780ed4d0ab36d8bc7b245829d2497461f'),
-    (5, 'scheduling', '65820a7fd034fadc4e0dd5ab96011efb79b1fe85458fc7059b14b7e90c33401e');
+    (5, 'scheduling', '4f6219979edbf2eb8c5b6901bf9dce85d23e20935856998b2d744d487e9bf9a4');

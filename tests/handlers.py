@@ -34,6 +34,15 @@ CREATE TABLE IF NOT EXISTS test_processes (
     job_id bigint NOT NULL,
     role text NOT NULL,
     pid integer NOT NULL
+);
+CREATE TABLE IF NOT EXISTS test_spans (
+    job_id bigint NOT NULL,
+    attempt integer NOT NULL,
+    limit_key text,
+    pid integer NOT NULL,
+    started_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    ended_at timestamptz,
+    PRIMARY KEY (job_id, attempt)
 )
 """
 
@@ -60,6 +69,16 @@ async def record(job: Job) -> dict[str, Any]:
                      job.id, job.attempt, os.getpid())
     await anyio.sleep(float(job.payload.get("sleep", 0)))
     return {"pid": os.getpid()}
+
+
+async def span(job: Job) -> None:
+    """Log the handler's own start and end (`test_spans`), sleeping payload["sleep"] between."""
+    db = await _db()
+    await db.execute("INSERT INTO test_spans (job_id, attempt, limit_key, pid) VALUES ($1, $2, $3, $4)",
+                     job.id, job.attempt, job.limit_key, os.getpid())
+    await anyio.sleep(float(job.payload.get("sleep", 0)))
+    await db.execute("UPDATE test_spans SET ended_at = clock_timestamp() WHERE job_id = $1 AND attempt = $2",
+                     job.id, job.attempt)
 
 
 async def egress(job: Job) -> str:
