@@ -3,6 +3,7 @@ per tick, a paused queue takes nothing."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,7 +53,8 @@ async def test_three_daemons_never_exceed_concurrency_limits(
                 key = row["limit_key"] or "-"
                 peaks[key] = max(peaks.get(key, 0), row["n"])
     await wait_settled(recording_db, within=5)
-    assert peaks.get("a", 0) <= 2 and peaks.get("b", 0) <= 1, peaks
+    assert peaks.get("a", 0) <= 2, peaks
+    assert peaks.get("b", 0) <= 1, peaks
     # The handlers' own log: at no instant more than the limit ran.
     for key, limit in (("a", 2), ("b", 1)):
         spans = await recording_db.fetch(
@@ -87,7 +89,7 @@ async def test_three_daemons_make_exactly_one_job_per_tick(
     keys = [r["idempotency_key"] for r in rows]
     assert len(keys) == len(set(keys))
     runs = [r["run_at"] for r in rows]
-    gaps = {(b - a).total_seconds() for a, b in zip(runs, runs[1:], strict=False)}
+    gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(runs)}
     assert gaps == {1.0}, f"one job per tick, none skipped, none twice: {gaps}"
     assert all((r["created_at"] - r["run_at"]).total_seconds() < 1.0 for r in rows), \
         "each tick's job is created within a second of the tick"
