@@ -5,4 +5,4 @@ writes the history, the timeline and a NOTIFY for every change, whoever makes
 it. The daemon (`jobengine run`) schedules, claims and runs the jobs.
 """
 
-__version__ = "0.3.0"
+__version__ = "0.4.0"
