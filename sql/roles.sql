@@ -34,7 +34,7 @@ GRANT SELECT ON ALL TABLES IN SCHEMA jobengine TO jobengine_daemon, jobengine_ap
 -- lifecycle columns are the database's to fill in (column defaults).
 REVOKE INSERT ON jobengine.jobs FROM jobengine_daemon, jobengine_app;
 GRANT INSERT (kind, queue, payload, priority, run_at, depends_on, max_retries, retry_policy,
-              timeout, requires_network, idempotency_key)
+              timeout, requires_network, idempotency_key, limit_key)
     ON jobengine.jobs TO jobengine_daemon, jobengine_app;
 -- Daemons change jobs (every change still guarded by the database) through
 -- the versioned write path.
@@ -62,8 +62,16 @@ GRANT EXECUTE ON FUNCTION
     jobengine.retention_record_v1(boolean, interval, interval, bigint, timestamptz, timestamptz,
                                   timestamptz, bigint, jsonb, timestamptz, integer, interval),
     jobengine.ledger_analyze_v1(),
-    jobengine.verify_ledger_v1(bigint, bigint)
+    jobengine.verify_ledger_v1(bigint, bigint),
+    jobengine.schedule_tick_v1(text, timestamptz, integer)
     TO jobengine_daemon;
+
+-- Scheduling's rules (queues paused, limits, schedules) are the operators':
+-- daemons (and the CLI/API running as them) change them; apps read them.
+-- The claim keeps the rate limits' window of starts.
+GRANT INSERT, UPDATE, DELETE ON jobengine.queues, jobengine.concurrency_limits,
+    jobengine.rate_limits, jobengine.schedules TO jobengine_daemon;
+GRANT INSERT, DELETE ON jobengine.rate_limit_starts TO jobengine_daemon;
 
 -- Apps cancel: a plain UPDATE of status (and their own status_reason), or cancel_v1.
 GRANT UPDATE (status, status_reason) ON jobengine.jobs TO jobengine_app;
@@ -76,5 +84,7 @@ REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON jobengine.ledger, jobengine.retention
     jobengine.relay_cursor, jobengine.ledger_epoch
     FROM jobengine_daemon, jobengine_app;
 REVOKE DELETE, TRUNCATE ON jobengine.jobs FROM jobengine_daemon, jobengine_app;
+REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON jobengine.queues, jobengine.concurrency_limits,
+    jobengine.rate_limits, jobengine.rate_limit_starts, jobengine.schedules FROM jobengine_app;
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON jobengine.schema_migrations, jobengine.settings
     FROM jobengine_daemon, jobengine_app;

@@ -189,3 +189,31 @@ def test_migrate_roles_from_the_cli(db_dsn: str) -> None:
                 await conn.close()
 
         asyncio.run(cleanup())
+
+
+async def test_app_reads_but_cannot_change_scheduling_rules(roles: asyncpg.Connection) -> None:
+    for sql in ("INSERT INTO jobengine.concurrency_limits (key, max_running) VALUES ('k', 9)",
+                "INSERT INTO jobengine.queues (name, paused) VALUES ('default', true)",
+                "INSERT INTO jobengine.schedules (name, every, kind) VALUES ('s', '1 minute', 'k')",
+                "DELETE FROM jobengine.rate_limit_starts"):
+        assert "permission denied" in await refused(roles, "jobengine_app", sql)
+    counted = await as_role(roles, "jobengine_app", "SELECT count(*) FROM jobengine.rate_limits")
+    assert isinstance(counted, list)
+    assert counted[0][0] == 0  # it reads them
+
+
+async def test_daemon_claims_under_limits_and_ticks_schedules(roles: asyncpg.Connection) -> None:
+    await as_role(roles, "jobengine_daemon",
+                  "INSERT INTO jobengine.rate_limits (key, max_starts, per) VALUES ('r', 1, '1 hour')")
+    await as_role(roles, "jobengine_app", "INSERT INTO jobengine.jobs (kind, limit_key) VALUES ('k', 'r'), ('k', 'r')")
+    claimed = await as_role(roles, "jobengine_daemon",
+                            "SELECT id FROM jobengine.claim_v1('d', '{default}', '{k}', 5, '30s')")
+    assert isinstance(claimed, list)
+    assert len(claimed) == 1
+    await as_role(roles, "jobengine_daemon",
+                  "INSERT INTO jobengine.schedules (name, every, kind) VALUES ('s', '1 minute', 'k')")
+    await roles.execute("UPDATE jobengine.schedules SET created_at = now() - interval '1 hour'")
+    job = await as_role(roles, "jobengine_daemon",
+                        "SELECT jobengine.schedule_tick_v1('s', date_trunc('minute', now()), 0)")
+    assert isinstance(job, list)
+    assert job[0][0] is not None
