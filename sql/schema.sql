@@ -878,21 +878,18 @@ CREATE FUNCTION jobengine.held_v1(p_queues text[]) RETURNS TABLE(concurrency_hel
               AND EXISTS (SELECT 1 FROM jobengine.jobs w
                           WHERE w.status IN ('pending', 'scheduled') AND w.limit_key = c.key
                             AND w.queue = ANY (p_queues) AND w.run_at <= statement_timestamp())),
-        (SELECT min(x.next_at) FROM (
-            SELECT (SELECT s.started_at FROM jobengine.rate_limit_starts s
-                    WHERE s.key = rl.key AND s.started_at > statement_timestamp() - rl.per
-                    ORDER BY s.started_at OFFSET greatest(
-                        (SELECT count(*) FROM jobengine.rate_limit_starts s2
-                         WHERE s2.key = rl.key AND s2.started_at > statement_timestamp() - rl.per) - rl.max_starts,
-                        0)
-                    LIMIT 1) + rl.per AS next_at
-            FROM jobengine.rate_limits rl
-            WHERE (SELECT count(*) FROM jobengine.rate_limit_starts s
-                   WHERE s.key = rl.key AND s.started_at > statement_timestamp() - rl.per) >= rl.max_starts
-              AND EXISTS (SELECT 1 FROM jobengine.jobs w
-                          WHERE w.status IN ('pending', 'scheduled') AND w.limit_key = rl.key
-                            AND w.queue = ANY (p_queues) AND w.run_at <= statement_timestamp())
-        ) x),
+        -- a full window opens when its oldest start that still counts leaves it
+        (SELECT min(w.oldest + rl.per)
+         FROM jobengine.rate_limits rl,
+         LATERAL (SELECT count(*) AS n, min(s.started_at) AS oldest FROM (
+                      SELECT s.started_at FROM jobengine.rate_limit_starts s
+                      WHERE s.key = rl.key AND s.started_at > statement_timestamp() - rl.per
+                      ORDER BY s.started_at DESC LIMIT rl.max_starts) s) w
+         WHERE w.n >= rl.max_starts
+           AND EXISTS (SELECT 1 FROM jobengine.jobs j
+                       WHERE j.status IN ('pending', 'scheduled') AND j.limit_key = rl.key
+                         AND j.queue = ANY (p_queues) AND j.run_at <= statement_timestamp())
+        ),
         EXISTS (SELECT 1 FROM jobengine.concurrency_limits) OR EXISTS (SELECT 1 FROM jobengine.rate_limits)
 $$;
 
@@ -3312,4 +3309,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (2, 'claim', '86d63803a175883f4540732205a839bba3f261f4b8751194f6a5cd3efd1e7753'),
     (3, 'guarantees', '27211b450eedd1f26736df466bb8260d53fc4f01324b14269708a1d1114bfec5'),
     (4, 'ledger', 'cd1ee12508dab55da6154eef8d6a222780ed4d0ab36d8bc7b245829d2497461f'),
-    (5, 'scheduling', '4f6219979edbf2eb8c5b6901bf9dce85d23e20935856998b2d744d487e9bf9a4');
+    (5, 'scheduling', 'd3bb7fc5b6486bc8c9953c83be63ac984f52971227a7ca68b44f8eb662dc3172');

@@ -782,21 +782,18 @@ AS $$
               AND EXISTS (SELECT 1 FROM jobengine.jobs w
                           WHERE w.status IN ('pending', 'scheduled') AND w.limit_key = c.key
                             AND w.queue = ANY (p_queues) AND w.run_at <= statement_timestamp())),
-        (SELECT min(x.next_at) FROM (
-            SELECT (SELECT s.started_at FROM jobengine.rate_limit_starts s
-                    WHERE s.key = rl.key AND s.started_at > statement_timestamp() - rl.per
-                    ORDER BY s.started_at OFFSET greatest(
-                        (SELECT count(*) FROM jobengine.rate_limit_starts s2
-                         WHERE s2.key = rl.key AND s2.started_at > statement_timestamp() - rl.per) - rl.max_starts,
-                        0)
-                    LIMIT 1) + rl.per AS next_at
-            FROM jobengine.rate_limits rl
-            WHERE (SELECT count(*) FROM jobengine.rate_limit_starts s
-                   WHERE s.key = rl.key AND s.started_at > statement_timestamp() - rl.per) >= rl.max_starts
-              AND EXISTS (SELECT 1 FROM jobengine.jobs w
-                          WHERE w.status IN ('pending', 'scheduled') AND w.limit_key = rl.key
-                            AND w.queue = ANY (p_queues) AND w.run_at <= statement_timestamp())
-        ) x),
+        -- a full window opens when its oldest start that still counts leaves it
+        (SELECT min(w.oldest + rl.per)
+         FROM jobengine.rate_limits rl,
+         LATERAL (SELECT count(*) AS n, min(s.started_at) AS oldest FROM (
+                      SELECT s.started_at FROM jobengine.rate_limit_starts s
+                      WHERE s.key = rl.key AND s.started_at > statement_timestamp() - rl.per
+                      ORDER BY s.started_at DESC LIMIT rl.max_starts) s) w
+         WHERE w.n >= rl.max_starts
+           AND EXISTS (SELECT 1 FROM jobengine.jobs j
+                       WHERE j.status IN ('pending', 'scheduled') AND j.limit_key = rl.key
+                         AND j.queue = ANY (p_queues) AND j.run_at <= statement_timestamp())
+        ),
         EXISTS (SELECT 1 FROM jobengine.concurrency_limits) OR EXISTS (SELECT 1 FROM jobengine.rate_limits)
 $$;
 
