@@ -434,46 +434,28 @@ BEGIN
     -- The keys to look at this time, rotating from where this connection left off.
     v_cursor := coalesce(current_setting('jobengine.claim_cursor', true), '');
     v_max := p_limit + 16;
-    WITH RECURSIVE k(key, n) AS (
-        SELECT least(
-            (SELECT s.limit_key FROM jobengine.jobs s
-             WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL AND s.limit_key > v_cursor
-             ORDER BY s.limit_key LIMIT 1),
-            (SELECT p.limit_key FROM jobengine.jobs p
-             WHERE p.status = 'pending' AND p.limit_key IS NOT NULL AND p.limit_key > v_cursor
-             ORDER BY p.limit_key LIMIT 1)), 1
+    -- (a row with key NULL: the end of the keys was reached; the next step
+    -- wraps around to the first key, then goes on up to the cursor)
+    WITH RECURSIVE k(key, n, wrapped) AS (
+        SELECT v_cursor, 0, false
         UNION ALL
-        SELECT least(
-            (SELECT s.limit_key FROM jobengine.jobs s
-             WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL AND s.limit_key > k.key
-             ORDER BY s.limit_key LIMIT 1),
-            (SELECT p.limit_key FROM jobengine.jobs p
-             WHERE p.status = 'pending' AND p.limit_key IS NOT NULL AND p.limit_key > k.key
-             ORDER BY p.limit_key LIMIT 1)), k.n + 1
-        FROM k WHERE k.key IS NOT NULL AND k.n < v_max
+        SELECT (SELECT least(
+                    (SELECT s.limit_key FROM jobengine.jobs s
+                     WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL
+                       AND s.limit_key > coalesce(k.key, '')
+                     ORDER BY s.limit_key LIMIT 1),
+                    (SELECT p.limit_key FROM jobengine.jobs p
+                     WHERE p.status = 'pending' AND p.limit_key IS NOT NULL
+                       AND p.limit_key > coalesce(k.key, '')
+                     ORDER BY p.limit_key LIMIT 1))),
+               k.n + 1, k.wrapped OR k.key IS NULL
+        FROM k
+        WHERE k.n < v_max
+          AND (k.key IS NOT NULL OR (NOT k.wrapped AND v_cursor <> ''))
+          AND NOT (k.wrapped AND k.key >= v_cursor)
     )
-    SELECT array_agg(k.key ORDER BY k.n) INTO v_keys FROM k WHERE k.key IS NOT NULL;
-    IF coalesce(cardinality(v_keys), 0) < v_max AND v_cursor <> '' THEN
-        -- wrap around: the keys up to and including the cursor
-        WITH RECURSIVE k(key, n) AS (
-            SELECT least(
-                (SELECT s.limit_key FROM jobengine.jobs s
-                 WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL ORDER BY s.limit_key LIMIT 1),
-                (SELECT p.limit_key FROM jobengine.jobs p
-                 WHERE p.status = 'pending' AND p.limit_key IS NOT NULL ORDER BY p.limit_key LIMIT 1)), 1
-            UNION ALL
-            SELECT least(
-                (SELECT s.limit_key FROM jobengine.jobs s
-                 WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL AND s.limit_key > k.key
-                 ORDER BY s.limit_key LIMIT 1),
-                (SELECT p.limit_key FROM jobengine.jobs p
-                 WHERE p.status = 'pending' AND p.limit_key IS NOT NULL AND p.limit_key > k.key
-                 ORDER BY p.limit_key LIMIT 1)), k.n + 1
-            FROM k WHERE k.key IS NOT NULL AND k.key < v_cursor AND k.n < v_max - coalesce(cardinality(v_keys), 0)
-        )
-        SELECT coalesce(v_keys, '{}') || coalesce(array_agg(k.key ORDER BY k.n), '{}') INTO v_keys
-        FROM k WHERE k.key IS NOT NULL AND k.key <= v_cursor;
-    END IF;
+    SELECT array_agg(k.key ORDER BY k.n) INTO v_keys FROM k
+    WHERE k.n > 0 AND k.key IS NOT NULL AND NOT (k.wrapped AND k.key > v_cursor);
     v_keys := coalesce(v_keys, '{}');
 
     -- Keys under a limit, and of those the ones this claim may decide for.
@@ -3309,4 +3291,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (2, 'claim', '86d63803a175883f4540732205a839bba3f261f4b8751194f6a5cd3efd1e7753'),
     (3, 'guarantees', '27211b450eedd1f26736df466bb8260d53fc4f01324b14269708a1d1114bfec5'),
     (4, 'ledger', 'cd1ee12508dab55da6154eef8d6a222780ed4d0ab36d8bc7b245829d2497461f'),
-    (5, 'scheduling', 'd3bb7fc5b6486bc8c9953c83be63ac984f52971227a7ca68b44f8eb662dc3172');
+    (5, 'scheduling', 'e2cea6fd40364e71ed5da3eea03e99416b39e6f8b21a09557cb9700fa4c212a0');

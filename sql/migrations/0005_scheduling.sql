@@ -585,46 +585,28 @@ BEGIN
     -- The keys to look at this time, rotating from where this connection left off.
     v_cursor := coalesce(current_setting('jobengine.claim_cursor', true), '');
     v_max := p_limit + 16;
-    WITH RECURSIVE k(key, n) AS (
-        SELECT least(
-            (SELECT s.limit_key FROM jobengine.jobs s
-             WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL AND s.limit_key > v_cursor
-             ORDER BY s.limit_key LIMIT 1),
-            (SELECT p.limit_key FROM jobengine.jobs p
-             WHERE p.status = 'pending' AND p.limit_key IS NOT NULL AND p.limit_key > v_cursor
-             ORDER BY p.limit_key LIMIT 1)), 1
+    -- (a row with key NULL: the end of the keys was reached; the next step
+    -- wraps around to the first key, then goes on up to the cursor)
+    WITH RECURSIVE k(key, n, wrapped) AS (
+        SELECT v_cursor, 0, false
         UNION ALL
-        SELECT least(
-            (SELECT s.limit_key FROM jobengine.jobs s
-             WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL AND s.limit_key > k.key
-             ORDER BY s.limit_key LIMIT 1),
-            (SELECT p.limit_key FROM jobengine.jobs p
-             WHERE p.status = 'pending' AND p.limit_key IS NOT NULL AND p.limit_key > k.key
-             ORDER BY p.limit_key LIMIT 1)), k.n + 1
-        FROM k WHERE k.key IS NOT NULL AND k.n < v_max
+        SELECT (SELECT least(
+                    (SELECT s.limit_key FROM jobengine.jobs s
+                     WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL
+                       AND s.limit_key > coalesce(k.key, '')
+                     ORDER BY s.limit_key LIMIT 1),
+                    (SELECT p.limit_key FROM jobengine.jobs p
+                     WHERE p.status = 'pending' AND p.limit_key IS NOT NULL
+                       AND p.limit_key > coalesce(k.key, '')
+                     ORDER BY p.limit_key LIMIT 1))),
+               k.n + 1, k.wrapped OR k.key IS NULL
+        FROM k
+        WHERE k.n < v_max
+          AND (k.key IS NOT NULL OR (NOT k.wrapped AND v_cursor <> ''))
+          AND NOT (k.wrapped AND k.key >= v_cursor)
     )
-    SELECT array_agg(k.key ORDER BY k.n) INTO v_keys FROM k WHERE k.key IS NOT NULL;
-    IF coalesce(cardinality(v_keys), 0) < v_max AND v_cursor <> '' THEN
-        -- wrap around: the keys up to and including the cursor
-        WITH RECURSIVE k(key, n) AS (
-            SELECT least(
-                (SELECT s.limit_key FROM jobengine.jobs s
-                 WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL ORDER BY s.limit_key LIMIT 1),
-                (SELECT p.limit_key FROM jobengine.jobs p
-                 WHERE p.status = 'pending' AND p.limit_key IS NOT NULL ORDER BY p.limit_key LIMIT 1)), 1
-            UNION ALL
-            SELECT least(
-                (SELECT s.limit_key FROM jobengine.jobs s
-                 WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL AND s.limit_key > k.key
-                 ORDER BY s.limit_key LIMIT 1),
-                (SELECT p.limit_key FROM jobengine.jobs p
-                 WHERE p.status = 'pending' AND p.limit_key IS NOT NULL AND p.limit_key > k.key
-                 ORDER BY p.limit_key LIMIT 1)), k.n + 1
-            FROM k WHERE k.key IS NOT NULL AND k.key < v_cursor AND k.n < v_max - coalesce(cardinality(v_keys), 0)
-        )
-        SELECT coalesce(v_keys, '{}') || coalesce(array_agg(k.key ORDER BY k.n), '{}') INTO v_keys
-        FROM k WHERE k.key IS NOT NULL AND k.key <= v_cursor;
-    END IF;
+    SELECT array_agg(k.key ORDER BY k.n) INTO v_keys FROM k
+    WHERE k.n > 0 AND k.key IS NOT NULL AND NOT (k.wrapped AND k.key > v_cursor);
     v_keys := coalesce(v_keys, '{}');
 
     -- Keys under a limit, and of those the ones this claim may decide for.
