@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import os
 import signal
-from typing import Any
+import sys
+from typing import Any, cast
 
 import anyio
 import structlog
@@ -19,13 +22,14 @@ from jobengine.cli.context import (
     settings_from_args,
 )
 from jobengine.cli.logs import configure_logging
-from jobengine.daemon import Daemon, Notifier
+from jobengine.daemon import Daemon, HandlerSource, Notifier
 from jobengine.domain.errors import ConfigError
 
 EXAMPLE = """\
 examples:
   jobengine run --dsn postgresql://jobs@db/app --config /etc/jobengine/jobengine.toml
   JOBENGINE_HANDLERS_EMAIL=myapp.jobs:send_email jobengine run --http 127.0.0.1:8080
+  jobengine run --app myapp.tasks:app      # a jobengine.App's tasks, beside [handlers]
 
 With no DSN anywhere (flag, JOBENGINE_DSN, config), jobengine starts and uses
 its embedded PostgreSQL. SIGTERM/SIGINT drain: stop claiming, let running
@@ -45,6 +49,9 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument("--http", metavar="HOST:PORT", help="also serve the REST API here")
     p.add_argument("--sealed", action="store_true", default=None,
                    help="sealed (air-gapped) mode: no network egress but the database")
+    p.add_argument("--app", metavar="MODULE:ATTR",
+                   help="run the tasks of this jobengine.App (imported from the current "
+                        "directory or sys.path) beside [handlers]")
     p.add_argument("--queues", help="comma-separated queues to take (default: from config)")
     p.add_argument("--concurrency", type=int, help="jobs running at once")
     p.add_argument("--log-level", default="info",
@@ -67,10 +74,12 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, **overrides)
     configure_logging(args.log_level)
     log = structlog.get_logger("jobengine.run")
-    if not settings.handlers:
+    app = load_app(args.app) if args.app else None
+    if not settings.handlers and not (app is not None and app.handlers()):
         raise ConfigError(
             "no handlers configured: add a [handlers] section (kind = \"pkg.module:function\") "
-            "or JOBENGINE_HANDLERS_<KIND>; a daemon claims only kinds it has handlers for"
+            "or JOBENGINE_HANDLERS_<KIND>, or give --app with tasks; a daemon claims only "
+            "kinds it has handlers for"
         )
     listen = parse_listen(settings.http.listen) if settings.http.listen else None
     if listen is not None:
@@ -82,7 +91,8 @@ def run(args: argparse.Namespace) -> int:
             log.warning("api.no_tokens", note="serving without authentication, on loopback only",
                         listen=settings.http.listen)
     dsn, embedded = resolve_dsn(settings)
-    daemon = Daemon(settings.daemon_config(), dsn, notifier=Notifier(), api_address=listen)
+    daemon = Daemon(settings.daemon_config(), dsn, app=app, notifier=Notifier(),
+                    api_address=listen)
 
     async def main() -> int:
         await ensure_schema(dsn, embedded=embedded, actor=daemon.id)
@@ -96,6 +106,27 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     return loop.run(main)
+
+
+def load_app(ref: str) -> HandlerSource:
+    """Import `--app module:attr` (the current directory first, as uvicorn does)."""
+    module_name, sep, attr = ref.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"--app {ref!r} must look like 'package.module:app'")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"--app {ref!r}: cannot import {module_name!r}: {exc}") from exc
+    for part in attr.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError:
+            raise ConfigError(f"--app {ref!r}: {module_name} has no {attr!r}") from None
+    if not callable(getattr(target, "handlers", None)):
+        raise ConfigError(f"--app {ref!r} is a {type(target).__name__}, not a jobengine.App")
+    return cast(HandlerSource, target)
 
 
 async def _watch_signals(daemon: Daemon) -> None:

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from jobengine.daemon.config import CommandHandler, DaemonConfig, DaemonSettings
-    from jobengine.daemon.handlers import from_callables, resolve_handlers
+    from jobengine.daemon.handlers import HandlerSource, from_callables, resolve_handlers
     from jobengine.daemon.supervisor import Daemon, new_daemon_id, run_daemon
     from jobengine.daemon.systemd import Notifier
 
@@ -29,6 +29,7 @@ _EXPORTS = {
     "DaemonConfig": "config",
     "DaemonSettings": "config",
     "from_callables": "handlers",
+    "HandlerSource": "handlers",
     "resolve_handlers": "handlers",
     "Daemon": "supervisor",
     "new_daemon_id": "supervisor",
@@ -41,6 +42,7 @@ __all__ = [
     "Daemon",
     "DaemonConfig",
     "DaemonSettings",
+    "HandlerSource",
     "Notifier",
     "from_callables",
     "new_daemon_id",

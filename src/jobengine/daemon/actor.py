@@ -20,7 +20,7 @@ An actor can be interrupted (its cancel scope cancelled) for a reason:
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -89,9 +89,15 @@ def describe(exc: BaseException) -> str:
 
 
 async def run_actor(
-    actor: Actor, handler: Handler, submit: Callable[[Outcome], None]
+    actor: Actor, handler: Handler, submit: Callable[[Outcome], None],
+    prepare: Callable[[Job], Awaitable[Job]] | None = None,
 ) -> None:
-    """Run one attempt of `actor.job` and submit how it ended."""
+    """Run one attempt of `actor.job` and submit how it ended.
+
+    `prepare` gives the handler the job it receives (with its dependencies'
+    results): it runs inside the attempt, so its failure fails the attempt
+    and the job's timeout covers it.
+    """
     job = actor.job
     timeout = job.timeout.total_seconds() if job.timeout is not None else None
     result: Any = None
@@ -111,7 +117,8 @@ async def run_actor(
         try:
             with actor.scope:
                 try:
-                    result = await handler(job)
+                    given = await prepare(job) if prepare is not None else job
+                    result = await handler(given)
                 except (Exception, SystemExit) as exc:
                     error = exc
         finally:

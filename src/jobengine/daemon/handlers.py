@@ -27,7 +27,7 @@ import msgspec
 from anyio.abc import Process
 
 from jobengine.daemon.config import CommandHandler, HandlerSpec
-from jobengine.domain.errors import HandlerNotFound, JobEngineError
+from jobengine.domain.errors import ConfigError, HandlerNotFound, JobEngineError
 from jobengine.domain.models import Job
 
 _encode = msgspec.json.Encoder().encode
@@ -46,6 +46,18 @@ class Handler(Protocol):
         ...
 
 
+class HandlerSource(Protocol):
+    """Something that brings its own handlers: the Python API's `jobengine.App`.
+
+    `jobengine run --app pkg.module:app` and `run_daemon(..., app=app)` take
+    one; its handlers run beside those of `[handlers]`.
+    """
+
+    def handlers(self, *, thread_limit: int = 40) -> dict[str, Handler]:
+        """The handlers, by kind."""
+        ...
+
+
 class CommandFailed(JobEngineError):
     """Raised when a command handler exits non-zero (the message carries stderr's tail)."""
 
@@ -58,6 +70,8 @@ class FunctionHandler:
     ref: str
     func: Callable[[Job], Any]
     limiter: anyio.CapacityLimiter | None = None
+    #: the job comes with its completed dependencies' results (`Job.dependency_results`)
+    wants_results: bool = False
 
     async def __call__(self, job: Job) -> Any:
         """Call the function with the job."""
@@ -181,6 +195,22 @@ def resolve_handlers(
         else:
             handlers[kind] = FunctionHandler(kind, spec, import_function(spec), limiter)
     return handlers
+
+
+def merge_handlers(configured: Mapping[str, Handler], source: HandlerSource | None,
+                   *, thread_limit: int = 40) -> dict[str, Handler]:
+    """`[handlers]` and an app's tasks together; a kind in both is a `ConfigError`."""
+    merged = dict(configured)
+    if source is None:
+        return merged
+    for kind, handler in source.handlers(thread_limit=thread_limit).items():
+        if kind in merged:
+            raise ConfigError(
+                f"kind {kind!r} is both in [handlers] and a task of the app: "
+                "remove one of the two"
+            )
+        merged[kind] = handler
+    return merged
 
 
 def from_callables(funcs: Mapping[str, Callable[[Job], Any] | Callable[[Job], Awaitable[Any]]],

@@ -49,6 +49,8 @@ class SandboxedHandler:
     kind: str
     ref: str
     sandbox: Sandbox
+    #: as the `FunctionHandler` it stands for
+    wants_results: bool = False
 
     async def __call__(self, job: Job) -> Any:
         """Run the function with the job in a fresh sandboxed process."""
@@ -106,7 +108,8 @@ def sealed_handlers(
             out[kind] = dataclasses.replace(handler, wrap=handler.wrap or wrap_command(prefix))
         else:
             assert sandbox is not None
-            out[kind] = SandboxedHandler(kind, refs[kind], sandbox)
+            out[kind] = SandboxedHandler(kind, refs[kind], sandbox,
+                                         getattr(handler, "wants_results", False))
     return out
 
 

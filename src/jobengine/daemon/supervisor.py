@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 import anyio
+import msgspec
 import structlog
 from anyio.abc import TaskGroup, TaskStatus
 
@@ -26,7 +27,7 @@ from jobengine import metrics
 from jobengine.daemon.actor import Actor, run_actor
 from jobengine.daemon.attempts import Attempts
 from jobengine.daemon.config import DaemonConfig
-from jobengine.daemon.handlers import Handler, resolve_handlers
+from jobengine.daemon.handlers import Handler, HandlerSource, merge_handlers, resolve_handlers
 from jobengine.daemon.isolation import sealed_handlers
 from jobengine.daemon.leases import LeaseKeeper
 from jobengine.daemon.outcomes import FlushReport, OutcomeWriter
@@ -94,6 +95,7 @@ class Daemon:
         dsn: str,
         *,
         handlers: dict[str, Handler] | None = None,
+        app: HandlerSource | None = None,
         clock: Clock | None = None,
         notifier: Notifier | None = None,
         flush_delay: float = 0.002,
@@ -108,6 +110,7 @@ class Daemon:
         self.notifier = notifier or Notifier({})
         self.signals = signals or DaemonSignals()
         self._given_handlers = handlers
+        self._app = app
         self._flush_delay = flush_delay
         self._api_address = api_address
         #: every attempt this daemon runs: one stays here (and counts against
@@ -189,13 +192,20 @@ class Daemon:
             log.info("daemon.stopped", daemon_id=self.id)
 
     def _prepare_handlers(self) -> dict[str, Handler]:
-        """Resolve handlers; sealed, isolate every one (see `daemon.isolation`)."""
+        """Resolve handlers (given ones, else `[handlers]`; an app's tasks beside them);
+        sealed, isolate every one (see `daemon.isolation`)."""
+        limit = self.settings.concurrency
+        given = self._given_handlers
+        if self._app is not None:
+            base = given if given is not None else resolve_handlers(
+                self.config.handlers, thread_limit=limit)
+            given = merge_handlers(base, self._app, thread_limit=limit)
         if self.config.sealed:  # ConfigError if some handler cannot be isolated here
-            return sealed_handlers(self.config, self._given_handlers, self.dsn,
-                                   api=self._api_address, thread_limit=self.settings.concurrency)
-        if self._given_handlers is not None:
-            return self._given_handlers
-        return resolve_handlers(self.config.handlers, thread_limit=self.settings.concurrency)
+            return sealed_handlers(self.config, given, self.dsn,
+                                   api=self._api_address, thread_limit=limit)
+        if given is not None:
+            return given
+        return resolve_handlers(self.config.handlers, thread_limit=limit)
 
     def _assemble(self, store: JobStore) -> Services:
         s = self.settings
@@ -358,12 +368,21 @@ class Daemon:
         try:
             for other in older:
                 await other.ended.wait()
-            await run_actor(actor, self.handlers[actor.job.kind], self.writer.submit)
+            handler = self.handlers[actor.job.kind]
+            prepare = None
+            if actor.job.depends_on and getattr(handler, "wants_results", False):
+                prepare = self._with_results
+            await run_actor(actor, handler, self.writer.submit, prepare)
         finally:
             actor.ended.set()
             self.attempts.remove(actor)
             self._kick.set()
             self._changed.set()
+
+    async def _with_results(self, job: Job) -> Job:
+        """The job with its completed dependencies' results (read just before it runs)."""
+        results = await self.services.store.results_of(job.depends_on)
+        return msgspec.structs.replace(job, dependency_results=results)
 
     # -- events from the services ---------------------------------------------------------
 
@@ -423,6 +442,7 @@ async def run_daemon(
     dsn: str,
     *,
     handlers: dict[str, Handler] | None = None,
+    app: HandlerSource | None = None,
     clock: Clock | None = None,
     notifier: Notifier | None = None,
     flush_delay: float = 0.002,
@@ -432,8 +452,10 @@ async def run_daemon(
 
         async with run_daemon(config, dsn, handlers=from_callables({...})) as daemon:
             ...  # the daemon is claiming here
+
+    `app` (a `jobengine.App`) adds its tasks to the handlers.
     """
-    daemon = Daemon(config, dsn, handlers=handlers, clock=clock, notifier=notifier,
+    daemon = Daemon(config, dsn, handlers=handlers, app=app, clock=clock, notifier=notifier,
                     flush_delay=flush_delay, signals=signals)
     async with anyio.create_task_group() as tg:
         await tg.start(daemon.run)

@@ -90,3 +90,10 @@ class EgressBlocked(JobEngineError):
 
 class DatabaseUnavailable(JobEngineError):
     """Raised when the database cannot be reached."""
+
+
+class PayloadMismatch(JobEngineError):
+    """Raised when a job's payload does not fit its task's parameters (the Python API).
+
+    The message names the task and the argument; the attempt fails with it.
+    """

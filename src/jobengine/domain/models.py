@@ -69,6 +69,10 @@ class Job(msgspec.Struct, kw_only=True):
     started_at: datetime | None = None
     finished_at: datetime | None = None
     updated_at: datetime | None = None
+    #: not a column: the `result`s of this job's completed dependencies, by id,
+    #: filled in before the attempt for handlers that ask for them (the Python
+    #: API's tasks: `jobengine.current_job().results`); None otherwise
+    dependency_results: dict[int, Any] | None = None
 
     @property
     def attempts_counted(self) -> int:

@@ -98,6 +98,11 @@ class JobStore(Lifecycle):
         rows = await self._fetch("job_get_many", list(job_ids))
         return [job_from_row(r) for r in rows]
 
+    async def results_of(self, job_ids: Iterable[int]) -> dict[int, Any]:
+        """The `result` of each of these jobs that completed, by id."""
+        rows = await self._fetch("job_results", list(job_ids))
+        return {r["id"]: r["result"] for r in rows}
+
     async def list_jobs(
         self,
         *,

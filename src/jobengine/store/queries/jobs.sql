@@ -18,6 +18,10 @@ SELECT * FROM jobengine.jobs WHERE idempotency_key = $1;
 -- name: job_get_many
 SELECT * FROM jobengine.jobs WHERE id = ANY ($1::bigint[]) ORDER BY id;
 
+-- name: job_results
+-- The results of those of these jobs that completed (a DAG passes data down).
+SELECT id, result FROM jobengine.jobs WHERE id = ANY ($1::bigint[]) AND status = 'completed';
+
 -- name: job_list
 -- One page of jobs in id order, after the cursor $4, filtered when given.
 SELECT * FROM jobengine.jobs
