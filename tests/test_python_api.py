@@ -22,8 +22,9 @@ from sqlalchemy.orm import Session
 
 import jobengine
 from jobengine.daemon import run_daemon
+from jobengine.daemon.sealed import netns_wrapper, network_is_isolated
 from jobengine.domain import JobStatus
-from jobengine.domain.errors import JobNotFound
+from jobengine.domain.errors import ConfigError, JobNotFound
 from tests import pyapi_tasks as t
 from tests.daemon_helpers import config
 from tests.dbutil import wait_for
@@ -373,33 +374,68 @@ def test_a_task_cannot_take_positional_only_or_star_args_or_a_connection_paramet
         other.task(kind="one")(lambda: None)
 
 
+class AppDaemons:
+    """`jobengine run --app tests.pyapi_tasks:app ...` processes, as a user starts them."""
+
+    def __init__(self, dsn: str, tmp: Path) -> None:
+        self.dsn = dsn
+        self.tmp = tmp
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def start(self, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+        log = self.tmp / f"daemon-{len(self.procs)}.log"
+        env = {**os.environ, "PYTHONPATH": str(REPO), "JOBENGINE_DSN": self.dsn}
+        env.pop("NOTIFY_SOCKET", None)
+        with log.open("wb") as out:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "jobengine.cli.main", "run",
+                 "--app", "tests.pyapi_tasks:app", *args],
+                env=env, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO),
+            )
+        self.procs.append(proc)
+        return proc, log
+
+
 @pytest.fixture
-def app_daemon(db_dsn: str, tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], Path]]:
-    """`jobengine run --app tests.pyapi_tasks:app`, as a user starts it; stopped after."""
-    log = tmp_path / "daemon.log"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "JOBENGINE_DSN": db_dsn}
-    env.pop("NOTIFY_SOCKET", None)
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "jobengine.cli.main", "run", "--app", "tests.pyapi_tasks:app"],
-            env=env, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO),
-        )
-    yield proc, log
-    if proc.poll() is None:
-        proc.kill()
-        proc.wait(20)
+def app_daemons(db_dsn: str, tmp_path: Path) -> Iterator[AppDaemons]:
+    d = AppDaemons(db_dsn, tmp_path)
+    yield d
+    for proc in d.procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(20)
 
 
 async def test_jobengine_run_app_runs_the_apps_tasks(
-    app: jobengine.App, app_daemon: tuple[subprocess.Popen[bytes], Path]
+    app: jobengine.App, app_daemons: AppDaemons
 ) -> None:
-    proc, log = app_daemon
+    proc, log = app_daemons.start()
     job_id = await t.echo.defer(name="from the daemon")
     job = await app.wait(job_id, timeout=30)
     assert job.status is JobStatus.COMPLETED, log.read_text()
     assert job.result["pid"] == proc.pid
     proc.terminate()
     assert await anyio.to_thread.run_sync(proc.wait, 20) == 0, log.read_text()
+
+
+@pytest.mark.slow
+async def test_a_sealed_daemon_runs_the_apps_tasks_in_its_sandbox(
+    app: jobengine.App, app_daemons: AppDaemons
+) -> None:
+    try:
+        netns_wrapper()
+    except ConfigError as exc:
+        pytest.skip(str(exc))
+    proc, log = app_daemons.start("--sealed")
+    a = await t.part.defer(n=4)
+    child = await t.total.configure(depends_on=[a]).defer()
+    echoed = await t.echo.defer(name="sealed")
+    job = await app.wait(child, timeout=30)
+    echo = await app.wait(echoed, timeout=30)
+    assert (job.status, job.result) == (JobStatus.COMPLETED, 4), log.read_text()
+    assert echo.status is JobStatus.COMPLETED, log.read_text()
+    if not network_is_isolated():  # else the daemon runs handlers itself: nowhere to go
+        assert echo.result["pid"] != proc.pid  # an attempt process of the sandbox
 
 
 def test_jobengine_run_refuses_an_app_that_is_not_one(db_dsn: str) -> None:
