@@ -105,6 +105,12 @@ def catalogue(sizes: Sizes) -> list[Metric]:
         Metric("producers.floor", "many producers / plain table (same repetition)", "x",
                "higher"),
         *_limits(s),
+        *_with_cpu(Metric("pyapi.sql", f"Python API: enqueue {_count(s.bulk)} by hand-written "
+                          "bulk SQL", "jobs/s", "higher"), "enqueuer"),
+        *_with_cpu(Metric("pyapi.defer_many", f"Python API: enqueue {_count(s.bulk)} with "
+                          "defer_many (arguments checked)", "jobs/s", "higher"), "enqueuer"),
+        Metric("pyapi.ratio", "defer_many / bulk SQL (same repetition)", "x", "higher",
+               "≥ 1.0", _at_least(1.0)),
         Metric("scale.load", f"scale: load {_count(s.scale_rows)} finished jobs and their ledger "
                "by SQL", "s", "lower"),
         Metric("scale.size", "scale: database size after the load", "GB", ""),

@@ -71,6 +71,11 @@ def jobengine_keyed(limit_keys: Sequence[str]) -> System:
     return replace(JOBENGINE, args=("--limit-keys", ",".join(limit_keys)))
 
 
+def jobengine_python_api() -> System:
+    """jobengine whose bulk path is the Python API's `defer_many` (not hand-written SQL)."""
+    return replace(JOBENGINE, label="jobengine defer_many", args=("--python-api",))
+
+
 PGQUEUER = System(
     name="pgqueuer",
     label="PgQueuer",

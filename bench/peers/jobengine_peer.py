@@ -9,6 +9,10 @@ stderr, level info). Run by the project's Python.
 every job inserted gets one (`jobs.limit_key`): the job whose payload is
 `{"i": i}` gets key number i modulo their count, in the bulk and the single
 path alike (the limits workload, `bench/workloads/limits.py`).
+
+`jobengine_peer.py --python-api COMMAND ...`: the bulk path is the Python
+API's `defer_many` of a task taking `i: int`, on the same plain asyncpg
+connection (the pyapi workload, `bench/workloads/pyapi.py`).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import _common
 import anyio
 import asyncpg
 
+import jobengine
 from jobengine.cli.logs import configure_logging
 from jobengine.daemon import DaemonConfig, DaemonSettings, from_callables, run_daemon
 from jobengine.store import migrate
@@ -36,6 +41,15 @@ BULK_KEYED_SQL = ("INSERT INTO jobengine.jobs (kind, payload, limit_key)"
 SINGLE_KEYED_SQL = ("INSERT INTO jobengine.jobs (kind, payload, limit_key)"
                     " VALUES ($1, $2::jsonb, $3)")
 LIMIT_KEYS = "--limit-keys"
+PYTHON_API = "--python-api"
+
+#: the Python API's app: one task, of the protocol's kind
+APP = jobengine.App()
+
+
+@APP.task(kind=_common.KIND)
+async def bench_noop(i: int) -> None:
+    """The Python API's no-op task (the bench's workers run the plain handlers)."""
 
 
 def _runner() -> Callable[[Awaitable[None]], None]:
@@ -85,8 +99,9 @@ class SqlInserter:
 class JobEngine:
     """The `Peer` for jobengine; jobs get `limit_keys` round-robin when there are some."""
 
-    def __init__(self, limit_keys: list[str]) -> None:
+    def __init__(self, limit_keys: list[str], python_api: bool = False) -> None:
         self.limit_keys = limit_keys
+        self.python_api = python_api
 
     async def install(self, dsn: str) -> None:
         """`jobengine.store.migrate` on a fresh database."""
@@ -100,6 +115,10 @@ class JobEngine:
         """One INSERT ... SELECT FROM unnest(jsonb[]): one statement, audit rows per statement."""
         conn = await asyncpg.connect(dsn)
         try:
+            if self.python_api:
+                with clock:
+                    await bench_noop.defer_many([{"i": i} for i in range(n)], connection=conn)
+                return
             with clock:
                 payloads = [json.dumps({"i": i}) for i in range(n)]
                 if self.limit_keys:
@@ -139,6 +158,14 @@ def _limit_keys(argv: list[str]) -> list[str]:
     return []
 
 
+def _python_api(argv: list[str]) -> bool:
+    """Take a leading `--python-api` off argv; whether it was there."""
+    if len(argv) > 1 and argv[1] == PYTHON_API:
+        del argv[1]
+        return True
+    return False
+
+
 if __name__ == "__main__":
     # the loop `jobengine run` uses (uvloop where installed)
-    _common.main(JobEngine(_limit_keys(sys.argv)), runner=_runner())
+    _common.main(JobEngine(_limit_keys(sys.argv), _python_api(sys.argv)), runner=_runner())

@@ -1,10 +1,10 @@
-"""The workloads (issue 6's seven, many producers, limits) by name, in the order a run does them."""
+"""The workloads (issue 6's seven, many producers, limits, the Python API) by name, in run order."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench.workloads import burndown, daemon, enqueue, limits, pickup, producers, scale
+from bench.workloads import burndown, daemon, enqueue, limits, pickup, producers, pyapi, scale
 from bench.workloads.common import Context
 
 WORKLOADS: dict[str, Callable[[Context], Awaitable[None]]] = {
@@ -14,6 +14,7 @@ WORKLOADS: dict[str, Callable[[Context], Awaitable[None]]] = {
     "steady": pickup.run_steady,
     "many_producers": producers.run,
     "limits": limits.run,
+    "pyapi": pyapi.run,
     "scale": scale.run,
     "memory": daemon.run_memory,
     "rescue": daemon.run_rescue,
