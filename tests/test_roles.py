@@ -217,3 +217,16 @@ async def test_daemon_claims_under_limits_and_ticks_schedules(roles: asyncpg.Con
                         "SELECT jobengine.schedule_tick_v1('s', date_trunc('minute', now()), 0)")
     assert isinstance(job, list)
     assert job[0][0] is not None
+
+
+async def test_the_python_apis_defer_works_as_the_app_role(roles: asyncpg.Connection) -> None:
+    from tests import pyapi_tasks as t
+
+    async with roles.transaction():
+        await roles.execute("SET LOCAL ROLE jobengine_app")
+        one = await t.echo.configure(connection=roles, idempotency_key="k").defer(name="a")
+        again = await t.echo.configure(connection=roles, idempotency_key="k").defer(name="a")
+        many = await t.echo.defer_many([{"name": "b"}, {"name": "c"}], connection=roles)
+    assert again == one
+    assert await roles.fetchval(
+        "SELECT count(*) FROM jobengine.jobs WHERE id = ANY ($1::bigint[])", [one, *many]) == 3
