@@ -17,7 +17,7 @@ import asyncpg
 import psycopg
 import pytest
 from sqlalchemy import create_engine, text
-from sqlalchemy.ext.asyncio import create_async_engine
+from sqlalchemy.ext.asyncio import AsyncSession, create_async_engine
 from sqlalchemy.orm import Session
 
 import jobengine
@@ -161,6 +161,46 @@ async def test_sqlalchemy_session_connection_and_async_connection_defer_in_their
     rows = await conn.fetch("SELECT id, payload->>'name' AS name FROM jobengine.jobs ORDER BY id")
     assert [(r["id"], r["name"]) for r in rows] == [
         (in_session, "session"), (in_connection, "connection"), (in_async, "async")]
+
+
+async def test_an_asyncpg_pool_and_a_sqlalchemy_async_session_take_jobs_too(
+    app: jobengine.App, conn: asyncpg.Connection, db_dsn: str
+) -> None:
+    pool = await asyncpg.create_pool(db_dsn, min_size=1, max_size=2)
+    try:
+        from_pool = await t.echo.configure(connection=pool).defer(name="pool")
+    finally:
+        await pool.close()
+    aengine = create_async_engine(_driver_url(db_dsn, "asyncpg"))
+    try:
+        async with AsyncSession(aengine) as session:
+            await t.echo.configure(connection=session).defer(name="rolled back")
+            await session.rollback()
+            async with session.begin():
+                in_session = await t.echo.configure(connection=session).defer(name="session")
+    finally:
+        await aengine.dispose()
+    rows = await conn.fetch("SELECT id, payload->>'name' AS name FROM jobengine.jobs ORDER BY id")
+    assert [(r["id"], r["name"]) for r in rows] == [(from_pool, "pool"), (in_session, "session")]
+
+
+async def test_many_first_calls_at_once_share_the_apps_pool(
+    app: jobengine.App, conn: asyncpg.Connection
+) -> None:
+    ids: list[int] = []
+
+    async def one(i: int) -> None:
+        ids.append(await t.echo.defer(name=f"n{i}"))
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(one, i)
+    assert len(set(ids)) == 20
+    pools = await conn.fetchval(
+        "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+        " AND application_name LIKE 'jobengine%'")
+    assert 1 <= pools <= 4  # the app's pool_size, not one pool per first call
+    assert await _count(conn) == 20
 
 
 async def test_the_wrong_kind_of_connection_is_refused_naming_what_to_use(

@@ -93,7 +93,4 @@ class DatabaseUnavailable(JobEngineError):
 
 
 class PayloadMismatch(JobEngineError):
-    """Raised when a job's payload does not fit its task's parameters (the Python API).
-
-    The message names the task and the argument; the attempt fails with it.
-    """
+    """Raised when a job's payload does not fit its task's parameters (naming both)."""

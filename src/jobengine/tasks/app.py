@@ -49,7 +49,9 @@ class App:
         self._config = config
         self._actor = actor
         self._pool_size = pool_size
+        self._embedded = False
         self._pool: asyncpg.Pool | None = None
+        self._pool_lock: anyio.Lock | None = None
         self._waiters: Waiters | None = None
         #: the event loop the pool and the LISTEN connection belong to
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -117,24 +119,36 @@ class App:
             from jobengine.cli.config import load_settings
             from jobengine.cli.context import resolve_dsn
 
-            self._dsn, _ = resolve_dsn(load_settings(self._config))
+            self._dsn, self._embedded = resolve_dsn(load_settings(self._config))
         return self._dsn
 
     async def use_database(self, dsn: str) -> None:
         """Use this database from now on (in tests: a scratch one); closes the old connections."""
         await self.aclose()
-        self._dsn = dsn
+        self._dsn, self._embedded = dsn, False
 
     async def pool(self) -> asyncpg.Pool:
-        """The app's own connection pool (made on first use, in this event loop)."""
+        """The app's own connection pool (made on first use, in this event loop).
+
+        On the embedded PostgreSQL the first use also migrates it, as the CLI does.
+        """
         loop = asyncio.get_running_loop()
-        if self._pool is None or self._loop is not loop:
+        if self._loop is not loop:
             # A pool belongs to the loop that made it: a new loop (a second
-            # `asyncio.run`) gets a new one.
-            self._pool = await create_pool(self.dsn, self._actor, min_size=1,
-                                           max_size=self._pool_size)
-            self._waiters = None
-            self._loop = loop
+            # `asyncio.run`) gets a new one, and a lock of its own.
+            self._pool, self._waiters, self._loop = None, None, loop
+            self._pool_lock = anyio.Lock()
+        assert self._pool_lock is not None
+        async with self._pool_lock:  # many first calls at once: one pool
+            if self._pool is None:
+                if self._dsn is None:  # starting the embedded server blocks: not in the loop
+                    await anyio.to_thread.run_sync(lambda: self.dsn)
+                if self._embedded:
+                    from jobengine.cli.context import ensure_schema
+
+                    await ensure_schema(self.dsn, embedded=True, actor=self._actor)
+                self._pool = await create_pool(self.dsn, self._actor, min_size=1,
+                                               max_size=self._pool_size)
         return self._pool
 
     async def insert(self, job: connections.Insert, connection: Any = None) -> list[int]:
@@ -154,6 +168,12 @@ class App:
                            "use `await task.defer(...)` there, or give a synchronous connection")
 
     async def _insert_once(self, job: connections.Insert) -> list[int]:
+        if self._embedded or self._dsn is None:
+            dsn = self.dsn  # (resolved here, in this call's own event loop)
+            if self._embedded:
+                from jobengine.cli.context import ensure_schema
+
+                await ensure_schema(dsn, embedded=True, actor=self._actor)
         conn = await connect(self.dsn, self._actor)
         try:
             return await connections.insert(conn, job)
