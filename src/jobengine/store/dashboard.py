@@ -109,7 +109,8 @@ class OldestWaiting:
     @property
     def waited_seconds(self) -> float:
         """How long it has been due."""
-        return max(0.0, (self.now - self.job.run_at).total_seconds())
+        due = self.job.run_at or self.now
+        return max(0.0, (self.now - due).total_seconds())
 
 
 _COUNT_QUERIES: Mapping[JobStatus, str] = {s: f"dashboard_count_{s.value}" for s in JobStatus}
@@ -213,7 +214,7 @@ class DashboardStore:
                 before = (newest[0][0] or 0) + 1
             rows = await fetch_on(
                 conn, "dashboard_jobs", before, scan, status.value if status else None, kind,
-                queue, None if payload is None else json.dumps(payload), limit)
+                queue, payload, limit)
         jobs = [job_from_row(r) for r in rows if r["id"] is not None]
         scanned = int(rows[0]["scanned"]) if rows else 0
         scanned_to: int | None = rows[0]["scanned_to"] if rows else None

@@ -116,5 +116,6 @@ def page(
 
 def error_page(request: Request, status: int, message: str) -> Response:
     """An error as a page (what the dashboard shows instead of the API's JSON body)."""
-    return page(request, "error.html", {"status": status, "message": message,
-                                        "watch": "", "cursor": ""}, status=status)
+    return page(request, "error.html", {"title": f"Error {status}", "status": status,
+                                        "message": message, "watch": "", "cursor": ""},
+                status=status)

@@ -8,11 +8,12 @@ from starlette.requests import HTTPConnection, Request
 from starlette.responses import RedirectResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
+from starlette.types import Scope
 
 from jobengine.api.errors import ApiError
+from jobengine.api.tokens import SESSION_COOKIE
 from jobengine.api.ui import actions, pages
 from jobengine.api.ui.render import SECURITY_HEADERS, error_page
-from jobengine.api.tokens import SESSION_COOKIE
 from jobengine.api.ui.session import clear_session
 
 #: The dashboard's folder of static files (inside the installed package).
@@ -25,7 +26,7 @@ async def _home(request: Request) -> Response:
 class _StaticFiles(StaticFiles):
     """The static files, with the dashboard's security headers."""
 
-    async def get_response(self, path: str, scope: dict) -> Response:  # type: ignore[override]
+    async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
         response.headers.update({k: v for k, v in SECURITY_HEADERS.items()
                                  if k != "Cache-Control"})

@@ -59,7 +59,7 @@ def session_info(request: Request) -> SessionInfo:
     """Who is looking, from what the authorizer left in the request's scope."""
     granted = request.scope.get(GRANTED_KEY)
     # No scopes recorded: the authorizer allows everything (no tokens configured).
-    can_write = granted is None and not auth_required(request) or (
+    can_write = (granted is None and not auth_required(request)) or (
         granted is not None and "write" in granted)
     return SessionInfo(auth_required(request), request.scope.get(TOKEN_KEY), can_write)
 
