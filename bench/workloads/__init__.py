@@ -1,10 +1,19 @@
-"""The workloads (issue 6's seven, many producers, limits) by name, in the order a run does them."""
+"""The workloads (issue 6's seven, many producers, limits, dashboard) by name, in run order."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench.workloads import burndown, daemon, enqueue, limits, pickup, producers, scale
+from bench.workloads import (
+    burndown,
+    daemon,
+    dashboard,
+    enqueue,
+    limits,
+    pickup,
+    producers,
+    scale,
+)
 from bench.workloads.common import Context
 
 WORKLOADS: dict[str, Callable[[Context], Awaitable[None]]] = {
@@ -15,6 +24,7 @@ WORKLOADS: dict[str, Callable[[Context], Awaitable[None]]] = {
     "many_producers": producers.run,
     "limits": limits.run,
     "scale": scale.run,
+    "dashboard": dashboard.run,
     "memory": daemon.run_memory,
     "rescue": daemon.run_rescue,
 }
