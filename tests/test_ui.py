@@ -20,6 +20,7 @@ from jobengine.domain.schedules import ScheduleSpec
 from jobengine.store import JobStore, SchedulingStore
 from jobengine.store.dashboard import DashboardStore
 from tests.apiutil import READER, TOKENS, WRITER, app_client, failed_job
+from tests.dbutil import wait_for
 from tests.uiutil import claim, completed_job, csrf_of, sign_in
 
 pytestmark = pytest.mark.anyio
@@ -319,5 +320,10 @@ async def test_the_event_head_is_where_later_events_start(api_pool: asyncpg.Pool
     assert (await store.events_after(head)).events == []
     job, _ = await store.insert(JobSpec(kind="email"))
     await claim(api_pool, 1, "email")
-    later = await store.events_after(head)
-    assert {e["job_id"] for e in later.events} == {1, job.id}
+
+    async def later() -> set[int] | None:
+        # (events wait for every older transaction in the cluster to end: poll)
+        ids = {e["job_id"] for e in (await store.events_after(head)).events}
+        return ids if job.id in ids else None
+
+    assert await wait_for(later, within=60, message="the later events") == {1, job.id}

@@ -25,8 +25,9 @@ playwright = pytest.importorskip("playwright.async_api")
 from playwright.async_api import Browser, Page, async_playwright, expect  # noqa: E402
 
 CHROMIUM = os.environ.get("JOBENGINE_TEST_CHROMIUM", "/usr/bin/chromium")
-#: How long the page may take to show a change (generous: a loaded 2-core CI machine).
-WAIT_MS = 15_000
+#: How long the page may take to show a change: generous, for a loaded 2-core CI machine
+#: (and the event stream passes an event only once every older transaction has ended).
+WAIT_MS = 30_000
 
 pytestmark = [
     pytest.mark.anyio,

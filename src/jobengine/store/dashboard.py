@@ -6,8 +6,9 @@ stops after a fixed number of rows. Counts are exact up to `exact_up_to`
 jobs of a status; past that they are the planner's estimate from the
 table's statistics (`Count.exact` is then False), which is what a status
 holding millions of finished jobs gets. The last hour is read per minute
-from the jobs that finished in it, at most `sample` of them a minute; a
-fuller minute is scaled up from the part of it those cover.
+from the jobs that finished in it: up to `minute_count` of them counted
+through the index alone, the first `minute_sample` read whole for their
+status and pickup latency; a fuller minute is scaled up from what was read.
 """
 
 from __future__ import annotations
@@ -28,8 +29,10 @@ from jobengine.store.records import job_from_row
 
 #: Jobs of one status counted exactly before the count becomes an estimate.
 EXACT_UP_TO = 5_000
-#: Finished jobs read per minute of the last hour.
+#: Finished jobs read whole per minute of the last hour (their status, their latency).
 MINUTE_SAMPLE = 200
+#: Finished jobs counted per minute (through the index alone) before the count is scaled.
+MINUTE_COUNT = 10_000
 #: Jobs a page of the jobs list reads at most to find its matches.
 PAGE_SCAN = 50_000
 #: Jobs after a job that are searched for its children (see `children`).
@@ -83,7 +86,7 @@ class Minute:
     #: seconds from due to started, over the jobs read (None: none started)
     latency_p50: float | None
     latency_p95: float | None
-    #: False when the counts are scaled up from the first `sample` jobs of the minute
+    #: False when the counts are scaled up from the jobs read (the minute held more)
     exact: bool
 
 
@@ -120,10 +123,11 @@ class DashboardStore:
     """The dashboard's reads, on a pool or a connection."""
 
     def __init__(self, db: Executor, *, exact_up_to: int = EXACT_UP_TO,
-                 minute_sample: int = MINUTE_SAMPLE) -> None:
+                 minute_sample: int = MINUTE_SAMPLE, minute_count: int = MINUTE_COUNT) -> None:
         self.db = db
         self.exact_up_to = exact_up_to
         self.minute_sample = minute_sample
+        self.minute_count = minute_count
 
     @asynccontextmanager
     async def _reading(self) -> AsyncIterator[asyncpg.Connection]:
@@ -165,21 +169,24 @@ class DashboardStore:
 
     async def minutes(self, minutes: int = 60) -> list[Minute]:
         """The last `minutes` minutes, oldest first (the last one is the current minute)."""
-        sample = self.minute_sample
+        sample, cap = self.minute_sample, self.minute_count
         async with self._reading() as conn:
-            rows = await fetch_on(conn, "dashboard_minutes", minutes, sample)
+            rows = await fetch_on(conn, "dashboard_minutes", minutes, sample, cap)
         out = []
         for r in rows:
-            scale = 1.0
-            full = int(r["sampled"]) >= sample
-            if full:
-                # The sample is the minute's first `sample` jobs: they cover
-                # [start, last_at]; the rest of the minute is assumed alike.
-                scale = float(r["seconds"]) / max(float(r["covered"] or 0.0), 0.001)
+            total = float(r["counted"])
+            if r["counted"] >= cap:
+                # More than the index was read for: the first `cap` jobs cover
+                # [start, counted_to]; the rest of the minute is assumed alike.
+                total = cap * float(r["seconds"]) / max(float(r["counted_span"] or 0.0), 0.001)
+            sampled = int(r["sampled"])
+            # The split by status is the read jobs' (all of them, unless there were more).
+            share = total / sampled if sampled else 0.0
             out.append(Minute(
-                start=r["minute"], completed=int(r["completed"]) * scale,
-                failed=int(r["failed"]) * scale, cancelled=int(r["cancelled"]) * scale,
-                latency_p50=r["latency_p50"], latency_p95=r["latency_p95"], exact=not full))
+                start=r["minute"], completed=int(r["completed"]) * share,
+                failed=int(r["failed"]) * share, cancelled=int(r["cancelled"]) * share,
+                latency_p50=r["latency_p50"], latency_p95=r["latency_p95"],
+                exact=r["counted"] < cap and sampled == r["counted"]))
         return out
 
     async def oldest_waiting(self, heads: int = 100) -> OldestWaiting | None:
@@ -245,6 +252,7 @@ async def _estimate(conn: asyncpg.Connection, query: str, *args: Any) -> int:
 __all__ = [
     "CHILDREN_WINDOW",
     "EXACT_UP_TO",
+    "MINUTE_COUNT",
     "MINUTE_SAMPLE",
     "PAGE_SCAN",
     "Count",

@@ -12,7 +12,7 @@ from jobengine.domain.models import Job
 
 #: Nodes shown per row; the rest are counted in a "+N more" label.
 PER_ROW = 6
-NODE_W = 150
+NODE_W = 176
 NODE_H = 44
 GAP_X = 20
 ROW_GAP = 46
