@@ -126,7 +126,7 @@ async def test_the_dashboards_reads_are_bounded_index_scans(big: asyncpg.Connect
     await big.execute("UPDATE jobengine.jobs SET status = 'running', lease_owner = 'd1'"
                       " WHERE id IN (SELECT id FROM jobengine.jobs WHERE status = 'scheduled'"
                       " LIMIT 5)")
-    reads = [(f"dashboard_count_{s}", (5000,)) for s in
+    reads: list[tuple[str, tuple[object, ...]]] = [(f"dashboard_count_{s}", (5000,)) for s in
              ("pending", "scheduled", "running", "completed", "failed", "cancelled")]
     reads += [
         ("dashboard_minutes", (60, 200, 10_000)),
