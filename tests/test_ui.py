@@ -133,6 +133,7 @@ async def test_pages_carry_a_csp_and_no_inline_script(ui: httpx.AsyncClient,
         assert scripts, path
         assert all('src="/ui/static/' in s for s in scripts), path
         assert not re.search(r"<[^>]+\son[a-z]+=", page.text), path
+        assert "javascript:" not in page.text, path
     static = await ui.get("/ui/static/vendor/uplot/uPlot.iife.min.js")
     assert static.status_code == 200
     assert "uPlot" in static.text

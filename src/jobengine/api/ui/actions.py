@@ -62,6 +62,8 @@ async def login_form(request: Request) -> Response:
 
 async def login(request: Request) -> Response:
     """`POST /ui/login`: check the token as the API would, keep it in the session cookie."""
+    if not auth_required(request):
+        return _back("/ui/")
     try:
         form = await read_form(request)
     except ApiError as exc:
