@@ -17,7 +17,7 @@ import pytest
 
 from jobengine.api.tokens import TokenAuthorizer
 from jobengine.domain import JobSpec
-from jobengine.store import JobStore
+from jobengine.store import JobStore, create_pool
 from tests.apiutil import READER, TOKENS, WRITER, live_server
 from tests.uiutil import completed_job, run_to_completion
 
@@ -141,4 +141,36 @@ async def test_a_payload_with_a_script_is_shown_as_text(
     await expect(page.locator(f'tr[data-job="{job.id}"] .payload')).to_contain_text("<script>")
     assert await page.evaluate("window.pwned") is None
     assert await page.locator("#payload img, .payload img").count() == 0
+    await page.context.close()
+
+
+async def test_a_lost_stream_resumes_from_its_cursor(
+        browser: Browser, base_url: str, api_pool: asyncpg.Pool, db_dsn: str) -> None:
+    job, _ = await JobStore(api_pool).insert(JobSpec(kind="email"))
+    page = await signed_in(browser, base_url, READER)
+    streams: list[dict[str, str]] = []
+    page.on("request", lambda r: streams.append({"url": r.url, **r.headers})
+            if "/v1/events" in r.url else None)
+    await page.goto(f"/ui/jobs/{job.id}")
+    await expect(page.locator("#live-state")).to_have_text("live")
+    # The database drops the API's connections: the open stream ends (its next read fails).
+    admin = await asyncpg.connect(db_dsn)
+    try:
+        await admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()")
+    finally:
+        await admin.close()
+    elsewhere = await create_pool(db_dsn, actor="d1", min_size=1, max_size=2)
+    try:
+        await run_to_completion(elsewhere, job.id, "email")
+    finally:
+        await elsewhere.close()
+    await expect(page.locator("#job-status")).to_have_text("completed", timeout=WAIT_MS)
+    # the browser came back with the cursor it had reached, not from the start
+    again = streams[1:]
+    assert again, streams
+    resumed = again[-1].get("last-event-id") or again[-1]["url"].split("after=")[-1]
+    assert resumed, again
+    assert resumed not in ("0", "0-0"), again
     await page.context.close()
