@@ -83,6 +83,11 @@ def _pretty(value: Any) -> str:
     return json.dumps(msgspec.to_builtins(value), indent=2, sort_keys=True, ensure_ascii=False)
 
 
+def _compact(value: Any) -> str:
+    """JSON on one line (for a table cell or a `data-*` attribute; the template escapes it)."""
+    return json.dumps(msgspec.to_builtins(value), separators=(",", ":"), ensure_ascii=False)
+
+
 def _environment() -> jinja2.Environment:
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("jobengine.api.ui", "templates"),
@@ -91,7 +96,7 @@ def _environment() -> jinja2.Environment:
         trim_blocks=True, lstrip_blocks=True,
     )
     env.filters.update(count=_count, when=_when, seconds=_seconds, pretty=_pretty,
-                       tojson_attr=lambda v: json.dumps(v, separators=(",", ":")))
+                       compact=_compact)
     env.globals.update(statuses=STATUSES)
     return env
 
