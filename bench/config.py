@@ -28,6 +28,8 @@ class Sizes:
     producers_connections: int = 32
     producers_seconds: float = 15.0
     scale_rows: int = 10_000_000
+    #: requests timed per dashboard page and repetition (the dashboard workload)
+    dashboard_requests: int = 100
     memory_jobs: int = 10_000
     rescue_jobs: int = 100
     rescue_lease_ttl: float = 5.0
@@ -45,6 +47,7 @@ FULL = Sizes()
 QUICK = Sizes(
     bulk=500, single=50, burndown=500, pickups=20, steady_rate=100.0, steady_seconds=3.0,
     steady_connections=2, producers_connections=4, producers_seconds=1.0, scale_rows=5_000,
+    dashboard_requests=5,
     memory_jobs=200, rescue_jobs=10, rescue_lease_ttl=2.0,
     # one run (~5 s) of what the burn-down workload does not run already
     limits_variants=("limited",), limits_concurrencies=(10,), limits_pickups=0, reps=1,

@@ -121,6 +121,7 @@ def catalogue(sizes: Sizes) -> list[Metric]:
         Metric("scale.ratio", "scale: full / empty", "x", "higher", "≥ 0.9", _at_least(0.9)),
         Metric("scale.retention", f"scale: retention pass over {_count(s.scale_rows)} finished "
                "jobs", "s", "lower"),
+        *_dashboard(s),
         Metric("memory.rss", f"peak RSS, {_count(s.memory_jobs)} running jobs", "MB", "lower",
                "≤ 300 MB",
                _at_most(300.0)),
@@ -129,6 +130,23 @@ def catalogue(sizes: Sizes) -> list[Metric]:
                f"(lease_ttl {s.rescue_lease_ttl:g} s)", "s", "lower",
                f"≤ {rescue_limit:g} s", _at_most(rescue_limit)),
     ]
+
+
+#: The dashboard workload's pages, as the table names them.
+DASHBOARD_PAGES = {"overview": "overview /ui/", "jobs": "jobs list /ui/jobs",
+                   "jobs_payload": "jobs filtered by payload", "job": "one job's page"}
+
+
+def _dashboard(s: Sizes) -> list[Metric]:
+    """The dashboard workload's rows: render time p50/p99 per page (the overview's target)."""
+    rows = []
+    for page, label in DASHBOARD_PAGES.items():
+        for q in (50, 99):
+            target = ("≤ 300 ms", _at_most(300.0)) if page == "overview" else ("", None)
+            rows.append(Metric(f"dashboard.{page}.p{q}",
+                               f"dashboard: {label} p{q}, {_count(s.scale_rows)} jobs", "ms",
+                               "lower", *target))
+    return rows
 
 
 def _limits(s: Sizes) -> list[Metric]:

@@ -119,14 +119,26 @@ def db_dsn(server_dsn: str, template_db: str) -> Iterator[str]:
         yield dsn
 
 
-@pytest.fixture
-async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
-    """A connection pool on this test's own database (actor `tests`)."""
-    p = await create_pool(db_dsn, actor="tests", min_size=1, max_size=8)
+async def _pool(dsn: str, actor: str) -> AsyncIterator[asyncpg.Pool]:
+    p = await create_pool(dsn, actor=actor, min_size=1, max_size=8)
     try:
         yield p
     finally:
         await p.close()
+
+
+@pytest.fixture
+async def pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A connection pool on this test's own database (actor `tests`)."""
+    async for p in _pool(db_dsn, "tests"):
+        yield p
+
+
+@pytest.fixture
+async def api_pool(db_dsn: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on this test's database whose connections carry actor `api`, as the API's do."""
+    async for p in _pool(db_dsn, "api"):
+        yield p
 
 
 @pytest.fixture

@@ -33,6 +33,7 @@ EXPECTED_ROWS = [
     "burn-down c10, empty tables",
     "burn-down c10, 5k finished jobs present",
     "scale: full / empty",
+    "dashboard: overview /ui/ p99, 5k jobs",
     "peak RSS, 200 running jobs",
     "rescue 10 jobs after SIGKILL (lease_ttl 2 s)",
 ]

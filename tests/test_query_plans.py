@@ -116,3 +116,34 @@ async def test_maintenance_queries_use_indexes(big: asyncpg.Connection) -> None:
         assert plans, name
         for plan in plans:
             assert "Seq Scan on jobs" not in plan, f"{name}:\n{plan}"
+
+
+async def test_the_dashboards_reads_are_bounded_index_scans(big: asyncpg.Connection) -> None:
+    """Every read behind /ui/ goes through an index and stops after its LIMIT, whatever
+    the statistics (the store's settings: custom plans, no sequential or bitmap scan)."""
+    from jobengine.store.dashboard import _SETTINGS
+
+    await big.execute("UPDATE jobengine.jobs SET status = 'running', lease_owner = 'd1'"
+                      " WHERE id IN (SELECT id FROM jobengine.jobs WHERE status = 'scheduled'"
+                      " LIMIT 5)")
+    reads: list[tuple[str, tuple[object, ...]]] = [(f"dashboard_count_{s}", (5000,)) for s in
+             ("pending", "scheduled", "running", "completed", "failed", "cancelled")]
+    reads += [
+        ("dashboard_minutes", (60, 200, 10_000)),
+        ("dashboard_oldest_waiting", (100,)),
+        ("dashboard_jobs", (10**9, 50_000, None, "email", None, '{"i": 5}', 50)),
+        ("dashboard_jobs", (10**9, 50_000, "failed", None, None, None, 50)),
+        ("dashboard_children", (5, 20_000, 100)),
+    ]
+    async with big.transaction():
+        for setting in _SETTINGS:
+            await big.execute(setting)
+        for name, args in reads:
+            rows = await big.fetch("EXPLAIN " + QUERIES[name], *args)
+            plan = "\n".join(r[0] for r in rows)
+            assert "Seq Scan on jobs" not in plan, f"{name}:\n{plan}"
+            assert "Bitmap" not in plan, f"{name}:\n{plan}"
+            assert "Limit" in plan, f"{name}:\n{plan}"
+        minutes = "\n".join(r[0] for r in await big.fetch(
+            "EXPLAIN " + QUERIES["dashboard_minutes"], 60, 200, 10_000))
+        assert "Index Only Scan using jobs_finished_idx" in minutes, minutes

@@ -1,10 +1,21 @@
-"""The workloads (issue 6's seven, many producers, limits, the Python API) by name, in run order."""
+"""The workloads (issue 6's seven, many producers, limits, the Python API, dashboard) by name,
+in run order."""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from bench.workloads import burndown, daemon, enqueue, limits, pickup, producers, pyapi, scale
+from bench.workloads import (
+    burndown,
+    daemon,
+    dashboard,
+    enqueue,
+    limits,
+    pickup,
+    producers,
+    pyapi,
+    scale,
+)
 from bench.workloads.common import Context
 
 WORKLOADS: dict[str, Callable[[Context], Awaitable[None]]] = {
@@ -16,6 +27,7 @@ WORKLOADS: dict[str, Callable[[Context], Awaitable[None]]] = {
     "limits": limits.run,
     "pyapi": pyapi.run,
     "scale": scale.run,
+    "dashboard": dashboard.run,
     "memory": daemon.run_memory,
     "rescue": daemon.run_rescue,
 }

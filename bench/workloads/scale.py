@@ -410,6 +410,28 @@ async def disk_short(ctx: Context, rows: int, how: str) -> str | None:
             f"{data_dir} has {free / 1e9:.0f} GB free: run it with a smaller --scale-rows")
 
 
+async def load_finished(ctx: Context, dsn: str, rows: int, workload: str) -> str | None:
+    """Install jobengine in the empty database `dsn` and load `rows` finished jobs into it.
+
+    Returns the loader used (see the module docstring), or None (and a
+    `skipped:` line naming `workload`) when the server's disk is too small.
+    """
+    await step(JOBENGINE, "install", dsn, limit=ctx.limit)
+    how, sample = await loader_for(dsn)
+    short = await disk_short(ctx, rows, how)
+    if short:
+        ctx.results.skip(f"{workload}: not run: {short}")
+        return None
+    ctx.log(f"{workload}: loading {rows:,} finished jobs ({how})")
+    if how == "direct":
+        await load_direct(ctx, dsn, rows)
+    elif how == "ledger" and sample is not None:
+        await load_ledger(ctx, dsn, rows, sample)
+    else:
+        await load_engine(ctx, dsn, rows)
+    return how
+
+
 async def build_template(ctx: Context, rows: int) -> bool:
     """A migrated database holding `rows` completed jobs with their audit rows, vacuumed.
 
@@ -417,19 +439,9 @@ async def build_template(ctx: Context, rows: int) -> bool:
     """
     started = time.perf_counter()
     dsn = await db.recreate(ctx.admin_dsn, template_name(ctx))
-    await step(JOBENGINE, "install", dsn, limit=ctx.limit)
-    how, sample = await loader_for(dsn)
-    short = await disk_short(ctx, rows, how)
-    if short:
-        ctx.results.skip(f"scale: not run: {short}")
+    how = await load_finished(ctx, dsn, rows, "scale")
+    if how is None:
         return False
-    ctx.log(f"scale template: loading {rows:,} finished jobs ({how})")
-    if how == "direct":
-        await load_direct(ctx, dsn, rows)
-    elif how == "ledger" and sample is not None:
-        await load_ledger(ctx, dsn, rows, sample)
-    else:
-        await load_engine(ctx, dsn, rows)
     tables = await db.fetchval(
         dsn, "SELECT array_agg(c.oid::regclass::text ORDER BY c.relname DESC) FROM pg_class c"
         " WHERE c.oid = ANY (ARRAY[to_regclass('jobengine.timeline_events'),"

@@ -1,4 +1,4 @@
-"""`create_app`: the REST API as one Starlette application over a connection pool.
+"""`create_app`: the REST API (and the dashboard at `/ui/`) as one Starlette application.
 
 The daemon (`jobengine run --http`) and `jobengine api` both build the app
 here and serve it with `jobengine.api.server.serve`. The app owns one LISTEN
@@ -25,6 +25,7 @@ from jobengine.api.errors import exception_handlers
 from jobengine.api.hub import EventHub
 from jobengine.api.inputs import ApiContext, ReadinessCheck
 from jobengine.api.openapi import openapi_json
+from jobengine.api.ui import routes as ui
 from jobengine.store import JobStore
 
 
@@ -64,14 +65,17 @@ def create_app(
                 ctx.closing.set()
                 tg.cancel_scope.cancel()
 
-    routes: list[BaseRoute] = [*jobs.ROUTES, *scheduling.ROUTES, *events.ROUTES, *ops.ROUTES]
+    routes: list[BaseRoute] = [*jobs.ROUTES, *scheduling.ROUTES, *events.ROUTES, *ops.ROUTES,
+                               *ui.ROUTES]
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(AuthMiddleware, routes=routes, authorizer=authorizer)],
+        middleware=[Middleware(AuthMiddleware, routes=routes, authorizer=authorizer,
+                               on_denied=ui.on_denied)],
         exception_handlers=exception_handlers(),
         lifespan=lifespan,
     )
     app.state.jobengine = ctx
+    app.state.authorizer = authorizer  # (the dashboard's sign-in checks a token with it)
     app.state.openapi = openapi_json()
     return app
 

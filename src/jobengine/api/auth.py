@@ -13,6 +13,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Literal, Protocol, TypeVar
 
 from starlette.requests import HTTPConnection
+from starlette.responses import Response
 from starlette.routing import BaseRoute, Match, Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
@@ -72,15 +73,22 @@ def required_scope(routes: Sequence[BaseRoute], scope: Scope) -> AccessScope | N
     return None
 
 
+#: Answers a refused request in its own way (e.g. the dashboard's pages send a
+#: browser to the login form), or returns None for the JSON error body.
+DeniedHandler = Callable[[HTTPConnection, ApiError], Response | None]
+
+
 class AuthMiddleware:
     """Pure ASGI middleware: checks each request against its route's scope."""
 
     def __init__(
-        self, app: ASGIApp, *, routes: Sequence[BaseRoute], authorizer: Authorizer = allow_all
+        self, app: ASGIApp, *, routes: Sequence[BaseRoute], authorizer: Authorizer = allow_all,
+        on_denied: DeniedHandler | None = None,
     ) -> None:
         self.app = app
         self.routes = routes
         self.authorizer = authorizer
+        self.on_denied = on_denied
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Authorize, then pass the request on (or answer 401/403)."""
@@ -89,10 +97,13 @@ class AuthMiddleware:
             return
         needed = required_scope(self.routes, scope)
         scope[SCOPE_KEY] = needed
+        connection = HTTPConnection(scope)
         try:
-            await self.authorizer(HTTPConnection(scope), needed)
+            await self.authorizer(connection, needed)
         except ApiError as exc:
-            response = error_response(exc.status, exc.code, exc.message, exc.headers)
+            response = self.on_denied(connection, exc) if self.on_denied is not None else None
+            if response is None:
+                response = error_response(exc.status, exc.code, exc.message, exc.headers)
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

@@ -11,6 +11,13 @@ with every configured digest in constant time (all of them, whatever
 matches). Missing or unknown token: 401; a token without the route's scope:
 403. Tokens are never logged. With no token configured the API serves only
 on a loopback address, and refuses any other.
+
+A browser signed in to the dashboard presents the same token in its session
+cookie (`SESSION_COOKIE`, HttpOnly, SameSite=Strict, set by `POST
+/ui/login`). The cookie counts for reading anything (GET and HEAD, so the
+dashboard's pages and its `GET /v1/events` stream) and for the dashboard's
+own actions under `/ui/`, which check a CSRF token besides; never for the
+REST API's writes, which take the header only.
 """
 
 from __future__ import annotations
@@ -39,6 +46,13 @@ _NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _CHALLENGE = {"WWW-Authenticate": 'Bearer realm="jobengine"'}
 #: TOKEN_KEY in the ASGI scope names the token a request used (never the token).
 TOKEN_KEY = "jobengine.token_name"
+#: GRANTED_KEY in the ASGI scope: the scopes that token grants (absent: no tokens configured).
+GRANTED_KEY = "jobengine.granted"
+#: The dashboard's session cookie: it holds the token a browser signed in with.
+SESSION_COOKIE = "jobengine_session"
+#: The paths where the session cookie also counts for writes (the dashboard's own).
+UI_PREFIX = "/ui/"
+_SAFE_METHODS = frozenset({"GET", "HEAD"})
 
 
 def hash_token(token: str) -> str:
@@ -81,23 +95,47 @@ class TokenAuthorizer:
         """Allow a public route, or a request whose token grants `required`."""
         if required is None:
             return
-        header = connection.headers.get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = presented_token(connection)
+        if token is None:
             raise ApiError(401, "this endpoint needs a bearer token: Authorization: Bearer <token>",
                            headers=_CHALLENGE)
-        digest = hash_token(token.strip()).encode()
+        found = self.identify(token)
+        if found is None:
+            raise ApiError(401, "the bearer token is not valid", headers=_CHALLENGE)
+        name, granted = found
+        connection.scope[TOKEN_KEY] = name
+        connection.scope[GRANTED_KEY] = granted
+        if required not in granted:
+            raise ApiError(403, f"token {name!r} does not have the {required!r} scope")
+
+    def identify(self, token: str) -> tuple[str, frozenset[str]] | None:
+        """The name of the token and the scopes it grants, or None if it is not configured."""
+        digest = hash_token(token).encode()
         found: tuple[str, frozenset[str]] | None = None
         for name, known, granted in self._tokens:
             # compare with every token, so timing tells nothing about which matched
             if hmac.compare_digest(digest, known):
                 found = (name, granted)
-        if found is None:
-            raise ApiError(401, "the bearer token is not valid", headers=_CHALLENGE)
-        name, granted = found
-        connection.scope[TOKEN_KEY] = name
-        if required not in granted:
-            raise ApiError(403, f"token {name!r} does not have the {required!r} scope")
+        return found
+
+
+def presented_token(connection: HTTPConnection) -> str | None:
+    """The token a request presents: its bearer header, else the session cookie where it counts.
+
+    The cookie counts for GET and HEAD anywhere and for every method under
+    `/ui/` (whose actions check a CSRF token); a REST write needs the header.
+    """
+    header = connection.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() == "bearer" and token.strip():
+        return token.strip()
+    cookie = connection.cookies.get(SESSION_COOKIE, "").strip()
+    if not cookie:
+        return None
+    method = connection.scope.get("method", "GET")
+    if method in _SAFE_METHODS or connection.url.path.startswith(UI_PREFIX):
+        return cookie
+    return None
 
 
 def is_loopback(host: str) -> bool:

@@ -147,6 +147,15 @@ class JobStore(Lifecycle):
         last = (int(rows[-1]["tx_id"]), rows[-1]["id"]) if rows else cursor
         return EventPage(events, last)
 
+    async def events_head(self) -> tuple[int, int]:
+        """The cursor of the newest event `events_after` can return now (start: nothing yet).
+
+        A reader that starts from it sees every event committed afterwards
+        (and perhaps a few committed just before, never fewer).
+        """
+        rows = await self._fetch("timeline_head")
+        return (int(rows[0]["tx_id"]), rows[0]["id"]) if rows else (0, 0)
+
     # -- operators' actions ----------------------------------------------------
 
     async def cancel(self, job_id: int, *, reason: str | None = None) -> Job:

@@ -27,3 +27,12 @@ WHERE (tx_id, id) > ($1::xid8, $2::bigint)
   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY tx_id, id
 LIMIT $3;
+
+-- name: timeline_head
+-- The newest cursor of the global timeline that timeline_after could have
+-- passed by now: a reader starting from it misses nothing committed later.
+-- (ordered by the column, not by the text the output names tx_id)
+SELECT l.tx_id::text AS tx_id, l.id FROM jobengine.ledger l
+WHERE l.tx_id < pg_snapshot_xmin(pg_current_snapshot())
+ORDER BY l.tx_id DESC, l.id DESC
+LIMIT 1;

@@ -39,9 +39,13 @@ SELECT k.key, c.max_running, r.max_starts, r.per,
        (SELECT count(*) FROM jobengine.jobs j WHERE j.status = 'running' AND j.limit_key = k.key) AS running,
        (SELECT count(*) FROM jobengine.rate_limit_starts s
         WHERE s.key = k.key AND s.started_at > statement_timestamp() - r.per) AS recent_starts,
+       -- (one status at a time: each is then read through its keyed partial index,
+       -- where a status IN list would read the whole jobs table)
        (SELECT count(*) FROM jobengine.jobs w
-        WHERE w.status IN ('pending', 'scheduled') AND w.limit_key = k.key
-          AND w.run_at <= statement_timestamp()) AS waiting
+        WHERE w.status = 'pending' AND w.limit_key = k.key AND w.run_at <= statement_timestamp())
+       + (SELECT count(*) FROM jobengine.jobs w
+          WHERE w.status = 'scheduled' AND w.limit_key = k.key
+            AND w.run_at <= statement_timestamp()) AS waiting
 FROM keys k
 LEFT JOIN jobengine.concurrency_limits c ON c.key = k.key
 LEFT JOIN jobengine.rate_limits r ON r.key = k.key
