@@ -25,6 +25,7 @@ from jobengine.api.errors import exception_handlers
 from jobengine.api.hub import EventHub
 from jobengine.api.inputs import ApiContext, ReadinessCheck
 from jobengine.api.openapi import openapi_json
+from jobengine.notifications import ConnectionSource
 from jobengine.store import JobStore
 
 
@@ -36,6 +37,8 @@ def create_app(
     authorizer: Authorizer = allow_all,
     poll_interval: float = 1.0,
     keepalive: float = 15.0,
+    listen: ConnectionSource | None = None,
+    poll_only: bool = False,
 ) -> Starlette:
     """Build the REST API on `pool` (connections should carry actor "api").
 
@@ -46,11 +49,15 @@ def create_app(
     - `poll_interval`: seconds an event stream waits for a notification
       before it reads anyway; `keepalive`: seconds between keepalive
       comments on an idle stream.
+    - `listen`: where the LISTEN connection comes from (default: the pool);
+      `poll_only`: no LISTEN at all (behind a transaction pooler without a
+      direct DSN), event streams read every `poll_interval`.
 
-    The app holds one pool connection for LISTEN while its lifespan runs.
+    The app holds one connection for LISTEN while its lifespan runs.
     """
+    hub = EventHub(pool, source=listen, poll_only=poll_only)
     ctx = ApiContext(
-        store=JobStore(pool), http=http, hub=EventHub(pool), readiness=readiness,
+        store=JobStore(pool), http=http, hub=hub, readiness=readiness,
         poll_interval=poll_interval, keepalive=keepalive,
     )
 

@@ -44,6 +44,7 @@ from jobengine.notifications import (
     WAKE_CHANNEL,
     Listener,
     Signal,
+    listen_source,
     parse_cancel,
     parse_wake,
 )
@@ -53,9 +54,9 @@ from jobengine.store import (
     JobStore,
     LedgerStore,
     SchedulingStore,
-    connection,
     create_pool,
 )
+from jobengine.store.pool import Database, as_database
 
 log = structlog.get_logger("jobengine.daemon")
 
@@ -71,7 +72,8 @@ class Services:
 
     store: JobStore
     writer: OutcomeWriter
-    listener: Listener
+    #: None: behind a transaction pooler with no listen_dsn, the daemon polls
+    listener: Listener | None
     leases: LeaseKeeper
     reaper: Reaper
     scheduler: Scheduler
@@ -91,7 +93,7 @@ class Daemon:
     def __init__(
         self,
         config: DaemonConfig,
-        dsn: str,
+        dsn: str | Database,
         *,
         handlers: dict[str, Handler] | None = None,
         clock: Clock | None = None,
@@ -102,7 +104,9 @@ class Daemon:
     ) -> None:
         self.config = config
         self.settings = config.daemon.validate()
-        self.dsn = dsn
+        #: where connections go (several hosts, a pooler, a direct listen_dsn)
+        self.database = as_database(dsn)
+        self.dsn = self.database.dsn
         self.id = self.settings.id or new_daemon_id()
         self.clock: Clock = clock or SystemClock()
         self.notifier = notifier or Notifier({})
@@ -142,7 +146,9 @@ class Daemon:
 
     @property
     def listener(self) -> Listener:
-        """The LISTEN connection's keeper (while running)."""
+        """The LISTEN connection's keeper (while running; `RuntimeError` when polling only)."""
+        if self.services.listener is None:
+            raise RuntimeError("this daemon polls: no LISTEN behind a pooler without listen_dsn")
         return self.services.listener
 
     @property
@@ -170,7 +176,8 @@ class Daemon:
 
     def readiness(self) -> dict[str, bool]:
         """What /readyz reports for this daemon."""
-        listening = self._services is not None and self._services.listener.connected
+        listening = self._services is not None and (
+            self._services.listener is None or self._services.listener.connected)
         return {"claiming": self.ready and not self._stopping, "listener": listening}
 
     # -- running --------------------------------------------------------------------
@@ -178,7 +185,7 @@ class Daemon:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until `request_stop()`; signals readiness once claiming."""
         self.handlers = self._prepare_handlers()
-        pool = await create_pool(self.dsn, self.id, min_size=2, max_size=8)
+        pool = await create_pool(self.database, self.id, min_size=2, max_size=8)
         try:
             self._services = self._assemble(JobStore(pool))
             await self._run_services(self._services, task_status)
@@ -208,9 +215,7 @@ class Daemon:
             store=store,
             writer=OutcomeWriter(store, self.id, self.config.retry,
                                  flush_delay=self._flush_delay, on_flush=self._flushed),
-            listener=Listener(lambda: connection(self.dsn, self.id),
-                              {WAKE_CHANNEL: self._on_wake, CANCEL_CHANNEL: self._on_cancel},
-                              name="daemon", on_up=self._on_listening),
+            listener=self._listener(),
             leases=leases,
             reaper=Reaper(store, self.config.retry, s.reaper_interval,
                           on_retry=self._wake_claimer, signals=self.signals),
@@ -222,11 +227,24 @@ class Daemon:
             ticker=Ticker(scheduling, self.config.schedules, signals=self.signals),
         )
 
+    def _listener(self) -> Listener | None:
+        source = listen_source(self.database, self.id)
+        if source is None:
+            log.warning("daemon.polling", pooler=self.database.pooler,
+                        poll_interval=self.settings.poll_interval,
+                        note="behind a transaction pooler without listen_dsn there is no LISTEN: "
+                             "new jobs are found by polling every poll_interval; set listen_dsn "
+                             "to a direct connection for immediate pickup")
+            return None
+        return Listener(source, {WAKE_CHANNEL: self._on_wake, CANCEL_CHANNEL: self._on_cancel},
+                        name="daemon", on_up=self._on_listening)
+
     async def _run_services(self, sv: Services, task_status: TaskStatus[None]) -> None:
         s = self.settings
         async with anyio.create_task_group() as services:
             await services.start(sv.writer.run)
-            await services.start(sv.listener.run)
+            if sv.listener is not None:
+                await services.start(sv.listener.run)
             await services.start(sv.leases.run)
             await services.start(sv.reaper.run)
             await services.start(sv.scheduler.run)

@@ -142,6 +142,12 @@ class JobStore(Lifecycle):
         last = (int(rows[-1]["tx_id"]), rows[-1]["id"]) if rows else cursor
         return EventPage(events, last)
 
+    async def events_head(self) -> tuple[int, int]:
+        """A cursor for "from now on": `events_after` it returns only what commits next
+        (and what transactions open right now write)."""
+        rows = await self._fetch("timeline_head")
+        return (int(rows[0]["tx_id"]), 2**63 - 1)
+
     # -- operators' actions ----------------------------------------------------
 
     async def cancel(self, job_id: int, *, reason: str | None = None) -> Job:

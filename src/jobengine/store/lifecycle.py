@@ -49,6 +49,17 @@ class Written(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptEnd:
+    """How one attempt ended, as the database has it (see `Lifecycle.attempt_ends`)."""
+
+    #: still running under the asking owner's lease: no outcome of it landed
+    still_ours: bool
+    #: the status its first transition out of `running` went to, and who wrote it
+    ended_as: str | None = None
+    ended_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
     """A finished attempt to record as `running -> completed`."""
 
@@ -157,6 +168,17 @@ class Lifecycle:
         rows = await fetch_on(self._db, "lifecycle_release", owner,
                               [a[0] for a in attempts], [a[1] for a in attempts])
         return _written(rows, "scheduled")
+
+    async def attempt_ends(
+        self, owner: str, attempts: Sequence[AttemptKey]
+    ) -> dict[AttemptKey, AttemptEnd]:
+        """Read back how these attempts ended: for outcomes whose commit is unknown."""
+        if not attempts:
+            return {}
+        rows = await fetch_on(self._db, "lifecycle_attempt_ends", owner,
+                              [a[0] for a in attempts], [a[1] for a in attempts])
+        return {(r["id"], r["attempt"]): AttemptEnd(r["still_ours"], r["ended_as"], r["ended_by"])
+                for r in rows}
 
     async def renew(
         self, owner: str, held: Iterable[AttemptKey], lease_ttl: timedelta

@@ -27,3 +27,8 @@ WHERE (tx_id, id) > ($1::xid8, $2::bigint)
   AND tx_id < pg_snapshot_xmin(pg_current_snapshot())
 ORDER BY tx_id, id
 LIMIT $3;
+
+-- name: timeline_head
+-- Where a reader that wants only what comes next starts: just before the
+-- oldest transaction still open, so none of its events can be passed over.
+SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1) AS tx_id;
