@@ -133,11 +133,13 @@ async def test_the_cli_api_and_watch_work_through_pgbouncer(
     assert code == 0, err
     job_id = int(out.strip())
     code, out, err = await run_cli(env, "show", str(job_id))
-    assert code == 0 and "pending" in out, err
+    assert code == 0, err
+    assert "pending" in out
     code, out, err = await run_cli(env, "cancel", str(job_id))
     assert code == 0, err
     code, out, err = await run_cli(env, "history", str(job_id))
-    assert code == 0 and "cancelled" in out, err
+    assert code == 0, err
+    assert "cancelled" in out
     assert ("pending", "cancelled", "cli") in await actors(pool)
     # Retention's lock is a transaction's, so it means the same through the pooler.
     code, out, err = await run_cli(env, "retention", "run")
@@ -148,7 +150,8 @@ async def test_the_cli_api_and_watch_work_through_pgbouncer(
     assert code != 0
     assert "listen_dsn" in err
     code, out, err = await run_cli({**env, "JOBENGINE_LISTEN_DSN": db_dsn}, "migrate")
-    assert code == 0 and "up to date" in out, err
+    assert code == 0, err
+    assert "up to date" in out
 
     port = free_port()
     api_env = {**env, "JOBENGINE_HTTP_LISTEN": f"127.0.0.1:{port}"}
