@@ -157,7 +157,7 @@ class Cluster:
         """This cluster as a hot standby of `primary` (`pg_basebackup -R`, WAL streamed)."""
         self._dirs()
         self._run("pg_basebackup", "-h", primary.host, "-p", str(primary.port), "-U", "postgres",
-                  "-D", str(self.data), "-R", "-X", "stream", "--no-sync",
+                  "-D", str(self.data), "-R", "-X", "stream", "--no-sync", "--checkpoint=fast",
                   "-d", f"application_name={self.data.name}")
         return self
 

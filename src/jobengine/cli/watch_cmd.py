@@ -94,21 +94,32 @@ class Printer:
 class Follower:
     """Prints every transition once: notifications at once, the timeline's cursor behind them."""
 
+    #: how many printed event ids are remembered (a notification and the cursor
+    #: bring the same event a few milliseconds to a second apart)
+    REMEMBER = 50_000
+
     def __init__(self, printer: Printer) -> None:
         self.printer = printer
-        #: notified events the cursor has not passed yet (it prints the others)
-        self.notified: set[str] = set()
+        self._seen: dict[str, None] = {}  # insertion-ordered: the oldest go first
         self.wake = Signal()
 
+    def _first_time(self, event_id: str) -> bool:
+        if event_id in self._seen:
+            return False
+        self._seen[event_id] = None
+        if len(self._seen) > self.REMEMBER:
+            del self._seen[next(iter(self._seen))]
+        return True
+
     def on_payload(self, payload: str) -> None:
-        """A notification: print it now, and remember it for the cursor."""
+        """A notification: print it now (unless the cursor already did)."""
         try:
             env = decode_envelope(payload)
         except msgspec.DecodeError:
             self.printer.on_payload(payload)
             return
-        self.notified.add(env.event_id)
-        self.printer.show(env)
+        if self._first_time(env.event_id):
+            self.printer.show(env)
 
     async def catch_up(self, store: JobStore, cursor: tuple[int, int]) -> tuple[int, int]:
         """Print what the cursor finds that no notification brought; the new cursor."""
@@ -116,9 +127,7 @@ class Follower:
             page = await store.events_after(cursor, 500)
             for row in page.events:
                 env = decode_envelope(msgspec.json.encode(row["envelope"]))
-                if env.event_id in self.notified:
-                    self.notified.discard(env.event_id)
-                else:
+                if self._first_time(env.event_id):
                     self.printer.show(env)
             cursor = page.cursor
             if len(page.events) < 500:

@@ -36,7 +36,7 @@ from jobengine import metrics
 from jobengine.domain.models import Job
 from jobengine.domain.retry import RetryPolicy, policy_for, retry_delay
 from jobengine.domain.status import JobStatus
-from jobengine.store import Completion, Failure, JobStore, Written
+from jobengine.store import AttemptEnd, Completion, Failure, JobStore, Written
 
 log = structlog.get_logger("jobengine.outcomes")
 
@@ -212,8 +212,7 @@ class OutcomeWriter:
                 o.uncertain = False
                 to_write.append(o)  # the lost write did not land
                 continue
-            landed = (end is not None and end.ended_by == self._owner
-                      and end.ended_as == o.to_status.value)  # a retried failure: 'failed' first
+            landed = end is not None and _ours(o, end)
             results[key] = Written.DONE if landed else Written.MOVED
             log.info("outcome.resolved", job_id=o.job.id, attempt=o.job.attempt,
                      outcome=o.to_status.value, landed=landed,
@@ -266,3 +265,15 @@ class OutcomeWriter:
                     reason="the job moved on (cancelled, or reaped and re-claimed)",
                 )
 
+
+
+def _ours(o: Outcome, end: AttemptEnd) -> bool:
+    """Whether the attempt's recorded end is this outcome (rather than a reaper's or a cancel).
+
+    Only the lease holder completes a job or gives it back; a failure is ours
+    when its reason is ours too (the reaper's is `lease_expired`). A retried
+    failure's first transition is `running -> failed`, as the outcome's.
+    """
+    if end.ended_as != o.to_status.value:
+        return False
+    return o.to_status is not JobStatus.FAILED or end.ended_why == o.reason

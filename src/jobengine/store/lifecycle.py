@@ -54,9 +54,9 @@ class AttemptEnd:
 
     #: still running under the asking owner's lease: no outcome of it landed
     still_ours: bool
-    #: the status its first transition out of `running` went to, and who wrote it
+    #: the status its first transition out of `running` went to, and that one's reason
     ended_as: str | None = None
-    ended_by: str | None = None
+    ended_why: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +177,7 @@ class Lifecycle:
             return {}
         rows = await fetch_on(self._db, "lifecycle_attempt_ends", owner,
                               [a[0] for a in attempts], [a[1] for a in attempts])
-        return {(r["id"], r["attempt"]): AttemptEnd(r["still_ours"], r["ended_as"], r["ended_by"])
+        return {(r["id"], r["attempt"]): AttemptEnd(r["still_ours"], r["ended_as"], r["ended_why"])
                 for r in rows}
 
     async def renew(

@@ -42,15 +42,15 @@ SELECT * FROM jobengine.cascade_v1($1);
 -- name: lifecycle_attempt_ends
 -- How each attempt ended, read back after a write whose COMMIT went unanswered
 -- (the connection was lost): the first transition out of `running` at that
--- attempt, and who wrote it; `still_ours` when the job is still running under
+-- attempt, and its reason; `still_ours` when the job is still running under
 -- this owner's lease at that attempt (the write did not land).
-SELECT a.id, a.attempt, e.to_status::text AS ended_as, e.actor AS ended_by,
+SELECT a.id, a.attempt, e.to_status::text AS ended_as, e.reason AS ended_why,
        coalesce(j.status = 'running' AND j.attempt = a.attempt AND j.lease_owner = $1, false)
            AS still_ours
 FROM unnest($2::bigint[], $3::integer[]) AS a(id, attempt)
 LEFT JOIN jobengine.jobs j ON j.id = a.id
 LEFT JOIN LATERAL (
-    SELECT h.to_status, h.actor FROM jobengine.job_history h
+    SELECT h.to_status, h.reason FROM jobengine.job_history h
     WHERE h.job_id = a.id AND h.attempt = a.attempt AND h.from_status = 'running'
     ORDER BY h.id LIMIT 1
 ) e ON true;

@@ -1,0 +1,92 @@
+"""An outcome whose COMMIT went unanswered is read back, never blindly written again.
+
+The store below loses the connection at the worst moment on purpose: after
+the database committed the write (or before it did), the caller sees only a
+lost connection, as in a failover during COMMIT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import asyncpg
+import pytest
+
+from jobengine.daemon.outcomes import Outcome, OutcomeWriter
+from jobengine.domain import JobSpec, JobStatus, RetryPolicy
+from jobengine.store import AttemptKey, Completion, JobStore, Written
+
+pytestmark = pytest.mark.anyio
+
+
+class LosesTheAnswer(JobStore):
+    """A store whose next `finish` loses the connection after (or before) it committed."""
+
+    def __init__(self, pool: asyncpg.Pool, *, after_commit: bool) -> None:
+        super().__init__(pool)
+        self.after_commit = after_commit
+        self.finish_calls = 0
+        self.lose_next = True
+
+    async def finish(self, owner: str, completions: Sequence[Completion]) -> dict[AttemptKey, Written]:
+        self.finish_calls += 1
+        if self.lose_next:
+            self.lose_next = False
+            if self.after_commit:
+                await super().finish(owner, completions)
+            raise asyncpg.exceptions.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation")
+        return await super().finish(owner, completions)
+
+
+async def claimed(store: JobStore, owner: str) -> Any:
+    await store.insert(JobSpec(kind="k"))
+    await store.db.execute("UPDATE jobengine.jobs SET status = 'scheduled'")
+    jobs = await store.claim(owner=owner, queues=["default"], kinds=["k"], limit=1,
+                             lease_ttl=timedelta(seconds=30))
+    assert len(jobs) == 1
+    return jobs[0]
+
+
+async def completions(pool: asyncpg.Pool, job_id: int) -> int:
+    n: int = await pool.fetchval(
+        "SELECT count(*) FROM jobengine.job_history WHERE job_id = $1 AND to_status = 'completed'",
+        job_id)
+    return n
+
+
+@pytest.mark.parametrize("after_commit", [True, False], ids=["landed", "did-not-land"])
+async def test_an_unanswered_commit_is_resolved_by_reading_the_job_back(
+    pool: asyncpg.Pool, after_commit: bool
+) -> None:
+    store = LosesTheAnswer(pool, after_commit=after_commit)
+    job = await claimed(store, "d1")
+    writer = OutcomeWriter(store, "d1", RetryPolicy())
+    writer.submit(Outcome(job, JobStatus.COMPLETED, "completed", result={"ok": 1}))
+    with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+        await writer.flush()
+    assert writer.unwritten == {job.id: job.attempt}  # kept, not lost
+    report = await writer.flush()
+    assert [o.job.id for o in report.written] == [job.id]
+    assert report.refused == []
+    # Landed: read back and not sent again. Not landed: still ours, so written now.
+    assert store.finish_calls == (1 if after_commit else 2)
+    assert await completions(pool, job.id) == 1
+    assert await pool.fetchval("SELECT result FROM jobengine.jobs WHERE id = $1", job.id) == {"ok": 1}
+
+
+async def test_an_unanswered_commit_of_a_job_that_moved_on_is_refused(pool: asyncpg.Pool) -> None:
+    store = LosesTheAnswer(pool, after_commit=False)
+    job = await claimed(store, "d1")
+    writer = OutcomeWriter(store, "d1", RetryPolicy())
+    writer.submit(Outcome(job, JobStatus.COMPLETED, "completed"))
+    with pytest.raises(asyncpg.exceptions.ConnectionDoesNotExistError):
+        await writer.flush()
+    await store.cancel(job.id)  # meanwhile an operator cancelled it
+    report = await writer.flush()
+    assert [o.job.id for o in report.refused] == [job.id]
+    assert store.finish_calls == 1  # read back: not ours any more, nothing sent
+    assert await pool.fetchval("SELECT status::text FROM jobengine.jobs WHERE id = $1",
+                               job.id) == "cancelled"
