@@ -92,13 +92,16 @@ def _log_span(line: str) -> None:
 
 
 async def nap(job: Job) -> None:
-    """Sleep payload["sleep"] seconds, logging start and end (or stop) with `time.time()` to
-    the file JOBENGINE_TEST_SPANS: `start|end|stopped job attempt pid time` (one host, one
-    clock; a file because a handler cut off from the database must still log when it stops)."""
+    """Sleep payload["sleep"] seconds (payload["then"] on later attempts, if given), logging
+    start and end (or stop) with `time.time()` to the file JOBENGINE_TEST_SPANS:
+    `start|end|stopped job attempt pid time` (one host, one clock; a file because a handler
+    cut off from the database must still log when it stops)."""
     _log_span(f"start {job.id} {job.attempt} {os.getpid()} {time.time():.6f}\n")
     ended = "stopped"
+    sleep = job.payload.get("sleep", 0) if job.attempt == 1 else job.payload.get(
+        "then", job.payload.get("sleep", 0))
     try:
-        await anyio.sleep(float(job.payload.get("sleep", 0)))
+        await anyio.sleep(float(sleep))
         ended = "end"
     finally:
         _log_span(f"{ended} {job.id} {job.attempt} {os.getpid()} {time.time():.6f}\n")
