@@ -9,12 +9,16 @@ stderr, level info). Run by the project's Python.
 every job inserted gets one (`jobs.limit_key`): the job whose payload is
 `{"i": i}` gets key number i modulo their count, in the bulk and the single
 path alike (the limits workload, `bench/workloads/limits.py`).
+
+`BENCH_POOLER` / `BENCH_LISTEN_DSN` in the environment: the worker's DSN goes
+through that pooler and LISTEN through that direct DSN (`bench/databases.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -27,7 +31,7 @@ import asyncpg
 from jobengine.cli.logs import configure_logging
 from jobengine.daemon import DaemonConfig, DaemonSettings, from_callables, run_daemon
 from jobengine.store import migrate
-from jobengine.store.pool import connect
+from jobengine.store.pool import Database, connect
 
 BULK_SQL = "INSERT INTO jobengine.jobs (kind, payload) SELECT $1, p FROM unnest($2::jsonb[]) AS p"
 SINGLE_SQL = "INSERT INTO jobengine.jobs (kind, payload) VALUES ($1, $2::jsonb)"
@@ -126,7 +130,9 @@ class JobEngine:
         # As `jobengine run` sets it up: JSON lines on stderr at level info.
         configure_logging("info", json=True)
         await ready()
-        async with run_daemon(DaemonConfig(daemon=settings), options.dsn, handlers=handlers):
+        target = Database(options.dsn, listen_dsn=os.environ.get("BENCH_LISTEN_DSN") or None,
+                          pooler=os.environ.get("BENCH_POOLER") or None)
+        async with run_daemon(DaemonConfig(daemon=settings), target, handlers=handlers):
             await stop.wait()
 
 

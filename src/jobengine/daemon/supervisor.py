@@ -438,7 +438,7 @@ class Daemon:
 @asynccontextmanager
 async def run_daemon(
     config: DaemonConfig,
-    dsn: str,
+    dsn: str | Database,
     *,
     handlers: dict[str, Handler] | None = None,
     clock: Clock | None = None,
