@@ -25,8 +25,8 @@ from jobengine.api.errors import exception_handlers
 from jobengine.api.hub import EventHub
 from jobengine.api.inputs import ApiContext, ReadinessCheck
 from jobengine.api.openapi import openapi_json
-from jobengine.notifications import ConnectionSource
 from jobengine.store import JobStore
+from jobengine.store.pool import Database
 
 
 def create_app(
@@ -37,8 +37,7 @@ def create_app(
     authorizer: Authorizer = allow_all,
     poll_interval: float = 1.0,
     keepalive: float = 15.0,
-    listen: ConnectionSource | None = None,
-    poll_only: bool = False,
+    database: Database | None = None,
 ) -> Starlette:
     """Build the REST API on `pool` (connections should carry actor "api").
 
@@ -49,13 +48,13 @@ def create_app(
     - `poll_interval`: seconds an event stream waits for a notification
       before it reads anyway; `keepalive`: seconds between keepalive
       comments on an idle stream.
-    - `listen`: where the LISTEN connection comes from (default: the pool);
-      `poll_only`: no LISTEN at all (behind a transaction pooler without a
-      direct DSN), event streams read every `poll_interval`.
+    - `database`: where the pool's connections go; behind a transaction
+      pooler the LISTEN connection is its `listen_dsn`'s, and without one
+      there is no LISTEN: event streams read every `poll_interval`.
 
     The app holds one connection for LISTEN while its lifespan runs.
     """
-    hub = EventHub(pool, source=listen, poll_only=poll_only)
+    hub = EventHub(pool, database=database)
     ctx = ApiContext(
         store=JobStore(pool), http=http, hub=hub, readiness=readiness,
         poll_interval=poll_interval, keepalive=keepalive,

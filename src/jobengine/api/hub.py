@@ -17,7 +17,8 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
-from jobengine.notifications import EVENTS_CHANNEL, ConnectionSource, Listener, Signal
+from jobengine.notifications import EVENTS_CHANNEL, Listener, Signal, listen_source
+from jobengine.store.pool import Database
 
 
 class EventHub:
@@ -25,13 +26,14 @@ class EventHub:
 
     def __init__(
         self, pool: asyncpg.Pool, *, health_interval: float = 10.0, max_backoff: float = 5.0,
-        source: ConnectionSource | None = None, poll_only: bool = False,
+        database: Database | None = None,
     ) -> None:
-        """LISTEN on a connection from `source` (default: `pool`); `poll_only`:
-        never LISTEN (behind a transaction pooler with no direct DSN), streams poll."""
+        """LISTEN on a connection of `pool`; when `database` says the pool goes through a
+        transaction pooler, on its `listen_dsn` instead (none: no LISTEN, streams poll)."""
         self._signals: set[Signal] = set()
-        self._listener = None if poll_only else Listener(
-            source or pool.acquire, {EVENTS_CHANNEL: self._on_event}, name="api",
+        source = listen_source(database, "api") if database and database.pooled else pool.acquire
+        self._listener = None if source is None else Listener(
+            source, {EVENTS_CHANNEL: self._on_event}, name="api",
             # Whatever committed while the hub was away: let every stream read.
             on_up=lambda _first: self.wake_all(), on_down=self.wake_all,
             backoff_max=max_backoff, probe_interval=health_interval,

@@ -15,7 +15,7 @@ import asyncpg
 from jobengine.cli.config import Settings, load_settings
 from jobengine.domain.errors import ConfigError, DatabaseUnavailable
 from jobengine.store import JobStore, create_pool, current_version, migrate
-from jobengine.store.pool import Database, connect
+from jobengine.store.pool import Database, as_database, connect
 from jobengine.store.sqlfiles import load_migrations
 
 
@@ -67,17 +67,6 @@ def resolve_database(settings: Settings) -> tuple[Database, bool]:
     return settings.database(dsn), embedded
 
 
-def api_listen(db: Database, actor: str) -> dict[str, Any]:
-    """`create_app`'s LISTEN arguments for `db`: a direct connection behind a pooler
-    (`listen_dsn`), none at all (poll) when there is no such DSN, else the pool."""
-    if not db.pooled:
-        return {}
-    from jobengine.notifications import listen_source
-
-    source = listen_source(db, actor)
-    return {"listen": source} if source is not None else {"poll_only": True}
-
-
 def unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
     """The error to show when the database cannot be reached."""
     reason = str(exc) or type(exc).__name__
@@ -86,7 +75,7 @@ def unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
 
 async def ensure_schema(target: str | Database, *, embedded: bool, actor: str) -> None:
     """Make sure the schema is current: migrate the embedded database, else insist."""
-    dsn = target.dsn if isinstance(target, Database) else target
+    dsn = as_database(target).dsn
     try:
         conn = await connect(target, actor)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:

@@ -13,7 +13,6 @@ from jobengine.api.config import parse_listen
 from jobengine.cli import loop
 from jobengine.cli.context import (
     add_common_options,
-    api_listen,
     ensure_schema,
     redact,
     resolve_database,
@@ -134,7 +133,7 @@ async def _serve_api(
 
         app = create_app(pool, settings.http, readiness=readiness,
                          authorizer=authorizer_for(settings.http.tokens, listen[0]),
-                         **api_listen(db, "api"))
+                         database=db)
         await serve(app, listen[0], listen[1], task_status=task_status)
     finally:
         with anyio.CancelScope(shield=True):
