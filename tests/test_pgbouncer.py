@@ -10,7 +10,6 @@ statement, a session setting, a session lock) would break here.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,4 +206,5 @@ def test_pgbouncer_settings_are_read_from_toml_and_environment(tmp_path: Path) -
     assert (from_env.pooler, from_env.listen_dsn) == ("pgbouncer", "postgresql://z/y")
     with pytest.raises(ConfigError, match="pooler must be one of pgbouncer"):
         load_settings(env={"JOBENGINE_DSN": "postgresql://x/y", "JOBENGINE_POOLER": "odyssey"})
-    assert os.environ.get("JOBENGINE_POOLER") is None
+    with pytest.raises(ConfigError, match="pooler is set but dsn is not"):
+        load_settings(env={"JOBENGINE_POOLER": "pgbouncer"})

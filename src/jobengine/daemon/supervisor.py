@@ -198,8 +198,10 @@ class Daemon:
     def _prepare_handlers(self) -> dict[str, Handler]:
         """Resolve handlers; sealed, isolate every one (see `daemon.isolation`)."""
         if self.config.sealed:  # ConfigError if some handler cannot be isolated here
+            listen = self.database.listen
             return sealed_handlers(self.config, self._given_handlers, self.dsn,
-                                   api=self._api_address, thread_limit=self.settings.concurrency)
+                                   api=self._api_address, thread_limit=self.settings.concurrency,
+                                   also=[listen.dsn] if listen is not None else [])
         if self._given_handlers is not None:
             return self._given_handlers
         return resolve_handlers(self.config.handlers, thread_limit=self.settings.concurrency)
