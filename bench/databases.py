@@ -38,7 +38,8 @@ import asyncpg
 from tests.netns import daemon_env, spawn, stop
 from tests.servers import Clusters, PgBouncer
 
-from bench import db
+from bench import db, machine
+from bench.peers._cpu import Meter, database_from_dsn, tree_seconds
 from bench.procs import Worker, step
 from bench.systems import JOBENGINE
 
@@ -54,8 +55,13 @@ async def until(conn: asyncpg.Connection, sql: str, *args: object, limit: float 
         await asyncio.sleep(0.02)
 
 
+#: CPU µs per job of the last `burn`: the worker, PostgreSQL's backends, PgBouncer
+CPU: dict[str, float] = {}
+
+
 async def burn(dsn: str, worker_dsn: str, n: int, concurrency: int, log: Path,
-               env: dict[str, str], server: str = SERVER) -> tuple[float, int, int]:
+               env: dict[str, str], server: str = SERVER,
+               bouncer_pid: int | None = None) -> tuple[float, int, int]:
     """One burn-down; (jobs/s, WAL bytes per job of the burn-down, of the enqueue)."""
     await step(JOBENGINE, "install", dsn, limit=LIMIT)
     before_insert = await db.fetchval(dsn, "SELECT pg_current_wal_lsn()")
@@ -71,13 +77,20 @@ async def burn(dsn: str, worker_dsn: str, n: int, concurrency: int, log: Path,
             else:
                 os.environ[k] = v
     conn = await asyncpg.connect(dsn)
+    meter = Meter(worker.pid, await machine.postmaster(server), database_from_dsn(dsn))
     try:
         await worker.ready()
         await db.checkpoint(server)
         lsn0 = await conn.fetchval("SELECT pg_current_wal_lsn()")
+        bouncer0 = tree_seconds(bouncer_pid) or 0.0 if bouncer_pid else 0.0
+        meter.start()
         worker.go()
         seconds, timed_out = await db.wait_until_false(
             conn, JOBENGINE.unfinished_sql, limit=LIMIT, interval=0.005)
+        meter.stop()
+        bouncer = (tree_seconds(bouncer_pid) or 0.0) - bouncer0 if bouncer_pid else 0.0
+        CPU.update(worker=meter.process * 1e6 / n, database=(meter.database or 0.0) * 1e6 / n,
+                   pgbouncer=bouncer * 1e6 / n)
         lsn1 = await conn.fetchval("SELECT pg_current_wal_lsn()")
         done = int(await conn.fetchval(JOBENGINE.succeeded_sql))
         wal = int(await conn.fetchval("SELECT pg_wal_lsn_diff($1, $2)", lsn1, lsn0))
@@ -99,6 +112,7 @@ async def pooler_vs_direct(n: int, reps: int, out: Path) -> None:
         for concurrency in (10, 50):
             ratios: list[float] = []
             rates: dict[str, list[float]] = {"direct": [], "pgbouncer": []}
+            cpus: dict[str, list[float]] = {"direct": [], "pgbouncer": []}
             for rep in range(reps):
                 order = ["direct", "pgbouncer"] if rep % 2 == 0 else ["pgbouncer", "direct"]
                 got: dict[str, float] = {}
@@ -109,11 +123,15 @@ async def pooler_vs_direct(n: int, reps: int, out: Path) -> None:
                         rate, _w, _i = await burn(dsn, dsn, n, concurrency, log, {})
                     else:
                         env = {"BENCH_POOLER": "pgbouncer", "BENCH_LISTEN_DSN": dsn}
+                        assert bouncer.proc is not None
                         rate, _w, _i = await burn(dsn, bouncer.dsn(DATABASE), n, concurrency,
-                                                  log, env)
+                                                  log, env, bouncer_pid=bouncer.proc.pid)
                     got[mode] = rate
                     rates[mode].append(rate)
-                    print(f"burn-down c{concurrency} rep {rep + 1} {mode}: {rate:,.0f} jobs/s",
+                    cpus[mode].append(sum(CPU.values()))
+                    print(f"burn-down c{concurrency} rep {rep + 1} {mode}: {rate:,.0f} jobs/s; "
+                          f"CPU per job: worker {CPU['worker']:.0f} + PostgreSQL "
+                          f"{CPU['database']:.0f} + PgBouncer {CPU['pgbouncer']:.0f} µs",
                           flush=True)
                 ratios.append(got["pgbouncer"] / got["direct"])
             med = {m: statistics.median(v) for m, v in rates.items()}
@@ -121,7 +139,9 @@ async def pooler_vs_direct(n: int, reps: int, out: Path) -> None:
                   f"{max(rates['direct']):,.0f}] pgbouncer {med['pgbouncer']:,.0f} "
                   f"[{min(rates['pgbouncer']):,.0f}-{max(rates['pgbouncer']):,.0f}] jobs/s; "
                   f"ratio {statistics.median(ratios):.2f}x [{min(ratios):.2f}-{max(ratios):.2f}] "
-                  f"(target >= 0.8x)")
+                  f"(target >= 0.8x); CPU per job (worker + PostgreSQL + PgBouncer) direct "
+                  f"{statistics.median(cpus['direct']):.0f} µs, pgbouncer "
+                  f"{statistics.median(cpus['pgbouncer']):.0f} µs")
     finally:
         bouncer.close()
         await db.drop(SERVER, DATABASE)

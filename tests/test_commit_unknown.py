@@ -14,9 +14,11 @@ from typing import Any
 import asyncpg
 import pytest
 
+from jobengine.daemon import from_callables, run_daemon
 from jobengine.daemon.outcomes import Outcome, OutcomeWriter
 from jobengine.domain import JobSpec, JobStatus, RetryPolicy
 from jobengine.store import AttemptKey, Completion, JobStore, Written
+from tests.daemon_helpers import config, history, insert, wait_status
 
 pytestmark = pytest.mark.anyio
 
@@ -90,3 +92,31 @@ async def test_an_unanswered_commit_of_a_job_that_moved_on_is_refused(pool: asyn
     assert store.finish_calls == 1  # read back: not ours any more, nothing sent
     assert await pool.fetchval("SELECT status::text FROM jobengine.jobs WHERE id = $1",
                                job.id) == "cancelled"
+
+
+async def test_a_claim_whose_commit_went_unanswered_is_read_back_and_its_jobs_run(
+    db_dsn: str, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_claim = JobStore.claim
+    lost: list[int] = []
+
+    async def claim_then_lose_the_answer(self: JobStore, **kw: Any) -> list[Any]:
+        jobs = await real_claim(self, **kw)
+        if jobs and not lost:
+            lost.extend(j.id for j in jobs)
+            raise asyncpg.exceptions.ConnectionDoesNotExistError(
+                "connection was closed in the middle of operation")
+        return jobs
+
+    monkeypatch.setattr(JobStore, "claim", claim_then_lose_the_answer)
+    ran: list[tuple[int, int]] = []
+    # A lease of 60 s: a job left to expire would not run again within this test.
+    async with run_daemon(config(lease_ttl=60.0), db_dsn,
+                          handlers=from_callables({"k": lambda job: ran.append((job.id, job.attempt))})):
+        job_id = await insert(pool, "k")
+        await wait_status(pool, job_id, "completed", within=20)
+    assert lost == [job_id]
+    assert ran == [(job_id, 1)]  # the claim had landed: run at that attempt, not claimed again
+    assert [step[:2] for step in await history(pool, job_id)] == [
+        (None, "pending"), ("pending", "scheduled"), ("scheduled", "running"),
+        ("running", "completed")]

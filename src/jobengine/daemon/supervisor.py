@@ -124,6 +124,8 @@ class Daemon:
         self._maybe_more = True
         #: due jobs wait on a full concurrency limit: a job ending anywhere may free them
         self._held_on_done = False
+        #: when the first claim whose answer was lost was sent (None: no such claim)
+        self._claim_unanswered: float | None = None
         #: False once the database said no limit is set (until one is: '*:ready')
         self._limits_may_exist = True
         self._stopping = False
@@ -298,6 +300,14 @@ class Daemon:
         # When to look again without being told: the next due time or the poll.
         deadline = clock.monotonic() + s.poll_interval
         while not self._stopping:
+            if self._claim_unanswered is not None:
+                try:
+                    await self._adopt(sv, actors)
+                except TRANSIENT as exc:
+                    log.warning("claim.resolve_failed", error=repr(exc), retry_in=backoff)
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, s.poll_interval)
+                    continue
             free = s.concurrency - len(self.attempts)
             if free > 0 and self._maybe_more:
                 self._maybe_more = False
@@ -309,6 +319,9 @@ class Daemon:
                     backoff = 0.05
                 except TRANSIENT as exc:
                     log.warning("claim.failed", error=repr(exc), retry_in=backoff)
+                    # It may have committed all the same: read back before claiming again.
+                    if self._claim_unanswered is None:
+                        self._claim_unanswered = sent_at
                     self._maybe_more = True
                     await anyio.sleep(backoff)
                     backoff = min(backoff * 2, s.poll_interval)
@@ -327,6 +340,20 @@ class Daemon:
                 self._maybe_more = True  # something came due, or the polling fallback
                 sv.scheduler.wake()
                 deadline = clock.monotonic() + s.poll_interval
+
+    async def _adopt(self, sv: Services, actors: TaskGroup) -> None:
+        """Run the jobs a claim whose answer was lost took after all.
+
+        Their leases were granted no earlier than that claim was sent, so the
+        local deadline counts from then; renewals extend it as for any other.
+        """
+        assert self._claim_unanswered is not None
+        jobs = await sv.store.adoptable(self.id, self.attempts.held())
+        if jobs:
+            log.info("claim.resolved", adopted=[[j.id, j.attempt] for j in jobs],
+                     note="a claim whose COMMIT went unanswered had landed")
+            self._start(actors, jobs, sv.leases.deadline_after(self._claim_unanswered))
+        self._claim_unanswered = None
 
     async def _until_next_due(self, sv: Services, ceiling: float) -> float:
         """Seconds until the next waiting job of our queues is due (at most `ceiling`)."""

@@ -126,6 +126,13 @@ class Lifecycle:
             count_status_change(job.kind, "running")
         return jobs
 
+    async def adoptable(self, owner: str, known: Sequence[AttemptKey]) -> list[Job]:
+        """Jobs running under `owner`'s lease at attempts other than `known`: what a claim
+        whose COMMIT went unanswered took after all (read back, not claimed again)."""
+        rows = await fetch_on(self._db, "lifecycle_adoptable", owner,
+                              [k[0] for k in known], [k[1] for k in known])
+        return [job_from_row(r) for r in rows]
+
     async def finish(
         self, owner: str, completions: Sequence[Completion]
     ) -> dict[AttemptKey, Written]:

@@ -54,3 +54,10 @@ LEFT JOIN LATERAL (
     WHERE h.job_id = a.id AND h.attempt = a.attempt AND h.from_status = 'running'
     ORDER BY h.id LIMIT 1
 ) e ON true;
+
+-- name: lifecycle_adoptable
+-- After a claim whose COMMIT went unanswered: the jobs running under this
+-- owner's lease at attempts it does not know it holds (the claim landed after all).
+SELECT * FROM jobengine.jobs
+WHERE status = 'running' AND lease_owner = $1
+  AND (id, attempt) NOT IN (SELECT * FROM unnest($2::bigint[], $3::integer[]));
