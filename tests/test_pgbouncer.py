@@ -175,10 +175,15 @@ async def test_the_cli_api_and_watch_work_through_pgbouncer(
                 got = await http.get(f"/v1/jobs/{new_id}")
                 assert got.status_code == 200
                 assert got.json()["status"] == "pending"
-                page: dict[str, Any] = (await http.get("/v1/events")).json()
-                assert any(e["job_id"] == new_id for e in page["events"])
+
+                async def in_events() -> bool:
+                    # (an event shows once every older transaction in the cluster ended)
+                    page: dict[str, Any] = (await http.get("/v1/events")).json()
+                    return any(e["job_id"] == new_id for e in page["events"])
+
+                await wait_for(in_events, within=60, message="the job in /v1/events")
             out_lines = Lines(watch.stdout)
-            seen = json.loads(await out_lines.next())
+            seen = json.loads(await out_lines.next(within=60))
             assert (seen["job_id"], seen["to_status"]) == (new_id, "pending")
             assert await pool.fetchval(
                 "SELECT actor FROM jobengine.job_history WHERE job_id = $1", new_id) == "api"
