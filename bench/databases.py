@@ -227,14 +227,16 @@ async def failover(n: int, out: Path) -> None:
             " WHERE to_status = 'completed'")
         reruns = await conn.fetchval("SELECT count(*) FROM jobengine.jobs WHERE attempt > 1")
         await conn.close()
-        resolved = sum((out / f"failover-d{i}.log").read_text().count('"outcome.resolved"')
-                       for i in range(3))
+        logs = [(out / f"failover-d{i}.log").read_text() for i in range(3)]
+        resolved = sum(log.count('"outcome.resolved"') for log in logs)
+        adopted = sum(log.count('"claim.resolved"') for log in logs)
         print(f"== failover ({n} jobs, 3 daemons): kill to promoted {promoted - killed:.2f} s; "
               f"longest stretch without any claim {float(gap or 0):.2f} s; first claim after "
               f"the promotion per daemon: "
               + ", ".join(f"{r['actor']} +{float(r['at']) - promoted:.2f} s" for r in firsts))
         print(f"== failover: lost {n - completed}, completed twice {twice}, attempts run again "
-              f"{reruns}, outcomes read back after an unanswered COMMIT {resolved}")
+              f"{reruns}; read back after an unanswered COMMIT: {resolved} outcomes, "
+              f"{adopted} claims")
     finally:
         for proc in procs:
             stop(proc)
