@@ -50,7 +50,7 @@ DECLARE
     n integer;
     n_sent bigint;
     v_relayed boolean := jobengine.notify_relayed();
-    v_actor text := coalesce(nullif(current_setting('jobengine.actor', true), ''), 'sql');
+    v_actor text := jobengine.session_actor();
 BEGIN
     IF p_event_type !~ '^job\.[a-z_]+$' OR EXISTS (
         SELECT 1 FROM unnest(enum_range(NULL::jobengine.job_status) || NULL::jobengine.job_status) AS a(s),
@@ -198,6 +198,20 @@ END
 $$;
 
 --
+-- Name: session_actor(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.session_actor() RETURNS text
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT COALESCE(NULLIF(current_setting('jobengine.actor'::text, true), ''::text),
+         CASE
+             WHEN (current_setting('application_name'::text, true) ~~ 'jobengine:_%'::text) THEN substr(current_setting('application_name'::text, true), 11)
+             ELSE NULL::text
+         END, 'sql'::text) AS "coalesce";
+END;
+
+--
 -- Name: writer_trusted(); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -216,7 +230,7 @@ CREATE FUNCTION jobengine.current_actor() RETURNS text
     BEGIN ATOMIC
  SELECT
          CASE
-             WHEN jobengine.writer_trusted() THEN COALESCE(NULLIF(current_setting('jobengine.actor'::text, true), ''::text), 'sql'::text)
+             WHEN jobengine.writer_trusted() THEN jobengine.session_actor()
              ELSE 'sql'::text
          END AS "case";
 END;
@@ -1052,7 +1066,7 @@ BEGIN
     NEW.status_reason := v_reason;
     -- Who and when come from the database, not from the writer.
     NEW.status_actor := CASE WHEN v_trusted
-                             THEN coalesce(nullif(current_setting('jobengine.actor', true), ''), 'sql')
+                             THEN jobengine.session_actor()
                              ELSE 'sql' END;
     NEW.status_role := current_user;
     NEW.updated_at := v_now;
@@ -1940,7 +1954,7 @@ CREATE FUNCTION jobengine.retention_record_v1(p_dry_run boolean, p_finished_jobs
                                          jobs_finished_before, jobs_oldest_finished, jobs_newest_finished,
                                          ledger_rows_removed, partitions_dropped, ledger_removed_before,
                                          partitions_created, duration)
-    VALUES (coalesce(nullif(current_setting('jobengine.actor', true), ''), 'sql'), session_user, p_dry_run,
+    VALUES (jobengine.session_actor(), session_user, p_dry_run,
             p_finished_jobs, p_audit, p_jobs_removed, p_jobs_finished_before, p_jobs_oldest, p_jobs_newest,
             p_ledger_rows_removed, coalesce(p_partitions_dropped, '[]'),
             CASE WHEN p_dry_run THEN NULL ELSE p_ledger_removed_before END,
@@ -3291,4 +3305,5 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (2, 'claim', '86d63803a175883f4540732205a839bba3f261f4b8751194f6a5cd3efd1e7753'),
     (3, 'guarantees', '27211b450eedd1f26736df466bb8260d53fc4f01324b14269708a1d1114bfec5'),
     (4, 'ledger', 'cd1ee12508dab55da6154eef8d6a222780ed4d0ab36d8bc7b245829d2497461f'),
-    (5, 'scheduling', 'e2cea6fd40364e71ed5da3eea03e99416b39e6f8b21a09557cb9700fa4c212a0');
+    (5, 'scheduling', 'e2cea6fd40364e71ed5da3eea03e99416b39e6f8b21a09557cb9700fa4c212a0'),
+    (6, 'poolers', 'c632b430b56b671b750a8e6da5a70382607e62e11bee80389c4aeb814f92349e');

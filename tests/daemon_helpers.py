@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -99,3 +100,45 @@ async def daemon_ready(log: Path, marker: str = '"daemon.ready"') -> None:
         return marker in await anyio.Path(log).read_text(errors="replace")
 
     await wait_for(probe, within=30, message=f"daemon ready in {log}")
+
+
+def read_spans(path: Path) -> dict[tuple[int, int], tuple[float, float | None]]:
+    """The `tests.handlers:nap` log: (job, attempt) -> (start, end or stop; None if neither)."""
+    spans: dict[tuple[int, int], tuple[float, float | None]] = {}
+    for line in path.read_text().splitlines():
+        what, job, attempt, _pid, at = line.split()
+        key = (int(job), int(attempt))
+        if what == "start":
+            spans[key] = (float(at), None)
+        else:
+            spans[key] = (spans[key][0], float(at))
+    return spans
+
+
+async def assert_landed_attempts_never_overlapped(
+    conn: asyncpg.Connection | asyncpg.Pool, spans_log: Path
+) -> None:
+    """No two executions of one job whose outcomes both landed ran at the same time.
+
+    An attempt's outcome landed when the ledger has its handler's transition out
+    of `running` (a reaped lease, `lease_expired`, is the reaper's, not the
+    handler's). Each such attempt must have run, and ended, before the next began.
+    """
+    spans = read_spans(spans_log)
+    rows = await conn.fetch(
+        "SELECT job_id, attempt FROM jobengine.job_history"
+        " WHERE from_status = 'running' AND reason IS DISTINCT FROM 'lease_expired'"
+        " ORDER BY job_id, attempt")
+    landed: dict[int, list[int]] = {}
+    for r in rows:
+        landed.setdefault(r["job_id"], []).append(r["attempt"])
+    for job_id, attempts in landed.items():
+        runs = []
+        for attempt in attempts:
+            assert (job_id, attempt) in spans, f"job {job_id} attempt {attempt} never ran"
+            start, end = spans[(job_id, attempt)]
+            assert end is not None, f"job {job_id} attempt {attempt} landed but never ended"
+            runs.append((start, end, attempt))
+        runs.sort()
+        for (_s1, e1, a1), (s2, _e2, a2) in itertools.pairwise(runs):
+            assert e1 <= s2, f"job {job_id}: attempts {a1} and {a2} overlapped ({e1} > {s2})"

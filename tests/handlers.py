@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from typing import Any
 
 import anyio
@@ -79,6 +80,31 @@ async def span(job: Job) -> None:
     await anyio.sleep(float(job.payload.get("sleep", 0)))
     await db.execute("UPDATE test_spans SET ended_at = clock_timestamp() WHERE job_id = $1 AND attempt = $2",
                      job.id, job.attempt)
+
+
+def _log_span(line: str) -> None:
+    # One write of one short line with O_APPEND: lines from every daemon never interleave.
+    fd = os.open(os.environ["JOBENGINE_TEST_SPANS"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line.encode())
+    finally:
+        os.close(fd)
+
+
+async def nap(job: Job) -> None:
+    """Sleep payload["sleep"] seconds (payload["then"] on later attempts, if given), logging
+    start and end (or stop) with `time.time()` to the file JOBENGINE_TEST_SPANS:
+    `start|end|stopped job attempt pid time` (one host, one clock; a file because a handler
+    cut off from the database must still log when it stops)."""
+    _log_span(f"start {job.id} {job.attempt} {os.getpid()} {time.time():.6f}\n")
+    ended = "stopped"
+    sleep = job.payload.get("sleep", 0) if job.attempt == 1 else job.payload.get(
+        "then", job.payload.get("sleep", 0))
+    try:
+        await anyio.sleep(float(sleep))
+        ended = "end"
+    finally:
+        _log_span(f"{ended} {job.id} {job.attempt} {os.getpid()} {time.time():.6f}\n")
 
 
 async def egress(job: Job) -> str:

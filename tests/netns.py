@@ -76,6 +76,58 @@ class TestNamespace:
         _ip("netns", "del", self.name)
 
 
+class Host:
+    """A host of its own: a network namespace joined to this one by a veth pair.
+
+    This side of the link holds `10.214.<n>.1` (where the database listens),
+    the namespace's side `10.214.<n>.2`; `cut()` takes this side down (the
+    packets of open connections are dropped, not refused, as a cable pulled
+    out), `restore()` brings it back.
+    """
+
+    __test__ = False
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.name = f"je-h{n}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+        tag = uuid.uuid4().hex[:6]
+        self.outer, self.inner = f"jeh{n}{tag}a", f"jeh{n}{tag}b"
+        self.db_address = f"10.214.{n}.1"
+        self.address = f"10.214.{n}.2"
+
+    def argv(self, command: list[str]) -> list[str]:
+        """`command`, run on this host."""
+        return [IP, "netns", "exec", self.name, *command]
+
+    def __enter__(self) -> Host:
+        _ip("netns", "add", self.name)
+        try:
+            _ip("-n", self.name, "link", "set", "lo", "up")
+            _ip("link", "add", self.outer, "type", "veth", "peer", "name", self.inner,
+                "netns", self.name)
+            _ip("addr", "add", f"{self.db_address}/24", "dev", self.outer)
+            _ip("link", "set", self.outer, "up")
+            _ip("-n", self.name, "addr", "add", f"{self.address}/24", "dev", self.inner)
+            _ip("-n", self.name, "link", "set", self.inner, "up")
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def cut(self) -> None:
+        """Pull the cable: nothing gets through until `restore()`."""
+        _ip("link", "set", self.outer, "down")
+
+    def restore(self) -> None:
+        """Plug it back in."""
+        _ip("link", "set", self.outer, "up")
+
+    def __exit__(self, *exc: object) -> None:
+        # Deleting the namespace deletes its end of the pair, and so the pair.
+        subprocess.run([IP, "netns", "del", self.name], capture_output=True, timeout=30)
+        subprocess.run([IP, "link", "del", self.outer], capture_output=True, timeout=30)
+
+
 SINK_SCRIPT = r"""
 import socket, sys
 host, port, out = sys.argv[1], int(sys.argv[2]), sys.argv[3]

@@ -13,12 +13,15 @@ path alike (the limits workload, `bench/workloads/limits.py`).
 `jobengine_peer.py --python-api COMMAND ...`: the bulk path is the Python
 API's `defer_many` of a task taking `i: int`, on the same plain asyncpg
 connection (the pyapi workload, `bench/workloads/pyapi.py`).
+`BENCH_POOLER` / `BENCH_LISTEN_DSN` in the environment: the worker's DSN goes
+through that pooler and LISTEN through that direct DSN (`bench/databases.py`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -32,7 +35,7 @@ import jobengine
 from jobengine.cli.logs import configure_logging
 from jobengine.daemon import DaemonConfig, DaemonSettings, from_callables, run_daemon
 from jobengine.store import migrate
-from jobengine.store.pool import connect
+from jobengine.store.pool import Database, connect
 
 BULK_SQL = "INSERT INTO jobengine.jobs (kind, payload) SELECT $1, p FROM unnest($2::jsonb[]) AS p"
 SINGLE_SQL = "INSERT INTO jobengine.jobs (kind, payload) VALUES ($1, $2::jsonb)"
@@ -145,7 +148,9 @@ class JobEngine:
         # As `jobengine run` sets it up: JSON lines on stderr at level info.
         configure_logging("info", json=True)
         await ready()
-        async with run_daemon(DaemonConfig(daemon=settings), options.dsn, handlers=handlers):
+        target = Database(options.dsn, listen_dsn=os.environ.get("BENCH_LISTEN_DSN") or None,
+                          pooler=os.environ.get("BENCH_POOLER") or None)
+        async with run_daemon(DaemonConfig(daemon=settings), target, handlers=handlers):
             await stop.wait()
 
 

@@ -34,6 +34,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from jobengine.store import TRANSIENT
+from jobengine.store.pool import Database, connection
 
 #: Every transition (and note), as an EventEnvelope.
 EVENTS_CHANNEL = "jobengine_events"
@@ -46,6 +47,18 @@ CANCEL_CHANNEL = "jobengine_cancel"
 #: yields a connection and takes it back (a pool's `acquire`, or one connection
 #: opened and closed).
 ConnectionSource = Callable[[], AbstractAsyncContextManager[asyncpg.Connection]]
+
+
+
+def listen_source(db: Database, actor: str) -> ConnectionSource | None:
+    """Where a listener's connections to `db` come from: one direct connection each
+    time (`listen_dsn` if set); None behind a transaction pooler without a
+    `listen_dsn`, where a LISTEN would hear nothing: the caller polls instead."""
+    target = db.listen
+    if target is None:
+        return None
+    return lambda: connection(target, actor)
+
 
 #: Reports what a listener went through: `report(event, **fields)`.
 Reporter = Callable[..., None]

@@ -27,6 +27,7 @@ from jobengine.api.inputs import ApiContext, ReadinessCheck
 from jobengine.api.openapi import openapi_json
 from jobengine.api.ui import routes as ui
 from jobengine.store import JobStore
+from jobengine.store.pool import Database
 
 
 def create_app(
@@ -37,6 +38,7 @@ def create_app(
     authorizer: Authorizer = allow_all,
     poll_interval: float = 1.0,
     keepalive: float = 15.0,
+    database: Database | None = None,
 ) -> Starlette:
     """Build the REST API on `pool` (connections should carry actor "api").
 
@@ -47,11 +49,15 @@ def create_app(
     - `poll_interval`: seconds an event stream waits for a notification
       before it reads anyway; `keepalive`: seconds between keepalive
       comments on an idle stream.
+    - `database`: where the pool's connections go; behind a transaction
+      pooler the LISTEN connection is its `listen_dsn`'s, and without one
+      there is no LISTEN: event streams read every `poll_interval`.
 
-    The app holds one pool connection for LISTEN while its lifespan runs.
+    The app holds one connection for LISTEN while its lifespan runs.
     """
+    hub = EventHub(pool, database=database)
     ctx = ApiContext(
-        store=JobStore(pool), http=http, hub=EventHub(pool), readiness=readiness,
+        store=JobStore(pool), http=http, hub=hub, readiness=readiness,
         poll_interval=poll_interval, keepalive=keepalive,
     )
 

@@ -17,18 +17,23 @@ import anyio
 import asyncpg
 from anyio.abc import TaskStatus
 
-from jobengine.notifications import EVENTS_CHANNEL, Listener, Signal
+from jobengine.notifications import EVENTS_CHANNEL, Listener, Signal, listen_source
+from jobengine.store.pool import Database
 
 
 class EventHub:
     """Holds the API's LISTEN connection and wakes every subscriber on each notification."""
 
     def __init__(
-        self, pool: asyncpg.Pool, *, health_interval: float = 10.0, max_backoff: float = 5.0
+        self, pool: asyncpg.Pool, *, health_interval: float = 10.0, max_backoff: float = 5.0,
+        database: Database | None = None,
     ) -> None:
+        """LISTEN on a connection of `pool`; when `database` says the pool goes through a
+        transaction pooler, on its `listen_dsn` instead (none: no LISTEN, streams poll)."""
         self._signals: set[Signal] = set()
-        self._listener = Listener(
-            pool.acquire, {EVENTS_CHANNEL: self._on_event}, name="api",
+        source = listen_source(database, "api") if database and database.pooled else pool.acquire
+        self._listener = None if source is None else Listener(
+            source, {EVENTS_CHANNEL: self._on_event}, name="api",
             # Whatever committed while the hub was away: let every stream read.
             on_up=lambda _first: self.wake_all(), on_down=self.wake_all,
             backoff_max=max_backoff, probe_interval=health_interval,
@@ -37,8 +42,8 @@ class EventHub:
 
     @property
     def connected(self) -> bool:
-        """True while the LISTEN connection is up."""
-        return self._listener.connected
+        """True while the LISTEN connection is up (always, when polling by design)."""
+        return self._listener is None or self._listener.connected
 
     @contextmanager
     def subscribe(self) -> Iterator[Signal]:
@@ -60,4 +65,8 @@ class EventHub:
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Listen until cancelled (started after the first attempt, connected or not)."""
-        await self._listener.run(task_status=task_status)
+        if self._listener is None:
+            task_status.started()
+            await anyio.sleep_forever()
+        else:
+            await self._listener.run(task_status=task_status)

@@ -61,7 +61,9 @@ def run(args: argparse.Namespace) -> int:
         # Signals are ours from before the server starts, so none is lost in between.
         with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
             async with open_store(settings, "api", max_size=10) as store:
-                app = create_app(store.db, settings.http, authorizer=authorizer)
+                database = settings.database(settings.dsn) if settings.dsn else None
+                app = create_app(store.db, settings.http, authorizer=authorizer,
+                                 database=database)
                 async with anyio.create_task_group() as tg:
                     bound_host, bound_port = await tg.start(serve, app, host, port)
                     shown = f"[{bound_host}]" if ":" in bound_host else bound_host

@@ -2,7 +2,9 @@
 
 The contract's settings (see the README):
 
-    dsn = "postgresql://user@host/db"
+    dsn = "postgresql://user@host/db"      # several hosts: h1:5432,h2:5432 + target_session_attrs
+    listen_dsn = "postgresql://..."        # direct connection for LISTEN when dsn is pooled
+    pooler = "pgbouncer"                   # dsn goes through PgBouncer in transaction mode
     sealed = false
     [daemon]   queues, concurrency, lease_ttl, poll_interval, shutdown_grace
     [retry]    strategy, base_delay, max_delay, jitter
@@ -12,7 +14,7 @@ The contract's settings (see the README):
     [schedules.NAME] cron | every, kind, queue, payload, priority, limit_key, timezone, enabled
     [embedded] data_dir
 
-Environment: `JOBENGINE_DSN`, `JOBENGINE_SEALED`, and
+Environment: `JOBENGINE_DSN`, `JOBENGINE_LISTEN_DSN`, `JOBENGINE_POOLER`, `JOBENGINE_SEALED`, and
 `JOBENGINE_<SECTION>_<KEY>` (`JOBENGINE_DAEMON_LEASE_TTL=5`,
 `JOBENGINE_HANDLERS_EMAIL=myapp.jobs:send_email`). The file is `--config`, or
 `JOBENGINE_CONFIG`.
@@ -34,10 +36,13 @@ from jobengine.daemon.config import DaemonConfig, DaemonSettings, HandlerSpec, R
 from jobengine.domain.errors import ConfigError, InvalidSchedule
 from jobengine.domain.retry import RetryPolicy
 from jobengine.domain.schedules import ScheduleSpec, from_config
+from jobengine.store.pool import POOLERS, Database
 
 ENV_PREFIX = "JOBENGINE_"
 #: JOBENGINE_* variables that are not settings
 _NOT_SETTINGS = {"CONFIG"}
+#: top-level settings (JOBENGINE_<NAME>), the rest are JOBENGINE_<SECTION>_<KEY>
+_TOP_LEVEL = ("dsn", "sealed", "listen_dsn", "pooler")
 
 
 class EmbeddedSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -51,6 +56,10 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """All of jobengine's settings."""
 
     dsn: str | None = None
+    #: a direct connection for LISTEN (and session locks) when `dsn` goes through a pooler
+    listen_dsn: str | None = None
+    #: "pgbouncer": `dsn` goes through PgBouncer in transaction mode
+    pooler: str | None = None
     sealed: bool = False
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
@@ -72,6 +81,20 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
             except InvalidSchedule as exc:
                 raise ConfigError(f"invalid configuration: {exc}") from None
         return specs
+
+    def validate_database(self) -> None:
+        """Raise `ConfigError` when `pooler` / `listen_dsn` make no sense."""
+        if self.pooler is not None and self.pooler not in POOLERS:
+            raise ConfigError(
+                f"pooler must be one of {', '.join(POOLERS)} (or unset), not {self.pooler!r}")
+        if self.pooler is not None and not self.dsn:
+            raise ConfigError("pooler is set but dsn is not: the embedded PostgreSQL has no pooler")
+
+    def database(self, dsn: str) -> Database:
+        """Where connections go, for `dsn` (the configured one, or the embedded server's)."""
+        if dsn != self.dsn:  # the embedded server: direct, no pooler
+            return Database(dsn)
+        return Database(dsn, listen_dsn=self.listen_dsn or None, pooler=self.pooler or None)
 
     def daemon_config(self) -> DaemonConfig:
         """The part of the settings a daemon runs on."""
@@ -125,7 +148,7 @@ def env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
             continue
         lowered = key.lower()
         try:
-            if lowered in ("dsn", "sealed"):
+            if lowered in _TOP_LEVEL:
                 data[lowered] = raw
                 continue
             section, _, field = lowered.partition("_")
@@ -198,6 +221,7 @@ def load_settings(
         raise
     except Exception as exc:  # e.g. InvalidJob from RetryPolicy.__post_init__
         raise ConfigError(f"invalid configuration{where}: {exc}") from exc
+    settings.validate_database()
     settings.daemon.validate()
     settings.retention.validate()
     settings.http.validate()

@@ -15,7 +15,7 @@ import asyncpg
 from jobengine.cli.config import Settings, load_settings
 from jobengine.domain.errors import ConfigError, DatabaseUnavailable
 from jobengine.store import JobStore, create_pool, current_version, migrate
-from jobengine.store.pool import connect
+from jobengine.store.pool import Database, as_database, connect
 from jobengine.store.sqlfiles import load_migrations
 
 
@@ -61,16 +61,23 @@ def resolve_dsn(settings: Settings) -> tuple[str, bool]:
         raise DatabaseUnavailable(f"cannot start the embedded PostgreSQL: {exc}") from exc
 
 
+def resolve_database(settings: Settings) -> tuple[Database, bool]:
+    """Where connections go (pooler and listen_dsn included), as `resolve_dsn`."""
+    dsn, embedded = resolve_dsn(settings)
+    return settings.database(dsn), embedded
+
+
 def unavailable(dsn: str, exc: BaseException) -> DatabaseUnavailable:
     """The error to show when the database cannot be reached."""
     reason = str(exc) or type(exc).__name__
     return DatabaseUnavailable(f"cannot connect to the database at {redact(dsn)}: {reason}")
 
 
-async def ensure_schema(dsn: str, *, embedded: bool, actor: str) -> None:
+async def ensure_schema(target: str | Database, *, embedded: bool, actor: str) -> None:
     """Make sure the schema is current: migrate the embedded database, else insist."""
+    dsn = as_database(target).dsn
     try:
-        conn = await connect(dsn, actor)
+        conn = await connect(target, actor)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
         raise unavailable(dsn, exc) from exc
     try:
@@ -99,12 +106,12 @@ async def open_store(
     settings: Settings, actor: str, *, max_size: int = 4
 ) -> AsyncIterator[JobStore]:
     """A `JobStore` on the configured database, schema checked."""
-    dsn, embedded = resolve_dsn(settings)
-    await ensure_schema(dsn, embedded=embedded, actor=actor)
+    db, embedded = resolve_database(settings)
+    await ensure_schema(db, embedded=embedded, actor=actor)
     try:
-        pool = await create_pool(dsn, actor, min_size=1, max_size=max_size)
+        pool = await create_pool(db, actor, min_size=1, max_size=max_size)
     except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-        raise unavailable(dsn, exc) from exc
+        raise unavailable(db.dsn, exc) from exc
     try:
         yield JobStore(pool)
     finally:

@@ -7,7 +7,13 @@ import argparse
 import anyio
 import asyncpg
 
-from jobengine.cli.context import add_common_options, resolve_dsn, settings_from_args, unavailable
+from jobengine.cli.context import (
+    add_common_options,
+    resolve_database,
+    settings_from_args,
+    unavailable,
+)
+from jobengine.domain.errors import ConfigError
 from jobengine.store import current_version, migrate
 from jobengine.store.migrate import apply_roles
 from jobengine.store.pool import connect
@@ -37,13 +43,19 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 def run(args: argparse.Namespace) -> int:
     """Apply pending migrations and print what was applied."""
     settings = settings_from_args(args)
-    dsn, _embedded = resolve_dsn(settings)
+    db, _embedded = resolve_database(settings)
+    if db.pooled and not db.listen_dsn:
+        # Migrations hold a session lock across transactions: a transaction
+        # pooler would lend that session's server connection to others.
+        raise ConfigError("jobengine migrate needs a direct connection: behind a transaction "
+                          "pooler set listen_dsn (or run it with --dsn pointing past the pooler)")
+    target = db.direct
 
     async def go() -> int:
         try:
-            conn = await connect(dsn, "cli")
+            conn = await connect(target, "cli")
         except (OSError, asyncpg.PostgresError, TimeoutError) as exc:
-            raise unavailable(dsn, exc) from exc
+            raise unavailable(target.dsn, exc) from exc
         try:
             applied = await migrate(conn)
             version = await current_version(conn)

@@ -18,12 +18,13 @@ from jobengine.cli.context import (
     add_common_options,
     ensure_schema,
     redact,
-    resolve_dsn,
+    resolve_database,
     settings_from_args,
 )
 from jobengine.cli.logs import configure_logging
 from jobengine.daemon import Daemon, HandlerSource, Notifier
 from jobengine.domain.errors import ConfigError
+from jobengine.store.pool import Database
 
 EXAMPLE = """\
 examples:
@@ -90,17 +91,19 @@ def run(args: argparse.Namespace) -> int:
         if not settings.http.tokens:
             log.warning("api.no_tokens", note="serving without authentication, on loopback only",
                         listen=settings.http.listen)
-    dsn, embedded = resolve_dsn(settings)
-    daemon = Daemon(settings.daemon_config(), dsn, app=app, notifier=Notifier(),
+    db, embedded = resolve_database(settings)
+    daemon = Daemon(settings.daemon_config(), db, app=app, notifier=Notifier(),
                     api_address=listen)
 
     async def main() -> int:
-        await ensure_schema(dsn, embedded=embedded, actor=daemon.id)
-        log.info("daemon.starting", daemon_id=daemon.id, database=redact(dsn), embedded=embedded)
+        await ensure_schema(db, embedded=embedded, actor=daemon.id)
+        log.info("daemon.starting", daemon_id=daemon.id, database=redact(db.dsn),
+                 embedded=embedded, pooler=db.pooler,
+                 listen=redact(db.listen.dsn) if db.listen else None)
         async with anyio.create_task_group() as tg:
             tg.start_soon(_watch_signals, daemon)
             if listen is not None:
-                await tg.start(_serve_api, settings, dsn, listen, daemon)
+                await tg.start(_serve_api, settings, db, listen, daemon)
             await daemon.run()
             tg.cancel_scope.cancel()
         return 0
@@ -145,7 +148,7 @@ async def _watch_signals(daemon: Daemon) -> None:
 
 
 async def _serve_api(
-    settings: Any, dsn: str, listen: tuple[str, int], daemon: Daemon,
+    settings: Any, db: Database, listen: tuple[str, int], daemon: Daemon,
     *, task_status: anyio.abc.TaskStatus[None] = anyio.TASK_STATUS_IGNORED,
 ) -> None:
     from jobengine.api.app import create_app
@@ -153,14 +156,15 @@ async def _serve_api(
     from jobengine.api.tokens import authorizer_for
     from jobengine.store import create_pool
 
-    pool = await create_pool(dsn, "api", min_size=1, max_size=4)
+    pool = await create_pool(db, "api", min_size=1, max_size=4)
     try:
 
         async def readiness() -> dict[str, bool]:
             return daemon.readiness()
 
         app = create_app(pool, settings.http, readiness=readiness,
-                         authorizer=authorizer_for(settings.http.tokens, listen[0]))
+                         authorizer=authorizer_for(settings.http.tokens, listen[0]),
+                         database=db)
         await serve(app, listen[0], listen[1], task_status=task_status)
     finally:
         with anyio.CancelScope(shield=True):

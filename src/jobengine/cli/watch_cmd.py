@@ -1,9 +1,12 @@
 """`jobengine watch`: follow `jobengine_events` live, one coloured line per transition.
 
-It LISTENs on the channel every status change is announced on, reconnects
-with backoff when the connection drops (saying so on stderr), and exits 0 on
-SIGINT or SIGTERM. Notifications sent while it was reconnecting are not
-replayed: for a gap-free feed use the API's `GET /v1/events` stream.
+It LISTENs on the channel every status change is announced on and prints
+each notification at once; it reconnects with backoff when the connection
+drops (saying so on stderr, and finding the new primary after a failover),
+and exits 0 on SIGINT or SIGTERM. Behind it, a reader follows the timeline's
+gap-free cursor (as `GET /v1/events` does) after every reconnect and every
+second, and prints whatever no notification brought: events sent while it
+was away, or everything when a transaction pooler leaves no LISTEN.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import msgspec
 from jobengine.cli.context import (
     add_common_options,
     ensure_schema,
-    resolve_dsn,
+    resolve_database,
     settings_from_args,
 )
 from jobengine.cli.output import console, event_line
 from jobengine.domain.models import EventEnvelope, decode_envelope
-from jobengine.notifications import EVENTS_CHANNEL, Listener
-from jobengine.store import connection
+from jobengine.notifications import EVENTS_CHANNEL, Listener, Signal, listen_source
+from jobengine.store import TRANSIENT, JobStore, create_pool
+from jobengine.store.pool import Database
 
 _MAX_BACKOFF = 5.0
 
@@ -73,6 +77,10 @@ class Printer:
         except msgspec.DecodeError:
             print(f"jobengine: warning: unreadable event: {payload[:200]}", file=sys.stderr)
             return
+        self.show(env)
+
+    def show(self, env: EventEnvelope) -> None:
+        """Print one envelope (or skip it)."""
         if not self.wanted(env):
             return
         if self.as_json:
@@ -83,8 +91,52 @@ class Printer:
             self.console.file.flush()
 
 
-async def follow(dsn: str, printer: Printer) -> None:
+class Follower:
+    """Prints every transition once: notifications at once, the timeline's cursor behind them."""
+
+    #: how many printed event ids are remembered (a notification and the cursor
+    #: bring the same event a few milliseconds to a second apart)
+    REMEMBER = 50_000
+
+    def __init__(self, printer: Printer) -> None:
+        self.printer = printer
+        self._seen: dict[str, None] = {}  # insertion-ordered: the oldest go first
+        self.wake = Signal()
+
+    def _first_time(self, event_id: str) -> bool:
+        if event_id in self._seen:
+            return False
+        self._seen[event_id] = None
+        if len(self._seen) > self.REMEMBER:
+            del self._seen[next(iter(self._seen))]
+        return True
+
+    def on_payload(self, payload: str) -> None:
+        """A notification: print it now (unless the cursor already did)."""
+        try:
+            env = decode_envelope(payload)
+        except msgspec.DecodeError:
+            self.printer.on_payload(payload)
+            return
+        if self._first_time(env.event_id):
+            self.printer.show(env)
+
+    async def catch_up(self, store: JobStore, cursor: tuple[int, int]) -> tuple[int, int]:
+        """Print what the cursor finds that no notification brought; the new cursor."""
+        while True:
+            page = await store.events_after(cursor, 500)
+            for row in page.events:
+                env = decode_envelope(msgspec.json.encode(row["envelope"]))
+                if self._first_time(env.event_id):
+                    self.printer.show(env)
+            cursor = page.cursor
+            if len(page.events) < 500:
+                return cursor
+
+
+async def follow(db: Database, printer: Printer, *, poll_interval: float = 1.0) -> None:
     """LISTEN and print until cancelled; reconnect with backoff when the connection drops."""
+    follower = Follower(printer)
 
     def report(event: str, **_fields: object) -> None:
         # One line on stderr, never on stdout (where --json output goes).
@@ -94,20 +146,43 @@ async def follow(dsn: str, printer: Printer) -> None:
             print("jobengine: warning: lost the database connection; reconnecting",
                   file=sys.stderr, flush=True)
 
-    listener = Listener(lambda: connection(dsn, "cli"), {EVENTS_CHANNEL: printer.on_payload},
-                        name="watch", report=report, backoff_max=_MAX_BACKOFF,
-                        probe_interval=10.0)
-    await listener.run()
+    def on_up(first: bool) -> None:
+        if not first:
+            follower.wake.set()  # read what was sent while away
+
+    pool = await create_pool(db, "cli", min_size=1, max_size=2)
+    try:
+        store = JobStore(pool)
+        cursor = await store.events_head()
+        source = listen_source(db, "cli")
+        async with anyio.create_task_group() as tg:
+            if source is None:
+                print("watching job transitions (Ctrl-C to stop; polling: no LISTEN through "
+                      "the pooler without listen_dsn)", file=sys.stderr, flush=True)
+            else:
+                listener = Listener(source, {EVENTS_CHANNEL: follower.on_payload},
+                                    name="watch", report=report, backoff_max=_MAX_BACKOFF,
+                                    probe_interval=10.0, on_up=on_up)
+                await tg.start(listener.run)
+            while True:
+                await follower.wake.wait(poll_interval)
+                try:
+                    cursor = await follower.catch_up(store, cursor)
+                except TRANSIENT:
+                    continue  # the database is away: the next round reads it all
+    finally:
+        with anyio.CancelScope(shield=True):
+            await pool.close()
 
 
 def run(args: argparse.Namespace) -> int:
     """Follow transitions until SIGINT/SIGTERM; exit 0 then."""
     settings = settings_from_args(args)
-    dsn, embedded = resolve_dsn(settings)
+    db, embedded = resolve_database(settings)
     printer = Printer(args.kind, args.queue, args.json)
 
     async def go() -> int:
-        await ensure_schema(dsn, embedded=embedded, actor="cli")
+        await ensure_schema(db, embedded=embedded, actor="cli")
         async with anyio.create_task_group() as tg:
 
             async def stop_on_signal() -> None:
@@ -117,7 +192,7 @@ def run(args: argparse.Namespace) -> int:
                         return
 
             tg.start_soon(stop_on_signal)
-            await follow(dsn, printer)
+            await follow(db, printer)
         return 0
 
     return anyio.run(go)

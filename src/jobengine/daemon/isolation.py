@@ -18,7 +18,7 @@ The egress guard also stays installed in the daemon itself.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -64,18 +64,20 @@ def sealed_handlers(
     *,
     api: tuple[str, int] | None = None,
     thread_limit: int = 40,
+    also: Sequence[str] = (),
 ) -> dict[str, Handler]:
     """The handlers of a sealed daemon, each isolated as the module doc says.
 
     `handlers` are given ones (the in-process API), or None to resolve
     `config.handlers`. Installs the egress guard in this process. Starts the
     sandbox when a Python handler needs it (stop it with `aclose_handlers`).
-    Raises `ConfigError` when a handler cannot be isolated here.
+    Raises `ConfigError` when a handler cannot be isolated here. `also`: more
+    DSNs of the database (a direct `listen_dsn` beside a pooler's) to let through.
     """
     resolved = dict(handlers) if handlers is not None else resolve_handlers(
         config.handlers, thread_limit=thread_limit)
     if network_is_isolated():
-        seal(dsn, api=api)
+        seal(dsn, api=api, also=also)
         return resolved
     refs: dict[str, str] = {}
     commands = False
@@ -93,14 +95,15 @@ def sealed_handlers(
     subject = " and ".join(
         name for name, used in (("command", commands), ("Python", bool(refs))) if used)
     prefix = netns_wrapper(f"{subject} handlers")  # ConfigError if this system cannot
-    seal(dsn, api=api)
+    seal(dsn, api=api, also=also)
     if prefix is None:  # (isolated after all: the namespace went away in between)
         return resolved
     sandbox = None
     if refs:
         # The sandbox may use the database's unix socket, as a handler in the
         # daemon may: that is not the network.
-        sandbox = Sandbox(prefix, refs, unix=database_endpoints(dsn)[1])
+        sandbox = Sandbox(prefix, refs, unix=[path for d in (dsn, *also)
+                                              for path in database_endpoints(d)[1]])
         sandbox.start()  # ConfigError, naming the handler, if it cannot run one
     out: dict[str, Handler] = {}
     for kind, handler in resolved.items():

@@ -11,6 +11,13 @@ expires and the reaper gives the job another attempt. So batching costs no
 guarantee, and a refused write (the job moved on: cancelled, reaped and
 re-claimed) is reported, never forced. A row that another transaction holds
 locked is not waited for: its outcome goes back in the queue.
+
+A write whose connection was lost before the COMMIT's answer came back (a
+failover, a network cut) may or may not have landed. Such outcomes are
+marked `uncertain` and, before anything is written again, read back
+(`attempt_ends`: the attempt's first transition out of `running`, and the
+lease): written by us, moved on, or still ours and so written again. Never a
+blind retry.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from jobengine import metrics
 from jobengine.domain.models import Job
 from jobengine.domain.retry import RetryPolicy, policy_for, retry_delay
 from jobengine.domain.status import JobStatus
-from jobengine.store import Completion, Failure, JobStore, Written
+from jobengine.store import AttemptEnd, Completion, Failure, JobStore, Written
 
 log = structlog.get_logger("jobengine.outcomes")
 
@@ -43,6 +50,8 @@ class Outcome:
     reason: str
     result: Any = None
     error: str | None = None
+    #: a write of it was sent and its COMMIT went unanswered: read back first
+    uncertain: bool = False
 
 
 @dataclass(slots=True)
@@ -155,6 +164,8 @@ class OutcomeWriter:
             with anyio.CancelScope(shield=True):
                 await self._write(batch, report)
         except BaseException:
+            for o in batch:
+                o.uncertain = True
             self._requeue(batch)
             raise
         self._forget(batch)
@@ -185,11 +196,34 @@ class OutcomeWriter:
         if not self._pending and not self._in_flight:
             self._idle.set()
 
+    async def _resolve(self, batch: Sequence[Outcome], results: dict[tuple[int, int], Written]
+                       ) -> list[Outcome]:
+        """Read back the uncertain outcomes; the ones still to write (the rest go in `results`)."""
+        uncertain = [o for o in batch if o.uncertain]
+        if not uncertain:
+            return list(batch)
+        ends = await self._store.attempt_ends(
+            self._owner, [(o.job.id, o.job.attempt) for o in uncertain])
+        to_write = [o for o in batch if not o.uncertain]
+        for o in uncertain:
+            key = (o.job.id, o.job.attempt)
+            end = ends.get(key)
+            if end is not None and end.still_ours:
+                o.uncertain = False
+                to_write.append(o)  # the lost write did not land
+                continue
+            landed = end is not None and _ours(o, end)
+            results[key] = Written.DONE if landed else Written.MOVED
+            log.info("outcome.resolved", job_id=o.job.id, attempt=o.job.attempt,
+                     outcome=o.to_status.value, landed=landed,
+                     ended_as=end.ended_as if end else None)
+        return to_write
+
     async def _write(self, batch: Sequence[Outcome], report: FlushReport) -> None:
-        by_status: dict[JobStatus, list[Outcome]] = {}
-        for o in batch:
-            by_status.setdefault(o.to_status, []).append(o)
         results: dict[tuple[int, int], Written] = {}
+        by_status: dict[JobStatus, list[Outcome]] = {}
+        for o in await self._resolve(batch, results):
+            by_status.setdefault(o.to_status, []).append(o)
         if done := by_status.get(JobStatus.COMPLETED):
             results.update(await self._store.finish(
                 self._owner, [Completion(o.job.id, o.job.attempt, o.result) for o in done]))
@@ -230,3 +264,16 @@ class OutcomeWriter:
                     outcome=o.to_status.value,
                     reason="the job moved on (cancelled, or reaped and re-claimed)",
                 )
+
+
+
+def _ours(o: Outcome, end: AttemptEnd) -> bool:
+    """Whether the attempt's recorded end is this outcome (rather than a reaper's or a cancel).
+
+    Only the lease holder completes a job or gives it back; a failure is ours
+    when its reason is ours too (the reaper's is `lease_expired`). A retried
+    failure's first transition is `running -> failed`, as the outcome's.
+    """
+    if end.ended_as != o.to_status.value:
+        return False
+    return o.to_status is not JobStatus.FAILED or end.ended_why == o.reason

@@ -29,7 +29,7 @@ import shutil
 import socket
 import subprocess
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -116,11 +116,19 @@ def database_endpoints(dsn: str) -> tuple[list[tuple[str, int]], list[str]]:
 
 
 def build_allow_list(
-    dsn: str, *, api: tuple[str, int] | None = None, environ: dict[str, str] | None = None
+    dsn: str, *, api: tuple[str, int] | None = None, environ: dict[str, str] | None = None,
+    also: Sequence[str] = (),
 ) -> AllowList:
-    """Resolve the database (and API) addresses now, before the guard is up."""
+    """Resolve the database (and API) addresses now, before the guard is up.
+
+    `also`: more DSNs of the same database (the direct `listen_dsn` beside a pooler's).
+    """
     env = dict(os.environ) if environ is None else environ
     inet, unix = database_endpoints(dsn)
+    for other in also:
+        more_inet, more_unix = database_endpoints(other)
+        inet += more_inet
+        unix += more_unix
     allow = AllowList(unix=set(unix))
     targets = list(inet) + ([api] if api is not None else [])
     for host, port in targets:
@@ -191,11 +199,13 @@ class EgressGuard:
 _installed: EgressGuard | None = None
 
 
-def seal(dsn: str, *, api: tuple[str, int] | None = None) -> EgressGuard:
+def seal(
+    dsn: str, *, api: tuple[str, int] | None = None, also: Sequence[str] = ()
+) -> EgressGuard:
     """Install the egress guard for this process (once; later calls return it)."""
     global _installed
     if _installed is None:
-        guard = EgressGuard(build_allow_list(dsn, api=api))
+        guard = EgressGuard(build_allow_list(dsn, api=api, also=also))
         guard.install()
         _installed = guard
     return _installed

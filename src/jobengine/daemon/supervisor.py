@@ -45,6 +45,7 @@ from jobengine.notifications import (
     WAKE_CHANNEL,
     Listener,
     Signal,
+    listen_source,
     parse_cancel,
     parse_wake,
 )
@@ -54,9 +55,9 @@ from jobengine.store import (
     JobStore,
     LedgerStore,
     SchedulingStore,
-    connection,
     create_pool,
 )
+from jobengine.store.pool import Database, as_database
 
 log = structlog.get_logger("jobengine.daemon")
 
@@ -72,7 +73,8 @@ class Services:
 
     store: JobStore
     writer: OutcomeWriter
-    listener: Listener
+    #: None: behind a transaction pooler with no listen_dsn, the daemon polls
+    listener: Listener | None
     leases: LeaseKeeper
     reaper: Reaper
     scheduler: Scheduler
@@ -92,7 +94,7 @@ class Daemon:
     def __init__(
         self,
         config: DaemonConfig,
-        dsn: str,
+        dsn: str | Database,
         *,
         handlers: dict[str, Handler] | None = None,
         app: HandlerSource | None = None,
@@ -104,7 +106,9 @@ class Daemon:
     ) -> None:
         self.config = config
         self.settings = config.daemon.validate()
-        self.dsn = dsn
+        #: where connections go (several hosts, a pooler, a direct listen_dsn)
+        self.database = as_database(dsn)
+        self.dsn = self.database.dsn
         self.id = self.settings.id or new_daemon_id()
         self.clock: Clock = clock or SystemClock()
         self.notifier = notifier or Notifier({})
@@ -123,6 +127,8 @@ class Daemon:
         self._maybe_more = True
         #: due jobs wait on a full concurrency limit: a job ending anywhere may free them
         self._held_on_done = False
+        #: when the first claim whose answer was lost was sent (None: no such claim)
+        self._claim_unanswered: float | None = None
         #: False once the database said no limit is set (until one is: '*:ready')
         self._limits_may_exist = True
         self._stopping = False
@@ -145,7 +151,9 @@ class Daemon:
 
     @property
     def listener(self) -> Listener:
-        """The LISTEN connection's keeper (while running)."""
+        """The LISTEN connection's keeper (while running; `RuntimeError` when polling only)."""
+        if self.services.listener is None:
+            raise RuntimeError("this daemon polls: no LISTEN behind a pooler without listen_dsn")
         return self.services.listener
 
     @property
@@ -173,7 +181,8 @@ class Daemon:
 
     def readiness(self) -> dict[str, bool]:
         """What /readyz reports for this daemon."""
-        listening = self._services is not None and self._services.listener.connected
+        listening = self._services is not None and (
+            self._services.listener is None or self._services.listener.connected)
         return {"claiming": self.ready and not self._stopping, "listener": listening}
 
     # -- running --------------------------------------------------------------------
@@ -181,7 +190,7 @@ class Daemon:
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Run until `request_stop()`; signals readiness once claiming."""
         self.handlers = self._prepare_handlers()
-        pool = await create_pool(self.dsn, self.id, min_size=2, max_size=8)
+        pool = await create_pool(self.database, self.id, min_size=2, max_size=8)
         try:
             self._services = self._assemble(JobStore(pool))
             await self._run_services(self._services, task_status)
@@ -201,8 +210,10 @@ class Daemon:
                 self.config.handlers, thread_limit=limit)
             given = merge_handlers(base, self._app, thread_limit=limit)
         if self.config.sealed:  # ConfigError if some handler cannot be isolated here
+            listen = self.database.listen
             return sealed_handlers(self.config, given, self.dsn,
-                                   api=self._api_address, thread_limit=limit)
+                                   api=self._api_address, thread_limit=limit,
+                                   also=[listen.dsn] if listen is not None else [])
         if given is not None:
             return given
         return resolve_handlers(self.config.handlers, thread_limit=limit)
@@ -218,9 +229,7 @@ class Daemon:
             store=store,
             writer=OutcomeWriter(store, self.id, self.config.retry,
                                  flush_delay=self._flush_delay, on_flush=self._flushed),
-            listener=Listener(lambda: connection(self.dsn, self.id),
-                              {WAKE_CHANNEL: self._on_wake, CANCEL_CHANNEL: self._on_cancel},
-                              name="daemon", on_up=self._on_listening),
+            listener=self._listener(),
             leases=leases,
             reaper=Reaper(store, self.config.retry, s.reaper_interval,
                           on_retry=self._wake_claimer, signals=self.signals),
@@ -232,11 +241,24 @@ class Daemon:
             ticker=Ticker(scheduling, self.config.schedules, signals=self.signals),
         )
 
+    def _listener(self) -> Listener | None:
+        source = listen_source(self.database, self.id)
+        if source is None:
+            log.warning("daemon.polling", pooler=self.database.pooler,
+                        poll_interval=self.settings.poll_interval,
+                        note="behind a transaction pooler without listen_dsn there is no LISTEN: "
+                             "new jobs are found by polling every poll_interval; set listen_dsn "
+                             "to a direct connection for immediate pickup")
+            return None
+        return Listener(source, {WAKE_CHANNEL: self._on_wake, CANCEL_CHANNEL: self._on_cancel},
+                        name="daemon", on_up=self._on_listening)
+
     async def _run_services(self, sv: Services, task_status: TaskStatus[None]) -> None:
         s = self.settings
         async with anyio.create_task_group() as services:
             await services.start(sv.writer.run)
-            await services.start(sv.listener.run)
+            if sv.listener is not None:
+                await services.start(sv.listener.run)
             await services.start(sv.leases.run)
             await services.start(sv.reaper.run)
             await services.start(sv.scheduler.run)
@@ -288,6 +310,14 @@ class Daemon:
         # When to look again without being told: the next due time or the poll.
         deadline = clock.monotonic() + s.poll_interval
         while not self._stopping:
+            if self._claim_unanswered is not None:
+                try:
+                    await self._adopt(sv, actors)
+                except TRANSIENT as exc:
+                    log.warning("claim.resolve_failed", error=repr(exc), retry_in=backoff)
+                    await anyio.sleep(backoff)
+                    backoff = min(backoff * 2, s.poll_interval)
+                    continue
             free = s.concurrency - len(self.attempts)
             if free > 0 and self._maybe_more:
                 self._maybe_more = False
@@ -299,6 +329,9 @@ class Daemon:
                     backoff = 0.05
                 except TRANSIENT as exc:
                     log.warning("claim.failed", error=repr(exc), retry_in=backoff)
+                    # It may have committed all the same: read back before claiming again.
+                    if self._claim_unanswered is None:
+                        self._claim_unanswered = sent_at
                     self._maybe_more = True
                     await anyio.sleep(backoff)
                     backoff = min(backoff * 2, s.poll_interval)
@@ -317,6 +350,20 @@ class Daemon:
                 self._maybe_more = True  # something came due, or the polling fallback
                 sv.scheduler.wake()
                 deadline = clock.monotonic() + s.poll_interval
+
+    async def _adopt(self, sv: Services, actors: TaskGroup) -> None:
+        """Run the jobs a claim whose answer was lost took after all.
+
+        Their leases were granted no earlier than that claim was sent, so the
+        local deadline counts from then; renewals extend it as for any other.
+        """
+        assert self._claim_unanswered is not None
+        jobs = await sv.store.adoptable(self.id, self.attempts.held())
+        if jobs:
+            log.info("claim.resolved", adopted=[[j.id, j.attempt] for j in jobs],
+                     note="a claim whose COMMIT went unanswered had landed")
+            self._start(actors, jobs, sv.leases.deadline_after(self._claim_unanswered))
+        self._claim_unanswered = None
 
     async def _until_next_due(self, sv: Services, ceiling: float) -> float:
         """Seconds until the next waiting job of our queues is due (at most `ceiling`)."""
@@ -439,7 +486,7 @@ class Daemon:
 @asynccontextmanager
 async def run_daemon(
     config: DaemonConfig,
-    dsn: str,
+    dsn: str | Database,
     *,
     handlers: dict[str, Handler] | None = None,
     app: HandlerSource | None = None,

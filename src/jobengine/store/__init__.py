@@ -14,6 +14,7 @@ from jobengine.store.ledger import (
     VerifyReport,
 )
 from jobengine.store.lifecycle import (
+    AttemptEnd,
     AttemptKey,
     Completion,
     FailResult,
@@ -28,6 +29,7 @@ from jobengine.store.scheduling import Held, LimitInfo, QueueInfo, SchedulingSto
 __all__ = [
     "TRANSIENT",
     "AppliedMigration",
+    "AttemptEnd",
     "AttemptKey",
     "Completion",
     "DroppedPartition",

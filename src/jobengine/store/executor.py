@@ -40,7 +40,8 @@ async def connection_of(db: Executor) -> AsyncIterator[asyncpg.Connection]:
 
 #: Errors that say "the database is away or busy right now, try again": a lost
 #: or refused connection, a restart or failover in progress (including a
-#: standby that is read-only until promoted), a statement cancelled by a
+#: standby that is read-only until promoted, or, with a multi-host DSN and
+#: `target_session_attrs=read-write`, no host that is a primary yet), a statement cancelled by a
 #: timeout, a lock or serialization conflict, too many connections. Anything
 #: else (a bug, a broken schema) is not transient and must not be retried forever.
 TRANSIENT: tuple[type[BaseException], ...] = (
@@ -53,5 +54,6 @@ TRANSIENT: tuple[type[BaseException], ...] = (
     asyncpg.exceptions.LockNotAvailableError,
     asyncpg.exceptions.InsufficientResourcesError,
     asyncpg.exceptions.ReadOnlySQLTransactionError,
+    asyncpg.exceptions.TargetServerAttributeNotMatched,
     JobBusy,
 )

@@ -148,13 +148,10 @@ class JobStore(Lifecycle):
         return EventPage(events, last)
 
     async def events_head(self) -> tuple[int, int]:
-        """The cursor of the newest event `events_after` can return now (start: nothing yet).
-
-        A reader that starts from it sees every event committed afterwards
-        (and perhaps a few committed just before, never fewer).
-        """
+        """A cursor for "from now on": `events_after` it returns only what commits next
+        (and what transactions open right now write)."""
         rows = await self._fetch("timeline_head")
-        return (int(rows[0]["tx_id"]), rows[0]["id"]) if rows else (0, 0)
+        return (int(rows[0]["tx_id"]), 2**63 - 1)
 
     # -- operators' actions ----------------------------------------------------
 

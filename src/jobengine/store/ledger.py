@@ -142,15 +142,14 @@ class LedgerStore:
         older than `policy.audit`, analyzes the ledger's parent when it
         changed, and writes the pass's `retention_log` row.
         """
-        async with connection_of(self._db) as conn:
-            if not (await fetch_on(conn, "retention_try_lock"))[0][0]:
+        # The lock is held by a transaction on one connection that stays open
+        # for the pass; the pass itself runs on the pool, a batch per transaction.
+        async with connection_of(self._db) as holder, holder.transaction():
+            if not (await fetch_on(holder, "retention_try_lock"))[0][0]:
                 return None
-            try:
-                return await self._pass(
-                    conn, policy, dry_run=dry_run, batch=batch, partitions_ahead=partitions_ahead
-                )
-            finally:
-                await fetch_on(conn, "retention_unlock")
+            return await self._pass(
+                self._db, policy, dry_run=dry_run, batch=batch, partitions_ahead=partitions_ahead
+            )
 
     async def _pass(
         self,

@@ -49,6 +49,17 @@ class Written(StrEnum):
 
 
 @dataclass(frozen=True, slots=True)
+class AttemptEnd:
+    """How one attempt ended, as the database has it (see `Lifecycle.attempt_ends`)."""
+
+    #: still running under the asking owner's lease: no outcome of it landed
+    still_ours: bool
+    #: the status its first transition out of `running` went to, and that one's reason
+    ended_as: str | None = None
+    ended_why: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Completion:
     """A finished attempt to record as `running -> completed`."""
 
@@ -115,6 +126,13 @@ class Lifecycle:
             count_status_change(job.kind, "running")
         return jobs
 
+    async def adoptable(self, owner: str, known: Sequence[AttemptKey]) -> list[Job]:
+        """Jobs running under `owner`'s lease at attempts other than `known`: what a claim
+        whose COMMIT went unanswered took after all (read back, not claimed again)."""
+        rows = await fetch_on(self._db, "lifecycle_adoptable", owner,
+                              [k[0] for k in known], [k[1] for k in known])
+        return [job_from_row(r) for r in rows]
+
     async def finish(
         self, owner: str, completions: Sequence[Completion]
     ) -> dict[AttemptKey, Written]:
@@ -157,6 +175,17 @@ class Lifecycle:
         rows = await fetch_on(self._db, "lifecycle_release", owner,
                               [a[0] for a in attempts], [a[1] for a in attempts])
         return _written(rows, "scheduled")
+
+    async def attempt_ends(
+        self, owner: str, attempts: Sequence[AttemptKey]
+    ) -> dict[AttemptKey, AttemptEnd]:
+        """Read back how these attempts ended: for outcomes whose commit is unknown."""
+        if not attempts:
+            return {}
+        rows = await fetch_on(self._db, "lifecycle_attempt_ends", owner,
+                              [a[0] for a in attempts], [a[1] for a in attempts])
+        return {(r["id"], r["attempt"]): AttemptEnd(r["still_ours"], r["ended_as"], r["ended_why"])
+                for r in rows}
 
     async def renew(
         self, owner: str, held: Iterable[AttemptKey], lease_ttl: timedelta

@@ -3,16 +3,66 @@
 Every connection jobengine opens sets `jobengine.actor` (the daemon's id,
 `api` or `cli`), which the database records in `job_history.actor`; a
 connection that does not (psql, an app's driver) is recorded as `sql`.
+
+`Database` says where those connections go: the DSN (one host or several,
+the primary found by `target_session_attrs=read-write`), whether a
+transaction pooler (PgBouncer in transaction mode) stands in between, and a
+direct DSN for what a transaction pooler cannot carry (LISTEN, session locks).
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 import msgspec
+
+#: The transaction poolers jobengine knows how to be safe behind.
+POOLERS = ("pgbouncer",)
+
+
+@dataclass(frozen=True, slots=True)
+class Database:
+    """Where jobengine's connections go.
+
+    `pooler = "pgbouncer"`: `dsn` goes through a transaction pooler, so no
+    connection keeps anything between transactions: no prepared statement
+    is named (asyncpg's statement cache is off), no setting is made for the
+    session (the actor travels in `application_name`, which PgBouncer keeps
+    per client), and LISTEN and session locks use `listen_dsn` instead.
+    """
+
+    dsn: str
+    #: a direct connection (not through the pooler) for LISTEN and session locks
+    listen_dsn: str | None = None
+    #: None, or "pgbouncer" (transaction mode)
+    pooler: str | None = None
+
+    @property
+    def pooled(self) -> bool:
+        """True when `dsn` goes through a transaction pooler."""
+        return self.pooler is not None
+
+    @property
+    def listen(self) -> Database | None:
+        """Where to LISTEN: `listen_dsn`, else `dsn` unless pooled (None: poll only)."""
+        if self.listen_dsn:
+            return Database(self.listen_dsn)
+        return None if self.pooled else Database(self.dsn)
+
+    @property
+    def direct(self) -> Database:
+        """Where session state holds (migrations' locks): `listen_dsn` if given, else `dsn`."""
+        return Database(self.listen_dsn) if self.listen_dsn else self
+
+
+def as_database(target: str | Database) -> Database:
+    """A `Database` for a DSN (direct, no pooler), or the one given."""
+    return target if isinstance(target, Database) else Database(target)
+
 
 _encode = msgspec.json.Encoder().encode
 _decode = msgspec.json.Decoder().decode
@@ -42,9 +92,27 @@ async def setup_connection(conn: asyncpg.Connection) -> None:
     )
 
 
-def server_settings(actor: str, application: str = "jobengine") -> dict[str, str]:
-    """Startup settings that name the writer for the audit trail."""
+def server_settings(
+    actor: str, application: str = "jobengine", *, pooled: bool = False
+) -> dict[str, str]:
+    """Startup settings that name the writer for the audit trail.
+
+    Through a transaction pooler a session setting would stay on whichever
+    server connection it landed on (and PgBouncer refuses unknown startup
+    parameters), so there the actor is `application_name` itself,
+    `jobengine:<actor>`, which the pooler sets again on every server
+    connection it lends this client, and `jobengine.session_actor()` reads.
+    """
+    if pooled:
+        return {"application_name": f"jobengine:{actor}"[:63]}
     return {"jobengine.actor": actor, "application_name": application[:63]}
+
+
+def _pooler_options(db: Database) -> dict[str, Any]:
+    # statement_cache_size=0: asyncpg then names no prepared statement and
+    # re-parses its unnamed one in the same round trip as Bind/Execute, so no
+    # statement outlives the transaction that the pooler ran it in.
+    return {"statement_cache_size": 0} if db.pooled else {}
 
 
 async def _release_reset(conn: asyncpg.Connection) -> None:
@@ -60,10 +128,14 @@ async def _release_reset(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
-async def connect(dsn: str, actor: str, *, connect_timeout: float = 10.0) -> asyncpg.Connection:
+async def connect(
+    target: str | Database, actor: str, *, connect_timeout: float = 10.0
+) -> asyncpg.Connection:
     """Open one connection with jobengine's codecs and `jobengine.actor` set."""
+    db = as_database(target)
     conn: asyncpg.Connection = await asyncpg.connect(
-        dsn, server_settings=server_settings(actor), timeout=connect_timeout
+        db.dsn, server_settings=server_settings(actor, pooled=db.pooled),
+        timeout=connect_timeout, **_pooler_options(db),
     )
     await setup_connection(conn)
     return conn
@@ -71,10 +143,10 @@ async def connect(dsn: str, actor: str, *, connect_timeout: float = 10.0) -> asy
 
 @asynccontextmanager
 async def connection(
-    dsn: str, actor: str, *, connect_timeout: float = 10.0
+    target: str | Database, actor: str, *, connect_timeout: float = 10.0
 ) -> AsyncIterator[asyncpg.Connection]:
     """One connection for the duration of the block (closed, or dropped if it will not close)."""
-    conn = await connect(dsn, actor, connect_timeout=connect_timeout)
+    conn = await connect(target, actor, connect_timeout=connect_timeout)
     try:
         yield conn
     finally:
@@ -86,16 +158,19 @@ async def connection(
 
 
 async def create_pool(
-    dsn: str, actor: str, *, min_size: int = 1, max_size: int = 10, connect_timeout: float = 10.0
+    target: str | Database, actor: str, *, min_size: int = 1, max_size: int = 10,
+    connect_timeout: float = 10.0,
 ) -> asyncpg.Pool:
     """A connection pool whose connections all carry the codecs and the actor."""
+    db = as_database(target)
     pool: asyncpg.Pool = await asyncpg.create_pool(
-        dsn,
+        db.dsn,
         min_size=min_size,
         max_size=max_size,
         init=setup_connection,
         reset=_release_reset,
-        server_settings=server_settings(actor),
+        server_settings=server_settings(actor, pooled=db.pooled),
         timeout=connect_timeout,
+        **_pooler_options(db),
     )
     return pool

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, ParamSpec, TypeVar, overload
 
@@ -21,13 +22,16 @@ from jobengine.daemon.handlers import FunctionHandler, Handler
 from jobengine.domain.models import Job
 from jobengine.domain.status import SETTLED
 from jobengine.store import JobStore, create_pool
-from jobengine.store.pool import connect
+from jobengine.store.pool import Database, connect
 from jobengine.tasks import connections
 from jobengine.tasks.task import Task, TaskOptions
 from jobengine.tasks.waiting import Waiters
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+#: How often `App.wait` reads the job where it cannot LISTEN (a pooler, no listen_dsn).
+POLL_INTERVAL = 1.0
 
 
 class App:
@@ -45,7 +49,7 @@ class App:
     def __init__(self, dsn: str | None = None, *, config: str | Path | None = None,
                  actor: str = "app", pool_size: int = 4) -> None:
         self.tasks: dict[str, Task[Any, Any]] = {}
-        self._dsn = dsn
+        self._db: Database | None = Database(dsn) if dsn is not None else None
         self._config = config
         self._actor = actor
         self._pool_size = pool_size
@@ -113,19 +117,25 @@ class App:
     # -- the database -------------------------------------------------------------
 
     @property
-    def dsn(self) -> str:
-        """The database's DSN (resolved, and the embedded PostgreSQL started, on first use)."""
-        if self._dsn is None:
+    def database(self) -> Database:
+        """Where the app's connections go (resolved, and the embedded PostgreSQL
+        started, on first use): the configuration's `dsn`, `pooler` and `listen_dsn`."""
+        if self._db is None:
             from jobengine.cli.config import load_settings
-            from jobengine.cli.context import resolve_dsn
+            from jobengine.cli.context import resolve_database
 
-            self._dsn, self._embedded = resolve_dsn(load_settings(self._config))
-        return self._dsn
+            self._db, self._embedded = resolve_database(load_settings(self._config))
+        return self._db
+
+    @property
+    def dsn(self) -> str:
+        """The database's DSN (see `database`)."""
+        return self.database.dsn
 
     async def use_database(self, dsn: str) -> None:
         """Use this database from now on (in tests: a scratch one); closes the old connections."""
         await self.aclose()
-        self._dsn, self._embedded = dsn, False
+        self._db, self._embedded = Database(dsn), False
 
     async def pool(self) -> asyncpg.Pool:
         """The app's own connection pool (made on first use, in this event loop).
@@ -141,13 +151,13 @@ class App:
         assert self._pool_lock is not None
         async with self._pool_lock:  # many first calls at once: one pool
             if self._pool is None:
-                if self._dsn is None:  # starting the embedded server blocks: not in the loop
-                    await anyio.to_thread.run_sync(lambda: self.dsn)
+                if self._db is None:  # starting the embedded server blocks: not in the loop
+                    await anyio.to_thread.run_sync(lambda: self.database)
                 if self._embedded:
                     from jobengine.cli.context import ensure_schema
 
-                    await ensure_schema(self.dsn, embedded=True, actor=self._actor)
-                self._pool = await create_pool(self.dsn, self._actor, min_size=1,
+                    await ensure_schema(self.database, embedded=True, actor=self._actor)
+                self._pool = await create_pool(self.database, self._actor, min_size=1,
                                                max_size=self._pool_size)
         return self._pool
 
@@ -168,13 +178,12 @@ class App:
                            "use `await task.defer(...)` there, or give a synchronous connection")
 
     async def _insert_once(self, job: connections.Insert) -> list[int]:
-        if self._embedded or self._dsn is None:
-            dsn = self.dsn  # (resolved here, in this call's own event loop)
-            if self._embedded:
-                from jobengine.cli.context import ensure_schema
+        db = self.database  # (resolved here, if not yet: this call's own event loop)
+        if self._embedded:
+            from jobengine.cli.context import ensure_schema
 
-                await ensure_schema(dsn, embedded=True, actor=self._actor)
-        conn = await connect(self.dsn, self._actor)
+            await ensure_schema(db, embedded=True, actor=self._actor)
+        conn = await connect(db, self._actor)
         try:
             return await connections.insert(conn, job)
         finally:
@@ -189,25 +198,41 @@ class App:
     async def wait(self, job_id: int, timeout: float | None = None) -> Job:  # noqa: ASYNC109
         """The job once it is settled: completed, cancelled, or failed with no retry left.
 
-        Woken by the job's notifications, never by polling. Raises
-        `TimeoutError` naming the job and its status when `timeout` seconds
-        pass first, and `JobNotFound` for an id that names no job.
+        Woken by the job's notifications, never by polling (behind a
+        transaction pooler without `listen_dsn`, where nothing can LISTEN, it
+        reads the job every `POLL_INTERVAL` seconds). Raises `TimeoutError`
+        naming the job and its status when `timeout` seconds pass first, and
+        `JobNotFound` for an id that names no job.
         """
         store = JobStore(await self.pool())
-        if self._waiters is None:
-            self._waiters = Waiters(lambda: connect(self.dsn, f"{self._actor}-wait"))
-        waiters = self._waiters
         status = "unknown"
         with anyio.move_on_after(math.inf if timeout is None else timeout):
-            async with waiters.watching(job_id) as signal:
+            async with self._woken(job_id) as woken:
                 while True:
                     job = await store.get(job_id)
                     if job.status in SETTLED:
                         return job
                     status = job.status.value
-                    await signal.wait()
-                    await waiters.ensure()
+                    await woken()
         raise TimeoutError(f"job {job_id} did not settle within {timeout:g}s: it is {status}")
+
+    @asynccontextmanager
+    async def _woken(self, job_id: int) -> AsyncIterator[Callable[[], Awaitable[object]]]:
+        """What `wait` waits on between reads of the job: its notifications, or a poll."""
+        listen = self.database.listen
+        if listen is None:
+            yield lambda: anyio.sleep(POLL_INTERVAL)
+            return
+        if self._waiters is None:
+            self._waiters = Waiters(lambda: connect(listen, f"{self._actor}-wait"))
+        waiters = self._waiters
+        async with waiters.watching(job_id) as signal:
+
+            async def woken() -> None:
+                await signal.wait()
+                await waiters.ensure()  # (reopened if the connection was lost)
+
+            yield woken
 
     async def aclose(self) -> None:
         """Close the app's connections (it opens new ones if used again)."""

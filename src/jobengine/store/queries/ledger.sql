@@ -16,10 +16,10 @@ SELECT jobengine.relay_v1($1::integer);
 SELECT statement_timestamp();
 
 -- name: retention_try_lock
-SELECT pg_try_advisory_lock(7666530082071394662);
-
--- name: retention_unlock
-SELECT pg_advisory_unlock(7666530082071394662);
+-- Transaction-level: held by a transaction kept open for the whole pass, so it
+-- means the same directly and behind a transaction pooler (which would lend a
+-- session lock's server connection to someone else between statements).
+SELECT pg_try_advisory_xact_lock(7666530082071394662);
 
 -- name: retention_purge
 SELECT removed, oldest, newest FROM jobengine.purge_jobs_v1($1::timestamptz, $2::integer, $3::boolean);

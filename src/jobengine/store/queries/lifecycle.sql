@@ -38,3 +38,26 @@ SELECT * FROM jobengine.promote_v1($1::text[], $2, $3);
 
 -- name: lifecycle_cascade
 SELECT * FROM jobengine.cascade_v1($1);
+
+-- name: lifecycle_attempt_ends
+-- How each attempt ended, read back after a write whose COMMIT went unanswered
+-- (the connection was lost): the first transition out of `running` at that
+-- attempt, and its reason; `still_ours` when the job is still running under
+-- this owner's lease at that attempt (the write did not land).
+SELECT a.id, a.attempt, e.to_status::text AS ended_as, e.reason AS ended_why,
+       coalesce(j.status = 'running' AND j.attempt = a.attempt AND j.lease_owner = $1, false)
+           AS still_ours
+FROM unnest($2::bigint[], $3::integer[]) AS a(id, attempt)
+LEFT JOIN jobengine.jobs j ON j.id = a.id
+LEFT JOIN LATERAL (
+    SELECT h.to_status, h.reason FROM jobengine.job_history h
+    WHERE h.job_id = a.id AND h.attempt = a.attempt AND h.from_status = 'running'
+    ORDER BY h.id LIMIT 1
+) e ON true;
+
+-- name: lifecycle_adoptable
+-- After a claim whose COMMIT went unanswered: the jobs running under this
+-- owner's lease at attempts it does not know it holds (the claim landed after all).
+SELECT * FROM jobengine.jobs
+WHERE status = 'running' AND lease_owner = $1
+  AND (id, attempt) NOT IN (SELECT * FROM unnest($2::bigint[], $3::integer[]));
