@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import anyio
 import asyncpg
@@ -28,6 +30,7 @@ from jobengine.domain.errors import ConfigError, JobNotFound
 from tests import pyapi_tasks as t
 from tests.daemon_helpers import config
 from tests.dbutil import wait_for
+from tests.servers import PgBouncer
 
 pytestmark = pytest.mark.anyio
 
@@ -490,3 +493,24 @@ def test_jobengine_run_refuses_an_app_that_is_not_one(db_dsn: str) -> None:
         lines = done.stderr.strip().splitlines()
         assert len(lines) == 1, done.stderr
         assert message in lines[0]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(shutil.which("pgbouncer") is None and not Path("/usr/sbin/pgbouncer").exists(),
+                    reason="needs Debian's pgbouncer (.ci/run installs it)")
+async def test_the_app_defers_and_waits_through_pgbouncer_with_and_without_listen_dsn(
+    db_dsn: str, server_dsn: str
+) -> None:
+    bouncer = PgBouncer(server_dsn, pool_size=2).start()
+    try:
+        pooled = bouncer.dsn(urlsplit(db_dsn).path.lstrip("/"))
+        async with run_daemon(config(poll_interval=0.2), db_dsn, app=t.app):
+            for listen in (db_dsn, None):
+                await t.app.use_database(pooled, pooler="pgbouncer", listen_dsn=listen)
+                ids = [await t.echo.defer(name=f"bounced {i}") for i in range(5)]
+                many = await t.echo.defer_many([{"name": "many"}] * 5)
+                done = [await t.app.wait(i, timeout=30) for i in [*ids, *many]]
+                assert {j.status for j in done} == {JobStatus.COMPLETED}
+    finally:
+        await t.app.aclose()
+        bouncer.close()

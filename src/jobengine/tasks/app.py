@@ -132,10 +132,14 @@ class App:
         """The database's DSN (see `database`)."""
         return self.database.dsn
 
-    async def use_database(self, dsn: str) -> None:
-        """Use this database from now on (in tests: a scratch one); closes the old connections."""
+    async def use_database(self, dsn: str, *, pooler: str | None = None,
+                           listen_dsn: str | None = None) -> None:
+        """Use this database from now on (in tests: a scratch one); closes the old connections.
+
+        `pooler="pgbouncer"` and `listen_dsn` as in the configuration.
+        """
         await self.aclose()
-        self._db, self._embedded = Database(dsn), False
+        self._db, self._embedded = Database(dsn, listen_dsn=listen_dsn, pooler=pooler), False
 
     async def pool(self) -> asyncpg.Pool:
         """The app's own connection pool (made on first use, in this event loop).
