@@ -63,6 +63,7 @@ GRANT EXECUTE ON FUNCTION
                                   timestamptz, bigint, jsonb, timestamptz, integer, interval),
     jobengine.ledger_analyze_v1(),
     jobengine.verify_ledger_v1(bigint, bigint),
+    jobengine.ledger_seal_v1(interval, date),
     jobengine.schedule_tick_v1(text, timestamptz, integer)
     TO jobengine_daemon;
 
@@ -81,7 +82,7 @@ GRANT EXECUTE ON FUNCTION jobengine.cancel_v1(bigint[], text) TO jobengine_app;
 REVOKE INSERT, UPDATE, DELETE ON jobengine.job_history, jobengine.timeline_events
     FROM jobengine_daemon, jobengine_app;
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON jobengine.ledger, jobengine.retention_log,
-    jobengine.relay_cursor, jobengine.ledger_epoch
+    jobengine.relay_cursor, jobengine.ledger_epoch, jobengine.ledger_seals
     FROM jobengine_daemon, jobengine_app;
 REVOKE DELETE, TRUNCATE ON jobengine.jobs FROM jobengine_daemon, jobengine_app;
 REVOKE INSERT, UPDATE, DELETE, TRUNCATE ON jobengine.queues, jobengine.concurrency_limits,

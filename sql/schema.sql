@@ -1369,6 +1369,52 @@ END
 $$;
 
 --
+-- Name: ledger_day_digest(date); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.ledger_day_digest(p_day date, OUT rows bigint, OUT digest bytea) RETURNS record
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_from constant timestamptz := p_day::timestamp AT TIME ZONE 'UTC';
+    v_to constant timestamptz := (p_day + 1)::timestamp AT TIME ZONE 'UTC';
+    v_tx xid8 := '0'::xid8;
+    v_id bigint := -1;
+    v_n bigint;
+    v_chunk bytea;
+BEGIN
+    IF p_day IS NULL THEN
+        RAISE EXCEPTION 'jobengine: ledger_day_digest: the day must not be NULL'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    rows := 0;
+    digest := sha256(convert_to('jobengine ledger day ' || p_day::text, 'UTF8'));
+    LOOP
+        WITH c AS MATERIALIZED (
+            SELECT l.tx_id, l.id, l.hash FROM jobengine.ledger l
+            WHERE l.occurred_at >= v_from AND l.occurred_at < v_to
+              AND (l.tx_id, l.id) > (v_tx, v_id)
+            ORDER BY l.tx_id, l.id
+            LIMIT 50000
+        ), last AS (
+            SELECT c.tx_id, c.id FROM c ORDER BY c.tx_id DESC, c.id DESC LIMIT 1
+        )
+        SELECT (SELECT count(*) FROM c),
+               (SELECT sha256(string_agg(coalesce(c.hash, '\x00'::bytea) || int8send(c.id), ''::bytea
+                                         ORDER BY c.tx_id, c.id)) FROM c),
+               last.tx_id, last.id
+        INTO v_n, v_chunk, v_tx, v_id
+        FROM last;
+        EXIT WHEN NOT FOUND OR v_n = 0;
+        rows := rows + v_n;
+        digest := sha256(digest || v_chunk);
+        EXIT WHEN v_n < 50000;
+    END LOOP;
+END
+$$;
+
+--
 -- Name: ledger_drop_v1(timestamp with time zone, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -1573,6 +1619,59 @@ CREATE FUNCTION jobengine.ledger_removed_before() RETURNS timestamp with time zo
     FROM jobengine.retention_log r
    WHERE (NOT r.dry_run);
 END;
+
+--
+-- Name: ledger_seals; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.ledger_seals (
+    day date NOT NULL,
+    rows bigint NOT NULL,
+    digest bytea NOT NULL,
+    sealed_at timestamp with time zone DEFAULT statement_timestamp() NOT NULL,
+    actor text NOT NULL,
+    CONSTRAINT ledger_seals_digest_check CHECK ((length(digest) = 32)),
+    CONSTRAINT ledger_seals_rows_check CHECK ((rows >= 0))
+);
+
+--
+-- Name: TABLE ledger_seals; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON TABLE jobengine.ledger_seals IS 'One row per sealed UTC day of the ledger: its rows and their digest (export it: jobengine audit seals).';
+
+--
+-- Name: ledger_seal_v1(interval, date); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.ledger_seal_v1(p_grace interval DEFAULT '01:00:00'::interval, p_first date DEFAULT NULL::date) RETURNS SETOF jobengine.ledger_seals
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_day date;
+    v_last date;
+    v_digest record;
+    v_row jobengine.ledger_seals;
+BEGIN
+    IF p_grace IS NULL OR p_grace < interval '0' THEN
+        RAISE EXCEPTION 'jobengine: ledger_seal_v1: the grace period must be 0 or more, not %', p_grace
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- the newest day that ended p_grace ago
+    v_last := ((statement_timestamp() - p_grace) AT TIME ZONE 'UTC')::date - 1;
+    SELECT max(s.day) + 1 INTO v_day FROM jobengine.ledger_seals s;
+    v_day := coalesce(v_day, p_first, v_last);
+    WHILE v_day <= v_last LOOP
+        SELECT * INTO v_digest FROM jobengine.ledger_day_digest(v_day);
+        INSERT INTO jobengine.ledger_seals (day, rows, digest, actor)
+        VALUES (v_day, v_digest.rows, v_digest.digest, jobengine.current_actor())
+        RETURNING * INTO v_row;
+        RETURN NEXT v_row;
+        v_day := v_day + 1;
+    END LOOP;
+END
+$$;
 
 --
 -- Name: max_payload_bytes(); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -2747,6 +2846,13 @@ ALTER TABLE ONLY jobengine.ledger_epoch
     ADD CONSTRAINT ledger_epoch_pkey PRIMARY KEY (only_row);
 
 --
+-- Name: ledger_seals ledger_seals_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
+--
+
+ALTER TABLE ONLY jobengine.ledger_seals
+    ADD CONSTRAINT ledger_seals_pkey PRIMARY KEY (day);
+
+--
 -- Name: queues queues_pkey; Type: CONSTRAINT; Schema: jobengine; Owner: -
 --
 
@@ -3044,6 +3150,22 @@ CREATE TRIGGER ledger_no_truncate BEFORE TRUNCATE ON jobengine.ledger_default FO
 ALTER TABLE jobengine.ledger_default ENABLE ALWAYS TRIGGER ledger_no_truncate;
 
 --
+-- Name: ledger_seals ledger_seals_append_only; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER ledger_seals_append_only BEFORE DELETE OR UPDATE ON jobengine.ledger_seals FOR EACH ROW EXECUTE FUNCTION jobengine.refuse_rewrite();
+
+ALTER TABLE jobengine.ledger_seals ENABLE ALWAYS TRIGGER ledger_seals_append_only;
+
+--
+-- Name: ledger_seals ledger_seals_no_truncate; Type: TRIGGER; Schema: jobengine; Owner: -
+--
+
+CREATE TRIGGER ledger_seals_no_truncate BEFORE TRUNCATE ON jobengine.ledger_seals FOR EACH STATEMENT EXECUTE FUNCTION jobengine.refuse_rewrite();
+
+ALTER TABLE jobengine.ledger_seals ENABLE ALWAYS TRIGGER ledger_seals_no_truncate;
+
+--
 -- Name: queues queues_stamp; Type: TRIGGER; Schema: jobengine; Owner: -
 --
 
@@ -3306,4 +3428,5 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (3, 'guarantees', '27211b450eedd1f26736df466bb8260d53fc4f01324b14269708a1d1114bfec5'),
     (4, 'ledger', 'cd1ee12508dab55da6154eef8d6a222780ed4d0ab36d8bc7b245829d2497461f'),
     (5, 'scheduling', 'e2cea6fd40364e71ed5da3eea03e99416b39e6f8b21a09557cb9700fa4c212a0'),
-    (6, 'poolers', 'c632b430b56b671b750a8e6da5a70382607e62e11bee80389c4aeb814f92349e');
+    (6, 'poolers', 'c632b430b56b671b750a8e6da5a70382607e62e11bee80389c4aeb814f92349e'),
+    (7, 'ledger_seals', 'c1308c32461d95b9ad988b12355b7e29c20911b5c039df413c689587f7e51cf3');

@@ -8,7 +8,8 @@ The contract's settings (see the README):
     sealed = false
     [daemon]   queues, concurrency, lease_ttl, poll_interval, shutdown_grace
     [retry]    strategy, base_delay, max_delay, jitter
-    [retention] finished_jobs, audit ("30d", "90d", "forever"), interval, partitions_ahead, batch
+    [retention] finished_jobs, audit ("30d", "90d", "forever"), interval, partitions_ahead, batch,
+                seal_grace
     [http]     listen, max_body_bytes, tokens
     [handlers] kind = "pkg.module:function" | { command = [...] }
     [schedules.NAME] cron | every, kind, queue, payload, priority, limit_key, timezone, enabled

@@ -102,6 +102,9 @@ class RetentionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     partitions_ahead: int = 7
     #: finished jobs removed per transaction
     batch: int = 1000
+    #: seconds after a UTC day ends before a pass seals it (statements running across
+    #: midnight have committed by then)
+    seal_grace: float = 3600.0
 
     def policy(self) -> RetentionPolicy:
         """The policy these settings describe (raises `ConfigError` when they make no sense)."""
@@ -117,6 +120,9 @@ class RetentionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
                 f"retention.partitions_ahead must be 1..366, not {self.partitions_ahead}")
         if not 1 <= self.batch <= 100_000:
             raise ConfigError(f"retention.batch must be 1..100000, not {self.batch}")
+        if not 0 <= self.seal_grace <= 86_400:
+            raise ConfigError(
+                f"retention.seal_grace must be 0..86400 seconds, not {self.seal_grace}")
         return self
 
 

@@ -11,6 +11,8 @@ from jobengine.store.ledger import (
     LedgerProblem,
     LedgerStore,
     RetentionReport,
+    Seal,
+    SealCheck,
     VerifyReport,
 )
 from jobengine.store.lifecycle import (
@@ -46,6 +48,8 @@ __all__ = [
     "RetentionReport",
     "RetryResult",
     "SchedulingStore",
+    "Seal",
+    "SealCheck",
     "VerifyReport",
     "Written",
     "connect",

@@ -2,18 +2,20 @@
 
 Each is a versioned SQL function of the schema (`ledger_prepare_v1`,
 `relay_v1`, `purge_jobs_v1`, `ledger_drop_v1`, `retention_record_v1`,
-`verify_ledger_v1`); this module calls them and shapes what they return.
+`verify_ledger_v1`, `ledger_seal_v1`, `ledger_day_digest`); this module calls
+them and shapes what they return.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 from jobengine.domain.retention import RetentionPolicy
+from jobengine.domain.seals import SealRecord
 from jobengine.store.executor import Executor, connection_of, fetch_on
 
 #: Job ids per verification statement: a few hundred thousand rows at most.
@@ -29,6 +31,25 @@ class DroppedPartition:
     range_to: datetime
     rows: int
     max_id: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Seal:
+    """A sealed day of the ledger (a row of `jobengine.ledger_seals`)."""
+
+    record: SealRecord
+    sealed_at: datetime
+    actor: str
+
+
+@dataclass(frozen=True, slots=True)
+class SealCheck:
+    """One exported seal checked against the ledger as it is now."""
+
+    record: SealRecord
+    #: "intact", "changed" (rows or digest differ now) or "removed" (retention dropped the day)
+    outcome: str
+    rows_now: int | None = None
 
 
 @dataclass(slots=True)
@@ -47,6 +68,8 @@ class RetentionReport:
     partitions_created: int = 0
     duration: timedelta = timedelta()
     log_id: int | None = None
+    #: the days this pass sealed
+    sealed: list[Seal] = field(default_factory=list)
 
     @property
     def ledger_rows_removed(self) -> int:
@@ -134,22 +157,27 @@ class LedgerStore:
         dry_run: bool = False,
         batch: int = 1000,
         partitions_ahead: int = 7,
+        seal_grace: timedelta = timedelta(hours=1),
     ) -> RetentionReport | None:
         """Apply `policy` now, one session at a time (None: another one is running a pass).
 
         Makes the partitions ahead, removes finished jobs `batch` at a time
         (each batch its own transaction), drops the ledger's whole days
         older than `policy.audit`, analyzes the ledger's parent when it
-        changed, and writes the pass's `retention_log` row.
+        changed, seals the days that ended `seal_grace` ago (not on a dry
+        run), and writes the pass's `retention_log` row.
         """
         # The lock is held by a transaction on one connection that stays open
         # for the pass; the pass itself runs on the pool, a batch per transaction.
         async with connection_of(self._db) as holder, holder.transaction():
             if not (await fetch_on(holder, "retention_try_lock"))[0][0]:
                 return None
-            return await self._pass(
+            report = await self._pass(
                 self._db, policy, dry_run=dry_run, batch=batch, partitions_ahead=partitions_ahead
             )
+            if not dry_run:
+                report.sealed = await self.seal_days(seal_grace)
+            return report
 
     async def _pass(
         self,
@@ -236,6 +264,37 @@ class LedgerStore:
         """The newest retention passes, newest first."""
         return [dict(r) for r in await self._fetch("retention_log_recent", limit)]
 
+    # -- seals -------------------------------------------------------------------
+
+    async def seal_days(self, grace: timedelta = timedelta(hours=1),
+                        first: date | None = None) -> list[Seal]:
+        """Seal every day that ended `grace` ago and is not sealed (the first time:
+        from `first`, else yesterday); the seals made, oldest first.
+
+        Call it as retention does, holding retention's lock (one session at a time).
+        """
+        return [_seal(r) for r in await self._fetch("ledger_seal", grace, first)]
+
+    async def seals(self, since: date | None = None) -> list[Seal]:
+        """The sealed days (from `since` on), oldest first."""
+        return [_seal(r) for r in await self._fetch("ledger_seals", since)]
+
+    async def check_seals(self, records: Iterable[SealRecord]) -> list[SealCheck]:
+        """Each exported seal against its day as the ledger has it now.
+
+        A day that retention has dropped since cannot be checked ("removed");
+        one whose rows or digest differ was changed after it was sealed.
+        """
+        checks = []
+        for record in records:
+            if (await self._fetch("ledger_day_removed", record.day))[0]["removed"]:
+                checks.append(SealCheck(record, "removed"))
+                continue
+            row = (await self._fetch("ledger_day_digest", record.day))[0]
+            same = int(row["rows"]) == record.rows and bytes(row["digest"]) == record.digest
+            checks.append(SealCheck(record, "intact" if same else "changed", int(row["rows"])))
+        return checks
+
     # -- verification ----------------------------------------------------------
 
     async def verify_spans(self, job_id: int | None = None, *,
@@ -267,3 +326,8 @@ class LedgerStore:
             total.merge(await self.verify_span(lo, hi))
         total.seconds = time.monotonic() - started
         return total
+
+
+def _seal(row: Any) -> Seal:
+    return Seal(SealRecord(row["day"], int(row["rows"]), bytes(row["digest"])),
+                row["sealed_at"], row["actor"])

@@ -89,3 +89,18 @@ SELECT
     (SELECT max(p.range_to) FROM jobengine.ledger_partitions() p) AS newest_partition_end,
     (SELECT count(*) FROM jobengine.ledger_default) AS default_rows,
     statement_timestamp() AS now;
+
+-- name: ledger_seal
+-- Seal the days that ended $1 ago and are not sealed yet ($2: the first day, on the first pass).
+SELECT day, rows, digest, sealed_at, actor FROM jobengine.ledger_seal_v1($1::interval, $2::date);
+
+-- name: ledger_seals
+SELECT day, rows, digest, sealed_at, actor FROM jobengine.ledger_seals
+WHERE $1::date IS NULL OR day >= $1 ORDER BY day;
+
+-- name: ledger_day_digest
+SELECT rows, digest FROM jobengine.ledger_day_digest($1::date);
+
+-- name: ledger_day_removed
+-- Whether retention may have removed rows of this UTC day.
+SELECT ((($1::date + 1)::timestamp AT TIME ZONE 'UTC') <= jobengine.ledger_removed_before()) AS removed;
