@@ -425,14 +425,16 @@ class AppDaemons:
         self.tmp = tmp
         self.procs: list[subprocess.Popen[bytes]] = []
 
-    def start(self, *args: str) -> tuple[subprocess.Popen[bytes], Path]:
+    def start(self, *args: str, by_env: bool = False) -> tuple[subprocess.Popen[bytes], Path]:
         log = self.tmp / f"daemon-{len(self.procs)}.log"
         env = {**os.environ, "PYTHONPATH": str(REPO), "JOBENGINE_DSN": self.dsn}
         env.pop("NOTIFY_SOCKET", None)
+        app = ["--app", "tests.pyapi_tasks:app"]
+        if by_env:
+            env["JOBENGINE_APP"], app = "tests.pyapi_tasks:app", []
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "jobengine.cli.main", "run",
-                 "--app", "tests.pyapi_tasks:app", *args],
+                [sys.executable, "-m", "jobengine.cli.main", "run", *app, *args],
                 env=env, stdout=out, stderr=subprocess.STDOUT, cwd=str(REPO),
             )
         self.procs.append(proc)
@@ -449,10 +451,11 @@ def app_daemons(db_dsn: str, tmp_path: Path) -> Iterator[AppDaemons]:
             proc.wait(20)
 
 
+@pytest.mark.parametrize("by_env", [False, True], ids=["--app", "JOBENGINE_APP"])
 async def test_jobengine_run_app_runs_the_apps_tasks(
-    app: jobengine.App, app_daemons: AppDaemons
+    app: jobengine.App, app_daemons: AppDaemons, by_env: bool
 ) -> None:
-    proc, log = app_daemons.start()
+    proc, log = app_daemons.start(by_env=by_env)
     job_id = await t.echo.defer(name="from the daemon")
     job = await app.wait(job_id, timeout=30)
     assert job.status is JobStatus.COMPLETED, log.read_text()

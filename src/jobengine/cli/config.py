@@ -6,6 +6,7 @@ The contract's settings (see the README):
     listen_dsn = "postgresql://..."        # direct connection for LISTEN when dsn is pooled
     pooler = "pgbouncer"                   # dsn goes through PgBouncer in transaction mode
     sealed = false
+    app = "myapp.tasks:app"                # a jobengine.App whose tasks `jobengine run` runs
     [daemon]   queues, concurrency, lease_ttl, poll_interval, shutdown_grace
     [retry]    strategy, base_delay, max_delay, jitter
     [retention] finished_jobs, audit ("30d", "90d", "forever"), interval, partitions_ahead, batch,
@@ -15,7 +16,8 @@ The contract's settings (see the README):
     [schedules.NAME] cron | every, kind, queue, payload, priority, limit_key, timezone, enabled
     [embedded] data_dir
 
-Environment: `JOBENGINE_DSN`, `JOBENGINE_LISTEN_DSN`, `JOBENGINE_POOLER`, `JOBENGINE_SEALED`, and
+Environment: `JOBENGINE_DSN`, `JOBENGINE_LISTEN_DSN`, `JOBENGINE_POOLER`, `JOBENGINE_SEALED`,
+`JOBENGINE_APP`, and
 `JOBENGINE_<SECTION>_<KEY>` (`JOBENGINE_DAEMON_LEASE_TTL=5`,
 `JOBENGINE_HANDLERS_EMAIL=myapp.jobs:send_email`). The file is `--config`, or
 `JOBENGINE_CONFIG`.
@@ -43,7 +45,7 @@ ENV_PREFIX = "JOBENGINE_"
 #: JOBENGINE_* variables that are not settings
 _NOT_SETTINGS = {"CONFIG"}
 #: top-level settings (JOBENGINE_<NAME>), the rest are JOBENGINE_<SECTION>_<KEY>
-_TOP_LEVEL = ("dsn", "sealed", "listen_dsn", "pooler")
+_TOP_LEVEL = ("dsn", "sealed", "listen_dsn", "pooler", "app")
 
 
 class EmbeddedSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -62,6 +64,8 @@ class Settings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     #: "pgbouncer": `dsn` goes through PgBouncer in transaction mode
     pooler: str | None = None
     sealed: bool = False
+    #: "module:attr" of a `jobengine.App` whose tasks `jobengine run` runs (as `--app`)
+    app: str | None = None
     daemon: DaemonSettings = msgspec.field(default_factory=DaemonSettings)
     retry: RetryPolicy = msgspec.field(default_factory=RetryPolicy)
     retention: RetentionSettings = msgspec.field(default_factory=RetentionSettings)

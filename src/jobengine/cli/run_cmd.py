@@ -52,7 +52,8 @@ def register(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
                    help="sealed (air-gapped) mode: no network egress but the database")
     p.add_argument("--app", metavar="MODULE:ATTR",
                    help="run the tasks of this jobengine.App (imported from the current "
-                        "directory or sys.path) beside [handlers]")
+                        "directory or sys.path) beside [handlers] (or: app = ... in the "
+                        "config, JOBENGINE_APP)")
     p.add_argument("--queues", help="comma-separated queues to take (default: from config)")
     p.add_argument("--concurrency", type=int, help="jobs running at once")
     p.add_argument("--log-level", default="info",
@@ -75,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args, **overrides)
     configure_logging(args.log_level)
     log = structlog.get_logger("jobengine.run")
-    app = load_app(args.app) if args.app else None
+    ref = args.app or settings.app
+    app = load_app(ref) if ref else None
     if not settings.handlers and not (app is not None and app.handlers()):
         raise ConfigError(
             "no handlers configured: add a [handlers] section (kind = \"pkg.module:function\") "
