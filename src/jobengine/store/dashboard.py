@@ -15,7 +15,7 @@ from what was read.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -120,9 +120,6 @@ class OldestWaiting:
         return max(0.0, (self.now - due).total_seconds())
 
 
-_COUNT_QUERIES: Mapping[JobStatus, str] = {s: f"dashboard_count_{s.value}" for s in JobStatus}
-
-
 class DashboardStore:
     """The dashboard's reads, on a pool or a connection."""
 
@@ -149,7 +146,7 @@ class DashboardStore:
         async with self._reading() as conn:
             estimated: list[JobStatus] = []
             for status in JobStatus:
-                rows = await fetch_on(conn, _COUNT_QUERIES[status], cap)
+                rows = await fetch_on(conn, "dashboard_count", cap, status.value)
                 n = sum(int(r["n"]) for r in rows)
                 if n < cap:
                     total[status] = Count(n)

@@ -10,50 +10,19 @@
 -- (`DashboardStore._reading`), so that a status given as a parameter still
 -- selects the partial index made for it and no plan reads a whole table.
 
--- name: dashboard_count_pending
--- Queues of up to $1 pending jobs (both partial indexes of pending jobs).
+-- name: dashboard_count
+-- Queues of up to $1 jobs in status $2. Planned for its values (custom
+-- plans), each half is read through that status's partial index: for pending
+-- and scheduled jobs one index without a limit key and one with; running,
+-- failed and cancelled have one index for both halves, completed the index
+-- of finished jobs (reading the status from the row).
 SELECT s.queue, count(*) AS n FROM (
-    (SELECT j.queue FROM jobengine.jobs j WHERE j.status = 'pending' AND j.limit_key IS NULL
-     LIMIT $1)
+    (SELECT j.queue FROM jobengine.jobs j
+     WHERE j.status = $2::jobengine.job_status AND j.limit_key IS NULL LIMIT $1)
     UNION ALL
-    (SELECT j.queue FROM jobengine.jobs j WHERE j.status = 'pending' AND j.limit_key IS NOT NULL
-     LIMIT $1)
+    (SELECT j.queue FROM jobengine.jobs j
+     WHERE j.status = $2::jobengine.job_status AND j.limit_key IS NOT NULL LIMIT $1)
     LIMIT $1
-) s GROUP BY s.queue;
-
--- name: dashboard_count_scheduled
-SELECT s.queue, count(*) AS n FROM (
-    (SELECT j.queue FROM jobengine.jobs j WHERE j.status = 'scheduled' AND j.limit_key IS NULL
-     LIMIT $1)
-    UNION ALL
-    (SELECT j.queue FROM jobengine.jobs j WHERE j.status = 'scheduled' AND j.limit_key IS NOT NULL
-     LIMIT $1)
-    LIMIT $1
-) s GROUP BY s.queue;
-
--- name: dashboard_count_running
-SELECT s.queue, count(*) AS n FROM (
-    SELECT j.queue FROM jobengine.jobs j WHERE j.status = 'running' LIMIT $1
-) s GROUP BY s.queue;
-
--- name: dashboard_count_failed
--- (jobs_failed_cancelled_idx, or jobs_finished_idx when the statistics say a
--- fifth of the finished jobs failed: either stops after $1 failed jobs)
-SELECT s.queue, count(*) AS n FROM (
-    SELECT j.queue FROM jobengine.jobs j WHERE j.status = 'failed' LIMIT $1
-) s GROUP BY s.queue;
-
--- name: dashboard_count_cancelled
-SELECT s.queue, count(*) AS n FROM (
-    SELECT j.queue FROM jobengine.jobs j WHERE j.status = 'cancelled' LIMIT $1
-) s GROUP BY s.queue;
-
--- name: dashboard_count_completed
--- (jobs_finished_idx holds every finished status: the status is read from the row)
-SELECT s.queue, count(*) AS n FROM (
-    SELECT j.queue FROM jobengine.jobs j
-    WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.status = 'completed'
-    ORDER BY j.finished_at LIMIT $1
 ) s GROUP BY s.queue;
 
 -- name: dashboard_estimate
