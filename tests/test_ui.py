@@ -17,7 +17,7 @@ import pytest
 from jobengine.api.tokens import TokenAuthorizer
 from jobengine.domain import JobSpec, JobStatus
 from jobengine.domain.schedules import ScheduleSpec
-from jobengine.store import JobStore, SchedulingStore
+from jobengine.store import Completion, Failure, JobStore, SchedulingStore
 from jobengine.store.dashboard import DashboardStore
 from tests.apiutil import READER, TOKENS, WRITER, app_client, failed_job
 from tests.dbutil import wait_for
@@ -102,6 +102,21 @@ async def test_the_last_hour_counts_finished_jobs_by_minute(api_pool: asyncpg.Po
     busy = [m for m in sampled if not m.exact]
     assert busy
     assert sum(m.completed + m.failed for m in sampled) >= 1
+
+
+async def test_the_last_hour_samples_a_burst_as_much_as_it_weighs(api_pool: asyncpg.Pool) -> None:
+    # 20 jobs fail, then 180 complete: the first jobs of the minute are all failures.
+    await api_pool.execute("INSERT INTO jobengine.jobs (kind) SELECT 'burst' FROM generate_series(1, 200)")
+    store = JobStore(api_pool)
+    lease = timedelta(seconds=30)
+    failing = await store.claim(owner="d1", queues=["default"], kinds=["burst"], limit=20, lease_ttl=lease)
+    await store.fail("d1", [Failure(j.id, j.attempt, "boom") for j in failing])
+    rest = await store.claim(owner="d1", queues=["default"], kinds=["burst"], limit=180, lease_ttl=lease)
+    await store.finish("d1", [Completion(j.id, j.attempt) for j in rest])
+    # ten picks spread over the 200 (not the first ten): one in ten is a failure
+    minutes = await DashboardStore(api_pool, minute_sample=10).minutes()
+    assert sum(m.failed for m in minutes) == pytest.approx(20)
+    assert sum(m.completed for m in minutes) == pytest.approx(180)
 
 
 async def test_a_job_page_shows_fields_history_timeline_and_escapes_the_payload(

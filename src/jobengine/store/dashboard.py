@@ -7,14 +7,15 @@ jobs of a status; past that they are the planner's estimate from the
 table's statistics (`Count.exact` is then False), which is what a status
 holding millions of finished jobs gets. The last hour is read per minute
 from the jobs that finished in it: up to `minute_count` of them counted
-through the index alone, the first `minute_sample` read whole for their
-status and pickup latency; a fuller minute is scaled up from what was read.
+through the index alone, and `minute_sample` picks spread evenly over those
+read whole for their status and pickup latency; a fuller minute is scaled up
+from what was read.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
@@ -29,8 +30,11 @@ from jobengine.store.records import job_from_row
 
 #: Jobs of one status counted exactly before the count becomes an estimate.
 EXACT_UP_TO = 5_000
-#: Finished jobs read whole per minute of the last hour (their status, their latency).
-MINUTE_SAMPLE = 200
+#: Picks per minute of the last hour, spread evenly over its finished jobs (their
+#: status and latency are read); up to this many jobs a minute, every one is read.
+MINUTE_SAMPLE = 100
+#: Jobs read per pick: those that finished at the same moment (one batch), at most.
+PICK_ROWS = 10
 #: Finished jobs counted per minute (through the index alone) before the count is scaled.
 MINUTE_COUNT = 10_000
 #: Jobs a page of the jobs list reads at most to find its matches.
@@ -116,9 +120,6 @@ class OldestWaiting:
         return max(0.0, (self.now - due).total_seconds())
 
 
-_COUNT_QUERIES: Mapping[JobStatus, str] = {s: f"dashboard_count_{s.value}" for s in JobStatus}
-
-
 class DashboardStore:
     """The dashboard's reads, on a pool or a connection."""
 
@@ -145,7 +146,7 @@ class DashboardStore:
         async with self._reading() as conn:
             estimated: list[JobStatus] = []
             for status in JobStatus:
-                rows = await fetch_on(conn, _COUNT_QUERIES[status], cap)
+                rows = await fetch_on(conn, "dashboard_count", cap, status.value)
                 n = sum(int(r["n"]) for r in rows)
                 if n < cap:
                     total[status] = Count(n)
@@ -169,24 +170,24 @@ class DashboardStore:
 
     async def minutes(self, minutes: int = 60) -> list[Minute]:
         """The last `minutes` minutes, oldest first (the last one is the current minute)."""
-        sample, cap = self.minute_sample, self.minute_count
+        picks, cap = self.minute_sample, self.minute_count
         async with self._reading() as conn:
-            rows = await fetch_on(conn, "dashboard_minutes", minutes, sample, cap)
+            rows = await fetch_on(conn, "dashboard_minutes", minutes, picks, cap, PICK_ROWS)
         out = []
         for r in rows:
-            total = float(r["counted"])
-            if r["counted"] >= cap:
+            counted = int(r["counted"])
+            total = float(counted)
+            if counted >= cap:
                 # More than the index was read for: the first `cap` jobs cover
                 # [start, counted_to]; the rest of the minute is assumed alike.
                 total = cap * float(r["seconds"]) / max(float(r["counted_span"] or 0.0), 0.001)
-            sampled = int(r["sampled"])
-            # The split by status is the read jobs' (all of them, unless there were more).
-            share = total / sampled if sampled else 0.0
+            # Each status's share of the sample (each pick weighs one), times the total.
+            per_pick = total / int(r["picks"]) if r["picks"] else 0.0
             out.append(Minute(
-                start=r["minute"], completed=int(r["completed"]) * share,
-                failed=int(r["failed"]) * share, cancelled=int(r["cancelled"]) * share,
+                start=r["minute"], completed=r["completed"] * per_pick,
+                failed=r["failed"] * per_pick, cancelled=r["cancelled"] * per_pick,
                 latency_p50=r["latency_p50"], latency_p95=r["latency_p95"],
-                exact=r["counted"] < cap and sampled == r["counted"]))
+                exact=counted < cap and counted <= picks))
         return out
 
     async def oldest_waiting(self, heads: int = 100) -> OldestWaiting | None:

@@ -105,7 +105,7 @@ async def overview(request: Request) -> Response:
         "title": "Overview", "cursor": cursor, "watch": "*",
         "counts": counts, "paused": set(found["paused"]), "oldest": oldest,
         "series": chart_series(minutes), "last_hour": last_hour,
-        "exact_up_to": dash.exact_up_to,
+        "exact_up_to": dash.exact_up_to, "minute_sample": dash.minute_sample,
     })
 
 

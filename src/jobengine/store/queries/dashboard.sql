@@ -10,50 +10,19 @@
 -- (`DashboardStore._reading`), so that a status given as a parameter still
 -- selects the partial index made for it and no plan reads a whole table.
 
--- name: dashboard_count_pending
--- Queues of up to $1 pending jobs (both partial indexes of pending jobs).
+-- name: dashboard_count
+-- Queues of up to $1 jobs in status $2. Planned for its values (custom
+-- plans), each half is read through that status's partial index: for pending
+-- and scheduled jobs one index without a limit key and one with; running,
+-- failed and cancelled have one index for both halves, completed the index
+-- of finished jobs (reading the status from the row).
 SELECT s.queue, count(*) AS n FROM (
-    (SELECT j.queue FROM jobengine.jobs j WHERE j.status = 'pending' AND j.limit_key IS NULL
-     LIMIT $1)
+    (SELECT j.queue FROM jobengine.jobs j
+     WHERE j.status = $2::jobengine.job_status AND j.limit_key IS NULL LIMIT $1)
     UNION ALL
-    (SELECT j.queue FROM jobengine.jobs j WHERE j.status = 'pending' AND j.limit_key IS NOT NULL
-     LIMIT $1)
+    (SELECT j.queue FROM jobengine.jobs j
+     WHERE j.status = $2::jobengine.job_status AND j.limit_key IS NOT NULL LIMIT $1)
     LIMIT $1
-) s GROUP BY s.queue;
-
--- name: dashboard_count_scheduled
-SELECT s.queue, count(*) AS n FROM (
-    (SELECT j.queue FROM jobengine.jobs j WHERE j.status = 'scheduled' AND j.limit_key IS NULL
-     LIMIT $1)
-    UNION ALL
-    (SELECT j.queue FROM jobengine.jobs j WHERE j.status = 'scheduled' AND j.limit_key IS NOT NULL
-     LIMIT $1)
-    LIMIT $1
-) s GROUP BY s.queue;
-
--- name: dashboard_count_running
-SELECT s.queue, count(*) AS n FROM (
-    SELECT j.queue FROM jobengine.jobs j WHERE j.status = 'running' LIMIT $1
-) s GROUP BY s.queue;
-
--- name: dashboard_count_failed
--- (jobs_failed_cancelled_idx, or jobs_finished_idx when the statistics say a
--- fifth of the finished jobs failed: either stops after $1 failed jobs)
-SELECT s.queue, count(*) AS n FROM (
-    SELECT j.queue FROM jobengine.jobs j WHERE j.status = 'failed' LIMIT $1
-) s GROUP BY s.queue;
-
--- name: dashboard_count_cancelled
-SELECT s.queue, count(*) AS n FROM (
-    SELECT j.queue FROM jobengine.jobs j WHERE j.status = 'cancelled' LIMIT $1
-) s GROUP BY s.queue;
-
--- name: dashboard_count_completed
--- (jobs_finished_idx holds every finished status: the status is read from the row)
-SELECT s.queue, count(*) AS n FROM (
-    SELECT j.queue FROM jobengine.jobs j
-    WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.status = 'completed'
-    ORDER BY j.finished_at LIMIT $1
 ) s GROUP BY s.queue;
 
 -- name: dashboard_estimate
@@ -74,52 +43,64 @@ UNION SELECT v.name FROM pg_stats p, unnest(p.most_common_vals::text::text[]) AS
 
 -- name: dashboard_minutes
 -- Per minute of the last $1 (the current one so far), the jobs that finished
--- in it: how many, counted through jobs_finished_idx alone (an index-only
--- scan: up to $3 a minute, the first to finish; `counted_to` is the last of
--- them), and the first $2 of them read whole, for the split by status and the
--- pickup latency. The store scales a minute up from what it read when it
--- holds more. The pickup latency of a job's last attempt: from when it was
--- due (its run_at, or when it became scheduled, e.g. after its dependencies)
--- to when it started; a job claimed straight from pending has scheduled_at =
+-- in it. How many: counted through jobs_finished_idx alone (an index-only
+-- scan of their finished_at, up to $3 a minute, the first to finish;
+-- counted_to is the last of them). Their split by status and pickup latency:
+-- from a sample spread evenly over what was counted (every k-th finished_at
+-- of the minute, at most $2 of them, each read back with up to $4 jobs that
+-- finished at that same moment, the batch it belongs to; each pick weighs 1,
+-- shared among its jobs), so that a burst is sampled as much as it weighs.
+-- With at most $2 jobs in a minute (and batches of at most $4), every job is
+-- read and the split is exact. The store scales counts up from the share of
+-- the minute `counted_to` covers when there were more than $3.
+-- The pickup latency of a job's last attempt: from when it was due (its
+-- run_at, or when it became scheduled, e.g. after its dependencies) to when
+-- it started; a job claimed straight from pending has scheduled_at =
 -- started_at, so its due time is its run_at (or its creation).
 WITH b AS (
     SELECT m.t, least(m.t + interval '1 minute', statement_timestamp()) AS t_end
     FROM generate_series(date_trunc('minute', statement_timestamp()) - ($1::integer - 1) * interval '1 minute',
                          date_trunc('minute', statement_timestamp()), interval '1 minute') AS m(t)
+), m AS (
+    SELECT b.t, b.t_end, n.counted, n.counted_to, n.times
+    FROM b CROSS JOIN LATERAL (
+        SELECT count(*) AS counted, max(y.finished_at) AS counted_to,
+               array_agg(y.finished_at ORDER BY y.finished_at) AS times
+        FROM (
+            SELECT j.finished_at FROM jobengine.jobs j
+            WHERE j.status IN ('completed', 'cancelled', 'failed')
+              AND j.finished_at >= b.t AND j.finished_at < b.t_end
+            ORDER BY j.finished_at
+            LIMIT $3
+        ) y
+    ) n
 )
-SELECT b.t AS minute, extract(epoch FROM b.t_end - b.t)::float8 AS seconds,
-       n.counted, extract(epoch FROM n.counted_to - b.t)::float8 AS counted_span,
-       s.sampled, s.completed, s.failed, s.cancelled, s.latency_p50, s.latency_p95
-FROM b
-CROSS JOIN LATERAL (
-    SELECT count(*) AS counted, max(c.finished_at) AS counted_to FROM (
-        SELECT j.finished_at FROM jobengine.jobs j
-        WHERE j.status IN ('completed', 'cancelled', 'failed')
-          AND j.finished_at >= b.t AND j.finished_at < b.t_end
-        ORDER BY j.finished_at
-        LIMIT $3
-    ) c
-) n
-CROSS JOIN LATERAL (
-    SELECT count(*) AS sampled,
-           count(*) FILTER (WHERE x.status = 'completed') AS completed,
-           count(*) FILTER (WHERE x.status = 'failed') AS failed,
-           count(*) FILTER (WHERE x.status = 'cancelled') AS cancelled,
-           percentile_cont(0.5) WITHIN GROUP (ORDER BY x.latency) AS latency_p50,
-           percentile_cont(0.95) WITHIN GROUP (ORDER BY x.latency) AS latency_p95
+SELECT m.t AS minute, extract(epoch FROM m.t_end - m.t)::float8 AS seconds,
+       m.counted, extract(epoch FROM m.counted_to - m.t)::float8 AS counted_span,
+       s.picks, s.completed, s.failed, s.cancelled, s.latency_p50, s.latency_p95
+FROM m CROSS JOIN LATERAL (
+    SELECT count(DISTINCT r.rn) AS picks,
+           coalesce(sum(r.w) FILTER (WHERE r.status = 'completed'), 0)::float8 AS completed,
+           coalesce(sum(r.w) FILTER (WHERE r.status = 'failed'), 0)::float8 AS failed,
+           coalesce(sum(r.w) FILTER (WHERE r.status = 'cancelled'), 0)::float8 AS cancelled,
+           percentile_cont(0.5) WITHIN GROUP (ORDER BY r.latency) AS latency_p50,
+           percentile_cont(0.95) WITHIN GROUP (ORDER BY r.latency) AS latency_p95
     FROM (
-        SELECT j.status,
-               extract(epoch FROM j.started_at - CASE
-                   WHEN j.scheduled_at < j.started_at THEN greatest(j.scheduled_at, j.run_at)
-                   ELSE greatest(j.run_at, j.created_at) END)::float8 AS latency
-        FROM jobengine.jobs j
-        WHERE j.status IN ('completed', 'cancelled', 'failed')
-          AND j.finished_at >= b.t AND j.finished_at < b.t_end
-        ORDER BY j.finished_at
-        LIMIT $2
-    ) x
+        SELECT p.rn, g.status, g.latency, 1.0 / count(*) OVER (PARTITION BY p.rn) AS w
+        FROM unnest(m.times) WITH ORDINALITY AS p(at, rn)
+        CROSS JOIN LATERAL (
+            SELECT j.status,
+                   extract(epoch FROM j.started_at - CASE
+                       WHEN j.scheduled_at < j.started_at THEN greatest(j.scheduled_at, j.run_at)
+                       ELSE greatest(j.run_at, j.created_at) END)::float8 AS latency
+            FROM jobengine.jobs j
+            WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at = p.at
+            LIMIT $4
+        ) g
+        WHERE p.rn % greatest(1, ceil(m.counted / $2::float8))::bigint = 0
+    ) r
 ) s
-ORDER BY b.t;
+ORDER BY m.t;
 
 -- name: dashboard_oldest_waiting
 -- The due job that has waited longest (pending or scheduled, run_at passed),

@@ -144,7 +144,9 @@
         data: [data.t, data.failed],
       },
       latency: {
-        series: [{}, { label: "p50 ms", stroke: "#1565c0" }, { label: "p95 ms", stroke: "#ef6c00" }],
+        // (points shown: a minute between two empty ones is a lone point, no line)
+        series: [{}, { label: "p50 ms", stroke: "#1565c0", points: { show: true, size: 4 } },
+                 { label: "p95 ms", stroke: "#ef6c00", points: { show: true, size: 4 } }],
         data: [data.t, data.p50, data.p95],
       },
     };
