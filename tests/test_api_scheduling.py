@@ -52,7 +52,7 @@ async def test_pause_and_resume_a_queue(client: httpx.AsyncClient, pool: asyncpg
     before = (await client.get("/v1/queues")).json()
     assert before == {"queues": [{
         "name": "nightly", "paused": False, "counts": {**STATUSES, "pending": 2},
-        "oldest_waiting_seconds": before["queues"][0]["oldest_waiting_seconds"],
+        "counts_estimated": False, "oldest_waiting_seconds": before["queues"][0]["oldest_waiting_seconds"],
         "changed_by": None, "changed_at": None}], "limits": []}
     assert before["queues"][0]["oldest_waiting_seconds"] >= 0
     assert (await client.get("/readyz")).json()["paused_queues"] == []
@@ -78,7 +78,7 @@ async def test_a_queue_without_jobs_can_be_paused_and_bad_names_are_422(
 ) -> None:
     paused = await client.post("/v1/queues/later/pause")
     assert paused.json() == {"name": "later", "paused": True, "counts": STATUSES,
-                             "oldest_waiting_seconds": None, "changed_by": "tests",
+                             "counts_estimated": False, "oldest_waiting_seconds": None, "changed_by": "tests",
                              "changed_at": paused.json()["changed_at"]}
     message = assert_error(await client.post("/v1/queues/-x/pause"), 422, "validation_failed")
     assert message.startswith("name: ")

@@ -14,6 +14,8 @@ from datetime import timedelta
 import asyncpg
 import pytest
 
+from jobengine.store.pool import setup_connection
+from jobengine.store.scheduling import SchedulingStore
 from jobengine.store.sqlfiles import QUERIES
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow]
@@ -153,3 +155,23 @@ async def test_the_dashboards_reads_are_bounded_index_scans(big: asyncpg.Connect
         minutes = "\n".join(r[0] for r in await big.fetch(
             "EXPLAIN " + QUERIES["dashboard_minutes"], 60, 100, 10_000, 10))
         assert "Index Only Scan using jobs_finished_idx" in minutes, minutes
+
+
+async def test_the_queue_overview_reads_no_whole_table_of_a_million_jobs(
+    big: asyncpg.Connection,
+) -> None:
+    # It feeds /metrics, `jobengine queues` and GET /v1/queues, scraped every few seconds.
+    rows = await big.fetch("EXPLAIN (ANALYZE, TIMING OFF) " + QUERIES["queue_overview"])
+    plan = "\n".join(r[0] for r in rows)
+    # (the exact count of the settled statuses is planned, for small tables, and not run)
+    ran = [line for line in plan.splitlines() if "never executed" not in line]
+    assert not [line for line in ran if "Seq Scan on jobs" in line], plan
+    assert [line for line in ran if "Sample Scan on jobs" in line], plan  # a 1% sample
+    await setup_connection(big)  # (jobengine's codecs, as its pools have them)
+    queue = (await SchedulingStore(big).queues())[0]
+    assert queue.estimated
+    # waiting and running exactly; the settled ones near their true 600k / 200k / 200k
+    assert (queue.counts["pending"], queue.counts["scheduled"], queue.counts.get("running", 0)) == (
+        250, 250, 0)
+    assert 400_000 < queue.counts["completed"] < 800_000
+    assert 100_000 < queue.counts["failed"] < 300_000

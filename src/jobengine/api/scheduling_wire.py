@@ -34,6 +34,9 @@ class QueueOut(msgspec.Struct, kw_only=True):
     name: str
     paused: bool
     counts: dict[str, int]
+    #: true when the completed, failed and cancelled counts are estimates (a big table's
+    #: sample); pending, scheduled and running are always exact
+    counts_estimated: bool = False
     #: how long the oldest due job still waiting has waited (null: none waits)
     oldest_waiting_seconds: float | None
     #: who paused or resumed it last, and when (null: never)
@@ -45,6 +48,7 @@ class QueueOut(msgspec.Struct, kw_only=True):
         """The wire form of the store's `QueueInfo`."""
         counts = {status.value: int(info.counts.get(status.value, 0)) for status in JobStatus}
         return cls(name=info.name, paused=info.paused, counts=counts,
+                   counts_estimated=info.estimated,
                    oldest_waiting_seconds=info.oldest_waiting_seconds,
                    changed_by=info.changed_by, changed_at=info.changed_at)
 

@@ -25,7 +25,7 @@ from jobengine.api.scheduling_wire import LimitOut, QueueOut, ScheduleList
 from jobengine.api.wire import MAX_BIGINT, HistoryOut, JobOut, TimelineOut
 from jobengine.domain.models import EventEnvelope
 from jobengine.domain.retention import format_duration
-from jobengine.domain.status import JobStatus
+from jobengine.domain.status import SETTLED, JobStatus
 
 
 class UsageError(ValueError):
@@ -225,8 +225,12 @@ def queues_table(queues: list[QueueOut]) -> Table:
     for column in ("QUEUE", "PAUSED", *(s.upper() for s in statuses), "OLDEST WAITING"):
         table.add_column(column, no_wrap=True,
                          justify="right" if column.lower() in statuses else "left")
+    settled = {s.value for s in SETTLED}
     for q in queues:
-        table.add_row(q.name, _yes(q.paused), *(str(q.counts.get(s, 0)) for s in statuses),
+        # (~: an estimate, from a sample of a big table)
+        mark = "~" if q.counts_estimated else ""
+        table.add_row(q.name, _yes(q.paused),
+                      *(f"{mark if s in settled else ''}{q.counts.get(s, 0)}" for s in statuses),
                       age_text(q.oldest_waiting_seconds))
     return table
 

@@ -31,6 +31,8 @@ class QueueInfo:
     now: datetime | None = None
     changed_by: str | None = None
     changed_at: datetime | None = None
+    #: completed, failed and cancelled counts are estimates (a sample of a big table)
+    estimated: bool = False
 
     @property
     def oldest_waiting_seconds(self) -> float | None:
@@ -91,11 +93,15 @@ class SchedulingStore:
     # -- queues ---------------------------------------------------------------
 
     async def queues(self) -> list[QueueInfo]:
-        """Every queue with jobs or a pause record: counts by status, paused, oldest waiting."""
+        """Every queue with jobs or a pause record: counts by status, paused, oldest waiting.
+
+        On a big table the settled statuses' counts are estimates (`estimated`).
+        """
         return [
             QueueInfo(name=r["name"], paused=r["paused"], counts=dict(r["counts"]),
                       oldest_waiting=r["oldest_waiting"], now=r["now"],
-                      changed_by=r["changed_by"], changed_at=r["changed_at"])
+                      changed_by=r["changed_by"], changed_at=r["changed_at"],
+                      estimated=r["estimated"])
             for r in await self._fetch("queue_overview")
         ]
 
