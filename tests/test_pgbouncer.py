@@ -213,3 +213,26 @@ def test_pgbouncer_settings_are_read_from_toml_and_environment(tmp_path: Path) -
         load_settings(env={"JOBENGINE_DSN": "postgresql://x/y", "JOBENGINE_POOLER": "odyssey"})
     with pytest.raises(ConfigError, match="pooler is set but dsn is not"):
         load_settings(env={"JOBENGINE_POOLER": "pgbouncer"})
+
+
+async def test_pooled_connections_name_no_statement_and_share_one_server_connection(
+    server_dsn: str,
+) -> None:
+    from jobengine.store.pool import Database, connect
+
+    one = PgBouncer(server_dsn, pool_size=1).start()  # every client on one server connection
+    try:
+        target = Database(one.dsn("postgres"), pooler="pgbouncer")
+        a, b = await connect(target, "a"), await connect(target, "b")
+        try:
+            for i in range(50):  # interleaved, each query twice (the second from its kept description)
+                assert await a.fetchval("SELECT $1::int + 1", i) == i + 1
+                assert await b.fetchval("SELECT $1::text || 'x'", str(i)) == f"{i}x"
+                assert await a.fetchrow("SELECT $1::int AS n, current_setting('application_name') AS w",
+                                        i) == (i, "jobengine:a")
+            assert await b.fetchval("SELECT count(*) FROM pg_prepared_statements") == 0
+        finally:
+            await a.close()
+            await b.close()
+    finally:
+        one.close()
