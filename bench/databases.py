@@ -167,24 +167,10 @@ async def wal_per_job(n: int, out: Path) -> None:
 
 async def failover(n: int, out: Path) -> None:
     """Section 2 of the module doc."""
-    from jobengine.store import migrate
-
     clusters = Clusters()
     procs = []
     try:
-        primary = clusters.new("primary").initdb()
-        primary.start()
-        await db.execute(primary.dsn(), "CREATE DATABASE jobs")
-        conn = await asyncpg.connect(primary.dsn("jobs"))
-        await migrate(conn)
-        await conn.close()
-        standby = clusters.new("standby").basebackup_of(primary)
-        standby.start()
-        for sql in ("ALTER SYSTEM SET synchronous_standby_names = '*'", "SELECT pg_reload_conf()"):
-            await db.execute(primary.dsn(), sql)
-        admin = await asyncpg.connect(primary.dsn())
-        await until(admin, "SELECT count(*) > 0 FROM pg_stat_replication WHERE sync_state = 'sync'")
-        await admin.close()
+        primary, standby = await clusters.synchronous_pair()
         both = (f"postgresql://postgres@{primary.host}:{primary.port},{standby.host}:"
                 f"{standby.port}/jobs?target_session_attrs=read-write")
         spans = out / "failover-spans.log"

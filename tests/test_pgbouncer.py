@@ -71,26 +71,31 @@ async def actors(pool: asyncpg.Pool) -> set[tuple[str, str, str]]:
     return {(r["f"], r["t"], r["actor"]) for r in rows}
 
 
+async def burn_down(env: dict[str, str], pool: asyncpg.Pool, tmp: Path, n: int) -> str:
+    """A `jobengine run` with `env` until n new jobs settled; its log."""
+    proc = spawn([*JOBENGINE, "run"], env, tmp / "daemon.log")
+    try:
+        await daemon_ready(tmp / "daemon.log")
+        await insert_naps(pool, n)
+        await wait_settled(pool, within=90)
+    finally:
+        assert stop(proc) == 0
+    assert await pool.fetchval(
+        "SELECT count(*) FROM jobengine.jobs WHERE status = 'completed'") == n
+    return (tmp / "daemon.log").read_text()
+
+
 async def test_a_daemon_through_pgbouncer_burns_down_jobs_and_is_named_in_the_ledger(
     bouncer: PgBouncer, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     env = env_for(bouncer, db_dsn, tmp_path, listen=True, JOBENGINE_DAEMON_ID="bounced",
                   JOBENGINE_DAEMON_CONCURRENCY="20")
-    proc = spawn([*JOBENGINE, "run"], env, tmp_path / "daemon.log")
-    try:
-        await daemon_ready(tmp_path / "daemon.log")
-        await insert_naps(pool, 600)
-        await wait_settled(pool, within=90)
-    finally:
-        assert stop(proc) == 0
-    log = (tmp_path / "daemon.log").read_text()
+    log = await burn_down(env, pool, tmp_path, 600)
     assert "listener.connected" in log
     assert "daemon.polling" not in log
     # Nothing the pooler broke: no claim or write had to be retried.
     for trouble in ("claim.failed", "outcome.write_failed", "prepared statement", "Traceback"):
         assert trouble not in log, log[-3000:]
-    assert await pool.fetchval(
-        "SELECT count(*) FROM jobengine.jobs WHERE status = 'completed'") == 600
     # The daemon's id travelled in application_name: every engine step is its own.
     assert await actors(pool) == {("", "pending", "tests"), ("pending", "scheduled", "bounced"),
                                   ("scheduled", "running", "bounced"),
@@ -101,22 +106,12 @@ async def test_a_daemon_through_pgbouncer_burns_down_jobs_and_is_named_in_the_le
 async def test_without_listen_dsn_the_daemon_polls_and_says_so(
     bouncer: PgBouncer, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    env = env_for(bouncer, db_dsn, tmp_path, listen=False)
-    proc = spawn([*JOBENGINE, "run"], env, tmp_path / "daemon.log")
-    try:
-        await daemon_ready(tmp_path / "daemon.log")
-        await insert_naps(pool, 50)
-        await wait_settled(pool, within=60)
-    finally:
-        assert stop(proc) == 0
-    lines = [json.loads(line) for line in (tmp_path / "daemon.log").read_text().splitlines()
-             if line.startswith("{")]
+    log = await burn_down(env_for(bouncer, db_dsn, tmp_path, listen=False), pool, tmp_path, 50)
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     polling = [line for line in lines if line.get("event") == "daemon.polling"]
     assert polling
     assert polling[0]["pooler"] == "pgbouncer"
     assert not any(line.get("event") == "listener.connected" for line in lines)
-    assert await pool.fetchval(
-        "SELECT count(*) FROM jobengine.jobs WHERE status = 'completed'") == 50
 
 
 async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
