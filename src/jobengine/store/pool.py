@@ -104,7 +104,10 @@ def server_settings(
     connection it lends this client, and `jobengine.session_actor()` reads.
     """
     if pooled:
-        return {"application_name": f"jobengine:{actor}"[:63]}
+        # client_encoding again, as the server spells it: asyncpg's own start-up
+        # value ('utf-8', quoted) never equals the server's (UTF8), and PgBouncer
+        # then sends `SET client_encoding` before every transaction it forwards.
+        return {"application_name": f"jobengine:{actor}"[:63], "client_encoding": "UTF8"}
     return {"jobengine.actor": actor, "application_name": application[:63]}
 
 
