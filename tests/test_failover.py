@@ -108,6 +108,13 @@ async def test_three_daemons_the_api_and_watch_ride_out_a_failover(
             await assert_every_history_is_a_valid_path(conn)
             await assert_landed_attempts_never_overlapped(conn, spans)
 
+            # Every daemon LISTENs again, on the new primary.
+            async def all_listen_again() -> bool:
+                return all('"listener.reconnected"' in (tmp_path / f"d{i}.log").read_text()
+                           for i in range(3))
+
+            await wait_for(all_listen_again, within=30, message="every daemon to LISTEN again")
+
             # The API found the new primary by itself.
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
                 async def api_reads() -> bool:
