@@ -231,3 +231,33 @@ async def test_pooled_connections_name_no_statement_and_share_one_server_connect
             await b.close()
     finally:
         one.close()
+
+
+async def test_polling_behind_pgbouncer_a_cancelled_running_job_stops_at_its_next_renewal(
+    bouncer: PgBouncer, db_dsn: str, pool: asyncpg.Pool
+) -> None:
+    from jobengine.daemon import from_callables, run_daemon
+    from jobengine.store import JobStore
+    from jobengine.store.pool import Database
+    from tests.daemon_helpers import config, insert
+
+    started, stopped = anyio.Event(), anyio.Event()
+
+    async def long(_job: Any) -> None:
+        started.set()
+        try:
+            await anyio.sleep(60)
+        finally:
+            stopped.set()
+
+    target = Database(pooled(bouncer, db_dsn), pooler="pgbouncer")  # no listen_dsn: no LISTEN
+    async with run_daemon(config(lease_ttl=3.0, poll_interval=0.5), target,
+                          handlers=from_callables({"long": long})):
+        job_id = await insert(pool, "long")
+        with anyio.fail_after(20):
+            await started.wait()
+        await JobStore(pool).cancel(job_id)
+        with anyio.fail_after(10):  # a renewal every second finds the job gone
+            await stopped.wait()
+    assert await pool.fetchval("SELECT status::text FROM jobengine.jobs WHERE id = $1",
+                               job_id) == "cancelled"
