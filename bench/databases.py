@@ -105,11 +105,12 @@ async def burn(dsn: str, worker_dsn: str, n: int, concurrency: int, log: Path,
     return n / seconds, wal // n, wal_insert // n
 
 
-async def pooler_vs_direct(n: int, reps: int, out: Path) -> None:
+async def pooler_vs_direct(n: int, reps: int, out: Path,
+                           concurrencies: tuple[int, ...] = (10, 50)) -> None:
     """Section 1 of the module doc."""
     bouncer = PgBouncer(SERVER, pool_size=20).start()
     try:
-        for concurrency in (10, 50):
+        for concurrency in concurrencies:
             ratios: list[float] = []
             rates: dict[str, list[float]] = {"direct": [], "pgbouncer": []}
             cpus: dict[str, list[float]] = {"direct": [], "pgbouncer": []}
@@ -167,24 +168,10 @@ async def wal_per_job(n: int, out: Path) -> None:
 
 async def failover(n: int, out: Path) -> None:
     """Section 2 of the module doc."""
-    from jobengine.store import migrate
-
     clusters = Clusters()
     procs = []
     try:
-        primary = clusters.new("primary").initdb()
-        primary.start()
-        await db.execute(primary.dsn(), "CREATE DATABASE jobs")
-        conn = await asyncpg.connect(primary.dsn("jobs"))
-        await migrate(conn)
-        await conn.close()
-        standby = clusters.new("standby").basebackup_of(primary)
-        standby.start()
-        for sql in ("ALTER SYSTEM SET synchronous_standby_names = '*'", "SELECT pg_reload_conf()"):
-            await db.execute(primary.dsn(), sql)
-        admin = await asyncpg.connect(primary.dsn())
-        await until(admin, "SELECT count(*) > 0 FROM pg_stat_replication WHERE sync_state = 'sync'")
-        await admin.close()
+        primary, standby = await clusters.synchronous_pair()
         both = (f"postgresql://postgres@{primary.host}:{primary.port},{standby.host}:"
                 f"{standby.port}/jobs?target_session_attrs=read-write")
         spans = out / "failover-spans.log"
@@ -250,11 +237,14 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=3)
     parser.add_argument("--failover-jobs", type=int, default=5_000)
     parser.add_argument("--only", choices=["pooler", "wal", "failover"])
+    parser.add_argument("--concurrency", type=int, action="append",
+                        help="the pooler section's concurrencies (default 10 and 50)")
     args = parser.parse_args()
     out = Path(tempfile.mkdtemp(prefix="bench-databases-"))
     print(f"logs in {out}", file=sys.stderr)
     if args.only in (None, "pooler"):
-        asyncio.run(pooler_vs_direct(args.jobs, args.reps, out))
+        asyncio.run(pooler_vs_direct(args.jobs, args.reps, out,
+                                     tuple(args.concurrency or (10, 50))))
     if args.only in (None, "wal"):
         asyncio.run(wal_per_job(args.jobs, out))
     if args.only in (None, "failover"):

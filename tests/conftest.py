@@ -26,6 +26,7 @@ import pytest
 from jobengine.store import create_pool, migrate
 from jobengine.store.pool import connect
 from tests.dbutil import admin, dsn_with_database, scratch_database
+from tests.servers import Clusters
 
 LOCAL_DSN = "postgresql://postgres@127.0.0.1:5432/postgres"
 EMBEDDED_DIR = Path(os.environ.get("JOBENGINE_TEST_PGDATA", f"/tmp/jobengine-test-{os.getuid()}/pgdata"))
@@ -163,3 +164,13 @@ async def recording_db(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.execute(SCHEMA)
     yield conn
     await conn.close()
+
+
+@pytest.fixture
+def clusters() -> Iterator[Clusters]:
+    """PostgreSQL clusters of the embedded binaries a test starts itself (`tests.servers`)."""
+    made = Clusters()
+    try:
+        yield made
+    finally:
+        made.close()

@@ -12,6 +12,7 @@ Everything lives in a private temporary folder, removed by `close()`.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import shutil
@@ -23,8 +24,12 @@ import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
+import asyncpg
+
 from jobengine.embedded.permissions import server_user
 from jobengine.embedded.server import _child_env, _pg_bin_dir
+from jobengine.store import migrate
+from tests.dbutil import admin
 
 PGBOUNCER = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
 
@@ -213,8 +218,37 @@ class Clusters:
         self.made.append(cluster)
         return cluster
 
+    async def synchronous_pair(self, database: str = "jobs") -> tuple[Cluster, Cluster]:
+        """A primary holding `database` (migrated) that commits only once its hot
+        standby has the WAL, and that standby (a `pg_basebackup -R` of it)."""
+        primary = self.new("primary").initdb().start()
+        await admin(primary.dsn(), f'CREATE DATABASE "{database}"')
+        conn = await asyncpg.connect(primary.dsn(database))
+        try:
+            await migrate(conn)
+        finally:
+            await conn.close()
+        standby = self.new("standby").basebackup_of(primary).start()
+        # Synchronous from now on (after the base backup, so the standby's copy
+        # of the settings does not ask for a standby of its own once promoted).
+        conn = await asyncpg.connect(primary.dsn())
+        try:
+            await conn.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
+            await conn.execute("ALTER SYSTEM SET synchronous_commit = 'on'")
+            await conn.execute("SELECT pg_reload_conf()")
+            deadline = time.monotonic() + 30
+            while not await conn.fetchval(
+                    "SELECT count(*) > 0 FROM pg_stat_replication WHERE sync_state = 'sync'"):
+                if time.monotonic() > deadline:
+                    raise RuntimeError("the standby did not become synchronous within 30 s")
+                await asyncio.sleep(0.05)
+        finally:
+            await conn.close()
+        return primary, standby
+
     def close(self) -> None:
         """Stop every cluster and remove the folder."""
         for cluster in self.made:
             cluster.stop()
         shutil.rmtree(self.root, ignore_errors=True)
+

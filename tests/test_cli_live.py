@@ -166,3 +166,27 @@ async def test_api_refuses_a_bad_listen_address(db_dsn: str) -> None:
     )
     assert result.returncode == 1
     assert result.stderr.decode().startswith("jobengine: error: http.listen must be HOST:PORT")
+
+
+async def test_watch_prints_nothing_that_committed_before_it_started(
+    db_dsn: str, pool: asyncpg.Pool
+) -> None:
+    store = JobStore(pool)
+    # A transaction open while watch starts holds the cluster's xmin back, so
+    # watch's cursor starts before the job committed below: once that
+    # transaction ends, the cursor reaches the job, and must not print it.
+    async with pool.acquire() as holder:
+        tx = holder.transaction()
+        await tx.start()
+        await holder.execute("SELECT pg_current_xact_id()")
+        before, _ = await store.insert(JobSpec(kind="email"))
+        async with running("watch", "--json", "--dsn", db_dsn) as process:
+            assert process.stdout is not None
+            assert process.stderr is not None
+            await Lines(process.stderr).next()
+            await tx.commit()
+            await anyio.sleep(2.5)  # two rounds of watch's cursor (every second) pass over it
+            after, _ = await store.insert(JobSpec(kind="email"))
+            first = json.loads(await Lines(process.stdout).next())
+            assert first["job_id"] == after.id != before.id
+            assert await stop(process, signal.SIGTERM) == 0

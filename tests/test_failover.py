@@ -12,14 +12,12 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import asyncpg
 import httpx
 import pytest
 
-from jobengine.store import migrate
 from tests.daemon_helpers import (
     assert_every_history_is_a_valid_path,
     assert_landed_attempts_never_overlapped,
@@ -27,7 +25,7 @@ from tests.daemon_helpers import (
 )
 from tests.dbutil import wait_for
 from tests.netns import daemon_env, spawn, stop
-from tests.servers import Cluster, Clusters, free_port
+from tests.servers import Clusters, free_port
 from tests.test_cli import JOBENGINE
 
 pytestmark = [pytest.mark.anyio, pytest.mark.slow, pytest.mark.timeout(300)]
@@ -37,53 +35,10 @@ JOBS = 1500
 CLAIMING_AGAIN_WITHIN = 10.0
 
 
-@pytest.fixture
-def clusters() -> Iterator[Clusters]:
-    made = Clusters()
-    try:
-        yield made
-    finally:
-        made.close()
-
-
-async def primary_and_standby(clusters: Clusters) -> tuple[Cluster, Cluster]:
-    """A primary that commits only once its standby has the WAL, and that standby."""
-    primary = clusters.new("primary").initdb()
-    primary.start()
-    conn = await asyncpg.connect(primary.dsn())
-    try:
-        await conn.execute("CREATE DATABASE jobs")
-    finally:
-        await conn.close()
-    conn = await asyncpg.connect(primary.dsn("jobs"))
-    try:
-        await migrate(conn)
-    finally:
-        await conn.close()
-    standby = clusters.new("standby").basebackup_of(primary)
-    standby.start()
-    conn = await asyncpg.connect(primary.dsn())
-    try:
-        # Synchronous from now on (after the base backup, so the standby's copy
-        # of the settings does not ask for a standby of its own once promoted).
-        await conn.execute("ALTER SYSTEM SET synchronous_standby_names = '*'")
-        await conn.execute("ALTER SYSTEM SET synchronous_commit = 'on'")
-        await conn.execute("SELECT pg_reload_conf()")
-
-        async def synchronous() -> bool:
-            return bool(await conn.fetchval(
-                "SELECT count(*) FROM pg_stat_replication WHERE sync_state = 'sync'"))
-
-        await wait_for(synchronous, within=30, message="the standby to be synchronous")
-    finally:
-        await conn.close()
-    return primary, standby
-
-
 async def test_three_daemons_the_api_and_watch_ride_out_a_failover(
     clusters: Clusters, tmp_path: Path
 ) -> None:
-    primary, standby = await primary_and_standby(clusters)
+    primary, standby = await clusters.synchronous_pair()
     both = (f"postgresql://postgres@{primary.host}:{primary.port},{standby.host}:{standby.port}"
             "/jobs?target_session_attrs=read-write")
     spans = tmp_path / "spans.log"
@@ -152,6 +107,13 @@ async def test_three_daemons_the_api_and_watch_ride_out_a_failover(
                 "SELECT count(*) FROM jobengine.job_history WHERE to_status = 'completed'") == JOBS
             await assert_every_history_is_a_valid_path(conn)
             await assert_landed_attempts_never_overlapped(conn, spans)
+
+            # Every daemon LISTENs again, on the new primary.
+            async def all_listen_again() -> bool:
+                return all('"listener.reconnected"' in (tmp_path / f"d{i}.log").read_text()
+                           for i in range(3))
+
+            await wait_for(all_listen_again, within=30, message="every daemon to LISTEN again")
 
             # The API found the new primary by itself.
             async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:

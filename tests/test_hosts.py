@@ -48,15 +48,6 @@ def hosts() -> Iterator[list[Host]]:
             host.__exit__()
 
 
-@pytest.fixture
-def clusters() -> Iterator[Clusters]:
-    made = Clusters()
-    try:
-        yield made
-    finally:
-        made.close()
-
-
 def log_events(path: Path) -> list[dict[str, object]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.startswith("{")]
 

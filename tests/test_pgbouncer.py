@@ -71,26 +71,31 @@ async def actors(pool: asyncpg.Pool) -> set[tuple[str, str, str]]:
     return {(r["f"], r["t"], r["actor"]) for r in rows}
 
 
+async def burn_down(env: dict[str, str], pool: asyncpg.Pool, tmp: Path, n: int) -> str:
+    """A `jobengine run` with `env` until n new jobs settled; its log."""
+    proc = spawn([*JOBENGINE, "run"], env, tmp / "daemon.log")
+    try:
+        await daemon_ready(tmp / "daemon.log")
+        await insert_naps(pool, n)
+        await wait_settled(pool, within=90)
+    finally:
+        assert stop(proc) == 0
+    assert await pool.fetchval(
+        "SELECT count(*) FROM jobengine.jobs WHERE status = 'completed'") == n
+    return (tmp / "daemon.log").read_text()
+
+
 async def test_a_daemon_through_pgbouncer_burns_down_jobs_and_is_named_in_the_ledger(
     bouncer: PgBouncer, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
     env = env_for(bouncer, db_dsn, tmp_path, listen=True, JOBENGINE_DAEMON_ID="bounced",
                   JOBENGINE_DAEMON_CONCURRENCY="20")
-    proc = spawn([*JOBENGINE, "run"], env, tmp_path / "daemon.log")
-    try:
-        await daemon_ready(tmp_path / "daemon.log")
-        await insert_naps(pool, 600)
-        await wait_settled(pool, within=90)
-    finally:
-        assert stop(proc) == 0
-    log = (tmp_path / "daemon.log").read_text()
+    log = await burn_down(env, pool, tmp_path, 600)
     assert "listener.connected" in log
     assert "daemon.polling" not in log
     # Nothing the pooler broke: no claim or write had to be retried.
     for trouble in ("claim.failed", "outcome.write_failed", "prepared statement", "Traceback"):
         assert trouble not in log, log[-3000:]
-    assert await pool.fetchval(
-        "SELECT count(*) FROM jobengine.jobs WHERE status = 'completed'") == 600
     # The daemon's id travelled in application_name: every engine step is its own.
     assert await actors(pool) == {("", "pending", "tests"), ("pending", "scheduled", "bounced"),
                                   ("scheduled", "running", "bounced"),
@@ -101,22 +106,12 @@ async def test_a_daemon_through_pgbouncer_burns_down_jobs_and_is_named_in_the_le
 async def test_without_listen_dsn_the_daemon_polls_and_says_so(
     bouncer: PgBouncer, db_dsn: str, pool: asyncpg.Pool, tmp_path: Path
 ) -> None:
-    env = env_for(bouncer, db_dsn, tmp_path, listen=False)
-    proc = spawn([*JOBENGINE, "run"], env, tmp_path / "daemon.log")
-    try:
-        await daemon_ready(tmp_path / "daemon.log")
-        await insert_naps(pool, 50)
-        await wait_settled(pool, within=60)
-    finally:
-        assert stop(proc) == 0
-    lines = [json.loads(line) for line in (tmp_path / "daemon.log").read_text().splitlines()
-             if line.startswith("{")]
+    log = await burn_down(env_for(bouncer, db_dsn, tmp_path, listen=False), pool, tmp_path, 50)
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
     polling = [line for line in lines if line.get("event") == "daemon.polling"]
     assert polling
     assert polling[0]["pooler"] == "pgbouncer"
     assert not any(line.get("event") == "listener.connected" for line in lines)
-    assert await pool.fetchval(
-        "SELECT count(*) FROM jobengine.jobs WHERE status = 'completed'") == 50
 
 
 async def run_cli(env: dict[str, str], *args: str) -> tuple[int, str, str]:
@@ -213,3 +208,56 @@ def test_pgbouncer_settings_are_read_from_toml_and_environment(tmp_path: Path) -
         load_settings(env={"JOBENGINE_DSN": "postgresql://x/y", "JOBENGINE_POOLER": "odyssey"})
     with pytest.raises(ConfigError, match="pooler is set but dsn is not"):
         load_settings(env={"JOBENGINE_POOLER": "pgbouncer"})
+
+
+async def test_pooled_connections_name_no_statement_and_share_one_server_connection(
+    server_dsn: str,
+) -> None:
+    from jobengine.store.pool import Database, connect
+
+    one = PgBouncer(server_dsn, pool_size=1).start()  # every client on one server connection
+    try:
+        target = Database(one.dsn("postgres"), pooler="pgbouncer")
+        a, b = await connect(target, "a"), await connect(target, "b")
+        try:
+            for i in range(50):  # interleaved, each query twice (the second from its kept description)
+                assert await a.fetchval("SELECT $1::int + 1", i) == i + 1
+                assert await b.fetchval("SELECT $1::text || 'x'", str(i)) == f"{i}x"
+                assert await a.fetchrow("SELECT $1::int AS n, current_setting('application_name') AS w",
+                                        i) == (i, "jobengine:a")
+            assert await b.fetchval("SELECT count(*) FROM pg_prepared_statements") == 0
+        finally:
+            await a.close()
+            await b.close()
+    finally:
+        one.close()
+
+
+async def test_polling_behind_pgbouncer_a_cancelled_running_job_stops_at_its_next_renewal(
+    bouncer: PgBouncer, db_dsn: str, pool: asyncpg.Pool
+) -> None:
+    from jobengine.daemon import from_callables, run_daemon
+    from jobengine.store import JobStore
+    from jobengine.store.pool import Database
+    from tests.daemon_helpers import config, insert
+
+    started, stopped = anyio.Event(), anyio.Event()
+
+    async def long(_job: Any) -> None:
+        started.set()
+        try:
+            await anyio.sleep(60)
+        finally:
+            stopped.set()
+
+    target = Database(pooled(bouncer, db_dsn), pooler="pgbouncer")  # no listen_dsn: no LISTEN
+    async with run_daemon(config(lease_ttl=3.0, poll_interval=0.5), target,
+                          handlers=from_callables({"long": long})):
+        job_id = await insert(pool, "long")
+        with anyio.fail_after(20):
+            await started.wait()
+        await JobStore(pool).cancel(job_id)
+        with anyio.fail_after(10):  # a renewal every second finds the job gone
+            await stopped.wait()
+    assert await pool.fetchval("SELECT status::text FROM jobengine.jobs WHERE id = $1",
+                               job_id) == "cancelled"

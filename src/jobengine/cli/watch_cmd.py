@@ -103,6 +103,11 @@ class Follower:
         self._seen: dict[str, None] = {}  # insertion-ordered: the oldest go first
         self.wake = Signal()
 
+    def skip(self, event_ids: list[str]) -> None:
+        """Never print these (they had committed before watch started)."""
+        for event_id in event_ids:
+            self._first_time(event_id)
+
     def _first_time(self, event_id: str) -> bool:
         if event_id in self._seen:
             return False
@@ -153,7 +158,8 @@ async def follow(db: Database, printer: Printer, *, poll_interval: float = 1.0) 
     pool = await create_pool(db, "cli", min_size=1, max_size=2)
     try:
         store = JobStore(pool)
-        cursor = await store.events_head()
+        cursor, committed = await store.events_head()
+        follower.skip(committed)
         source = listen_source(db, "cli")
         async with anyio.create_task_group() as tg:
             if source is None:

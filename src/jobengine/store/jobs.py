@@ -147,11 +147,11 @@ class JobStore(Lifecycle):
         last = (int(rows[-1]["tx_id"]), rows[-1]["id"]) if rows else cursor
         return EventPage(events, last)
 
-    async def events_head(self) -> tuple[int, int]:
-        """A cursor for "from now on": `events_after` it returns only what commits next
-        (and what transactions open right now write)."""
+    async def events_head(self) -> tuple[tuple[int, int], list[str]]:
+        """Where "from now on" starts: a cursor, and the ids of the events after it that
+        had committed already (`events_after` the cursor, less those, is what comes next)."""
         rows = await self._fetch("timeline_head")
-        return (int(rows[0]["tx_id"]), 2**63 - 1)
+        return (int(rows[0]["tx_id"]), 2**63 - 1), list(rows[0]["committed"])
 
     # -- operators' actions ----------------------------------------------------
 

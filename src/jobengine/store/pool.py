@@ -104,15 +104,63 @@ def server_settings(
     connection it lends this client, and `jobengine.session_actor()` reads.
     """
     if pooled:
-        return {"application_name": f"jobengine:{actor}"[:63]}
+        # client_encoding again, as the server spells it: asyncpg's own start-up
+        # value ('utf-8', quoted) never equals the server's (UTF8), and PgBouncer
+        # then sends `SET client_encoding` before every transaction it forwards.
+        return {"application_name": f"jobengine:{actor}"[:63], "client_encoding": "UTF8"}
     return {"jobengine.actor": actor, "application_name": application[:63]}
+
+
+class PooledConnection(asyncpg.Connection):  # type: ignore[misc]
+    """A connection through a transaction pooler: no statement is ever named.
+
+    With its statement cache off (`statement_cache_size=0`) asyncpg prepares
+    each query as the unnamed statement and marks it unprepared, so that the
+    execution parses it again in the same round trip as Bind/Execute: nothing
+    outlives the transaction the pooler ran it in. But it describes every query
+    first, one more round trip each time. This keeps those descriptions (the
+    parameter and column types, all on the client) per query, so a query seen
+    before is parsed and run in one round trip, still unnamed.
+    """
+
+    #: queries whose description is kept (the oldest is dropped beyond this)
+    KEEP = 200
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._unnamed: dict[tuple[Any, ...], Any] = {}
+
+    async def _get_statement(  # type: ignore[no-untyped-def]
+        self, query, timeout, *, named=False, use_cache=True, ignore_custom_codec=False,  # noqa: ASYNC109
+        record_class=None,
+    ):
+        if named or not use_cache:
+            return await super()._get_statement(
+                query, timeout, named=named, use_cache=use_cache,
+                ignore_custom_codec=ignore_custom_codec, record_class=record_class)
+        key = (query, record_class, ignore_custom_codec)
+        state = self._unnamed.get(key)
+        if state is None or state.closed:
+            # Prepared unnamed and marked unprepared (the cache is off): every
+            # execution sends Parse with its Bind, and it stays that way.
+            state = await super()._get_statement(
+                query, timeout, named=False, use_cache=False,
+                ignore_custom_codec=ignore_custom_codec, record_class=record_class)
+            if len(self._unnamed) >= self.KEEP:
+                del self._unnamed[next(iter(self._unnamed))]
+            self._unnamed[key] = state
+        return state
+
+    def _drop_local_statement_cache(self) -> None:
+        self._unnamed.clear()
+        super()._drop_local_statement_cache()
 
 
 def _pooler_options(db: Database) -> dict[str, Any]:
     # statement_cache_size=0: asyncpg then names no prepared statement and
     # re-parses its unnamed one in the same round trip as Bind/Execute, so no
     # statement outlives the transaction that the pooler ran it in.
-    return {"statement_cache_size": 0} if db.pooled else {}
+    return {"statement_cache_size": 0, "connection_class": PooledConnection} if db.pooled else {}
 
 
 async def _release_reset(conn: asyncpg.Connection) -> None:

@@ -30,5 +30,8 @@ LIMIT $3;
 
 -- name: timeline_head
 -- Where a reader that wants only what comes next starts: just before the
--- oldest transaction still open, so none of its events can be passed over.
-SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1) AS tx_id;
+-- oldest transaction still open, so none of its events can be passed over;
+-- and the events after that point which had committed already (to skip).
+SELECT (pg_snapshot_xmin(pg_current_snapshot())::text::bigint - 1) AS tx_id,
+       ARRAY(SELECT event_id::text FROM jobengine.timeline_events
+             WHERE tx_id >= pg_snapshot_xmin(pg_current_snapshot())) AS committed;
