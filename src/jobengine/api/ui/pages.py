@@ -54,8 +54,13 @@ def _scheduling(request: Request) -> SchedulingStore:
 
 
 async def _cursor(request: Request) -> str:
-    """The event cursor to follow from, read before the page's data."""
-    return format_cursor(await context(request).store.events_head())
+    """The event cursor to follow from, read before the page's data.
+
+    (Events after it that had committed already are in the data the page
+    shows; replaying them changes nothing on the page.)
+    """
+    cursor, _committed = await context(request).store.events_head()
+    return format_cursor(cursor)
 
 
 def chart_series(minutes: list[Minute]) -> dict[str, list[Any]]:
