@@ -53,8 +53,9 @@ class HandlerSource(Protocol):
     one; its handlers run beside those of `[handlers]`.
     """
 
-    def handlers(self, *, thread_limit: int = 40) -> dict[str, Handler]:
-        """The handlers, by kind."""
+    def handlers(self, *, thread_limit: int = 40,
+                 limiter: anyio.CapacityLimiter | None = None) -> dict[str, Handler]:
+        """The handlers, by kind (plain functions' threads under `limiter`, if given)."""
         ...
 
 
@@ -183,9 +184,14 @@ def resolve_handlers(
     *,
     thread_limit: int = 40,
     wrap_command: Callable[[list[str]], list[str]] | None = None,
+    limiter: anyio.CapacityLimiter | None = None,
 ) -> dict[str, Handler]:
-    """Turn `[handlers]` into callables; fails fast on the first bad entry."""
-    limiter = anyio.CapacityLimiter(max(thread_limit, 1))
+    """Turn `[handlers]` into callables; fails fast on the first bad entry.
+
+    Plain functions run in threads under `limiter` (a new one of `thread_limit`
+    unless given: one shared with an app's tasks caps their threads together).
+    """
+    limiter = limiter or anyio.CapacityLimiter(max(thread_limit, 1))
     handlers: dict[str, Handler] = {}
     for kind, spec in specs.items():
         if isinstance(spec, CommandHandler):
@@ -198,12 +204,13 @@ def resolve_handlers(
 
 
 def merge_handlers(configured: Mapping[str, Handler], source: HandlerSource | None,
-                   *, thread_limit: int = 40) -> dict[str, Handler]:
+                   *, thread_limit: int = 40,
+                   limiter: anyio.CapacityLimiter | None = None) -> dict[str, Handler]:
     """`[handlers]` and an app's tasks together; a kind in both is a `ConfigError`."""
     merged = dict(configured)
     if source is None:
         return merged
-    for kind, handler in source.handlers(thread_limit=thread_limit).items():
+    for kind, handler in source.handlers(thread_limit=thread_limit, limiter=limiter).items():
         if kind in merged:
             raise ConfigError(
                 f"kind {kind!r} is both in [handlers] and a task of the app: "

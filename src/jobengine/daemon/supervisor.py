@@ -206,9 +206,12 @@ class Daemon:
         limit = self.settings.concurrency
         given = self._given_handlers
         if self._app is not None:
+            # One thread limiter for [handlers] and the app's tasks: together
+            # they never hold more than `concurrency` threads (abandoned ones too).
+            limiter = anyio.CapacityLimiter(max(limit, 1))
             base = given if given is not None else resolve_handlers(
-                self.config.handlers, thread_limit=limit)
-            given = merge_handlers(base, self._app, thread_limit=limit)
+                self.config.handlers, thread_limit=limit, limiter=limiter)
+            given = merge_handlers(base, self._app, thread_limit=limit, limiter=limiter)
         if self.config.sealed:  # ConfigError if some handler cannot be isolated here
             listen = self.database.listen
             return sealed_handlers(self.config, given, self.dsn,

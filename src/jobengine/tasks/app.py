@@ -104,9 +104,11 @@ class App:
 
         return register(func) if func is not None else register
 
-    def handlers(self, *, thread_limit: int = 40) -> dict[str, Handler]:
-        """The daemon's handlers for these tasks (`jobengine run --app`, `run_daemon(app=)`)."""
-        limiter = anyio.CapacityLimiter(max(thread_limit, 1))
+    def handlers(self, *, thread_limit: int = 40,
+                 limiter: anyio.CapacityLimiter | None = None) -> dict[str, Handler]:
+        """The daemon's handlers for these tasks (`jobengine run --app`, `run_daemon(app=)`);
+        plain functions' threads under `limiter` (else one of `thread_limit`)."""
+        limiter = limiter or anyio.CapacityLimiter(max(thread_limit, 1))
         out: dict[str, Handler] = {}
         for kind, task in self.tasks.items():
             # By this reference sealed mode's sandbox imports the task again.
