@@ -287,10 +287,10 @@ class LedgerStore:
         """
         checks = []
         for record in records:
-            if (await self._fetch("ledger_day_removed", record.day))[0]["removed"]:
+            row = (await self._fetch("ledger_day_check", record.day))[0]
+            if row["removed"]:
                 checks.append(SealCheck(record, "removed"))
                 continue
-            row = (await self._fetch("ledger_day_digest", record.day))[0]
             same = int(row["rows"]) == record.rows and bytes(row["digest"]) == record.digest
             checks.append(SealCheck(record, "intact" if same else "changed", int(row["rows"])))
         return checks

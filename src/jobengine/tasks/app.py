@@ -54,6 +54,7 @@ class App:
         self._actor = actor
         self._pool_size = pool_size
         self._embedded = False
+        self._schema_ready = False
         self._pool: asyncpg.Pool | None = None
         self._pool_lock: anyio.Lock | None = None
         self._waiters: Waiters | None = None
@@ -159,10 +160,7 @@ class App:
             if self._pool is None:
                 if self._db is None:  # starting the embedded server blocks: not in the loop
                     await anyio.to_thread.run_sync(lambda: self.database)
-                if self._embedded:
-                    from jobengine.cli.context import ensure_schema
-
-                    await ensure_schema(self.database, embedded=True, actor=self._actor)
+                await self._ensure_schema()
                 self._pool = await create_pool(self.database, self._actor, min_size=1,
                                                max_size=self._pool_size)
         return self._pool
@@ -183,12 +181,17 @@ class App:
         raise RuntimeError("defer_sync without connection= cannot run inside an event loop: "
                            "use `await task.defer(...)` there, or give a synchronous connection")
 
-    async def _insert_once(self, job: connections.Insert) -> list[int]:
-        db = self.database  # (resolved here, if not yet: this call's own event loop)
-        if self._embedded:
+    async def _ensure_schema(self) -> None:
+        """On the embedded PostgreSQL, migrate it once (as the CLI does); else nothing."""
+        if self._embedded and not self._schema_ready:
             from jobengine.cli.context import ensure_schema
 
-            await ensure_schema(db, embedded=True, actor=self._actor)
+            await ensure_schema(self.database, embedded=True, actor=self._actor)
+            self._schema_ready = True
+
+    async def _insert_once(self, job: connections.Insert) -> list[int]:
+        db = self.database  # (resolved here, if not yet: this call's own event loop)
+        await self._ensure_schema()
         conn = await connect(db, self._actor)
         try:
             return await connections.insert(conn, job)

@@ -149,22 +149,26 @@ class Configured(Generic[P, R]):
                          connection: Any = _UNSET) -> list[int]:
         """Create one job per item (each the keyword arguments of one call) in one
         statement; their ids, in order."""
-        payloads = self._payloads(items)
-        if not payloads:
+        insert = self._many(items)
+        if insert is None:
             return []
-        conn = self.connection if connection is _UNSET else connection
-        return await self.task.app.insert(
-            self.options.insert(self.task.arguments.encode(payloads)), conn)
+        return await self.task.app.insert(insert, self._connection(connection))
 
     def defer_many_sync(self, items: Iterable[Mapping[str, Any]], *,
                         connection: Any = _UNSET) -> list[int]:
         """As `defer_many`, from synchronous code."""
-        payloads = self._payloads(items)
-        if not payloads:
+        insert = self._many(items)
+        if insert is None:
             return []
-        conn = self.connection if connection is _UNSET else connection
-        return self.task.app.insert_sync(
-            self.options.insert(self.task.arguments.encode(payloads)), conn)
+        return self.task.app.insert_sync(insert, self._connection(connection))
+
+    def _connection(self, given: Any) -> Any:
+        return self.connection if given is _UNSET else given
+
+    def _many(self, items: Iterable[Mapping[str, Any]]) -> connections.Insert | None:
+        """The one statement for these items (None for none)."""
+        payloads = self._payloads(items)
+        return self.options.insert(self.task.arguments.encode(payloads)) if payloads else None
 
     def configure(self, **options: Any) -> Configured[P, R]:
         """These options with more changed (see `Task.configure`)."""

@@ -4,7 +4,7 @@ pause and resume queues and schedules.
 Every action is a form POST checked for CSRF (`session.read_form`) and,
 through the route's `write` scope, by the same authorizer as the REST API.
 Each one calls what the REST endpoint calls (`JobStore.cancel`,
-`JobStore.retry`, `set_queue_paused`, `SchedulingStore.set_schedule_enabled`)
+`JobStore.retry`, `SchedulingStore.set_paused`, `SchedulingStore.set_schedule_enabled`)
 on the API's pool, whose connections carry the actor `api`: the ledger
 records a change made here exactly as one made through `/v1/`. A success
 sends the browser back to the page (303); a refusal is a page saying why,
@@ -23,7 +23,6 @@ from starlette.responses import RedirectResponse, Response
 from jobengine.api.auth import requires_scope
 from jobengine.api.errors import ApiError, api_error_for
 from jobengine.api.inputs import context, path_id
-from jobengine.api.scheduling import set_queue_paused
 from jobengine.api.ui.render import error_page, page
 from jobengine.api.ui.session import (
     auth_required,
@@ -187,7 +186,9 @@ def _name(request: Request) -> str:
 async def _queue(request: Request, paused: bool) -> Response:
     try:
         await read_form(request)
-        await set_queue_paused(SchedulingStore(context(request).store.db), _name(request), paused)
+        # (the store's write, as REST's set_queue_paused makes it; the page
+        # redirects, so the queue overview that helper reads back is not needed)
+        await SchedulingStore(context(request).store.db).set_paused(_name(request), paused)
     except Exception as exc:
         return _refused(request, exc)
     return _back("/ui/queues")

@@ -98,9 +98,10 @@ SELECT day, rows, digest, sealed_at, actor FROM jobengine.ledger_seal_v1($1::int
 SELECT day, rows, digest, sealed_at, actor FROM jobengine.ledger_seals
 WHERE $1::date IS NULL OR day >= $1 ORDER BY day;
 
--- name: ledger_day_digest
-SELECT rows, digest FROM jobengine.ledger_day_digest($1::date);
-
--- name: ledger_day_removed
--- Whether retention may have removed rows of this UTC day.
-SELECT ((($1::date + 1)::timestamp AT TIME ZONE 'UTC') <= jobengine.ledger_removed_before()) AS removed;
+-- name: ledger_day_check
+-- A sealed day as it stands: whether retention may have removed its rows
+-- (then it is not read), else its rows and digest now.
+SELECT r.removed, d.rows, d.digest
+FROM (SELECT ((($1::date + 1)::timestamp AT TIME ZONE 'UTC') <= jobengine.ledger_removed_before())
+             AS removed) r
+LEFT JOIN LATERAL (SELECT * FROM jobengine.ledger_day_digest($1::date) WHERE NOT r.removed) d ON true;
