@@ -50,7 +50,7 @@ DECLARE
     n integer;
     n_sent bigint;
     v_relayed boolean := jobengine.notify_relayed();
-    v_actor text := jobengine.session_actor();
+    v_actor text := coalesce(nullif(current_setting('jobengine.actor', true), ''), 'sql');
 BEGIN
     IF p_event_type !~ '^job\.[a-z_]+$' OR EXISTS (
         SELECT 1 FROM unnest(enum_range(NULL::jobengine.job_status) || NULL::jobengine.job_status) AS a(s),
@@ -84,9 +84,9 @@ BEGIN
     )
     SELECT (SELECT count(*) FROM e),
            (SELECT count(pg_notify('jobengine_events',
-                jobengine.envelope(jobengine.ledger_event_id(e.id, NULL), p_event_type, e.occurred_at, e.job_id,
+                jobengine.envelope_text(jobengine.ledger_event_id(e.id, NULL), p_event_type, e.occurred_at, e.job_id,
                                    e.kind, e.queue, e.to_status, e.to_status, e.attempt, v_actor,
-                                   p_reason)::text)) FROM e WHERE NOT v_relayed)
+                                   p_reason))) FROM e WHERE NOT v_relayed)
     INTO n, n_sent;
     PERFORM set_config('jobengine.noting', '', true);
     RETURN n;
@@ -778,6 +778,16 @@ CREATE FUNCTION jobengine.envelope(event_id uuid, event_type text, occurred_at t
 END;
 
 --
+-- Name: envelope_text(uuid, text, timestamp with time zone, bigint, text, text, jobengine.job_status, jobengine.job_status, integer, text, text); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.envelope_text(event_id uuid, event_type text, occurred_at timestamp with time zone, job_id bigint, kind text, queue text, from_status jobengine.job_status, to_status jobengine.job_status, attempt integer, actor text, reason text) RETURNS text
+    LANGUAGE sql STABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT (((((((((((((((((((((('{"kind": '::text || COALESCE((to_json(kind))::text, 'null'::text)) || ', "actor": '::text) || COALESCE((to_json(actor))::text, 'null'::text)) || ', "queue": '::text) || COALESCE((to_json(queue))::text, 'null'::text)) || ', "job_id": '::text) || COALESCE((job_id)::text, 'null'::text)) || ', "reason": '::text) || COALESCE((to_json(reason))::text, 'null'::text)) || ', "attempt": '::text) || COALESCE((attempt)::text, 'null'::text)) || ', "event_id": '::text) || COALESCE((('"'::text || (event_id)::text) || '"'::text), 'null'::text)) || ', "to_status": '::text) || COALESCE((('"'::text || (to_status)::text) || '"'::text), 'null'::text)) || ', "event_type": '::text) || COALESCE((to_json(event_type))::text, 'null'::text)) || ', "from_status": '::text) || COALESCE((('"'::text || (from_status)::text) || '"'::text), 'null'::text)) || ', "occurred_at": '::text) || COALESCE((to_json(occurred_at))::text, 'null'::text)) || ', "schema_version": 1}'::text);
+END;
+
+--
 -- Name: fail_v1(text, bigint[], integer[], text[], text[], double precision[]); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -1183,8 +1193,8 @@ BEGIN
     )
     -- (with the relay, `e` is written and nothing sent: the filter is a constant)
     SELECT count(pg_notify('jobengine_events',
-               jobengine.envelope(jobengine.ledger_event_id(e.id, NULL), 'job.created', e.occurred_at,
-                                  e.job_id, e.kind, e.queue, NULL, 'pending', 0, e.actor, 'created')::text))
+               jobengine.envelope_text(jobengine.ledger_event_id(e.id, NULL), 'job.created', e.occurred_at,
+                                  e.job_id, e.kind, e.queue, NULL, 'pending', 0, e.actor, 'created')))
     INTO n_sent FROM e WHERE NOT v_relayed;
 
     IF NOT v_relayed THEN
@@ -1267,9 +1277,9 @@ BEGIN
         GROUP BY k.chunk
     )
     SELECT (SELECT count(pg_notify('jobengine_events',
-                jobengine.envelope(jobengine.ledger_event_id(e.id, NULL), e.event_type, e.occurred_at, e.job_id,
+                jobengine.envelope_text(jobengine.ledger_event_id(e.id, NULL), e.event_type, e.occurred_at, e.job_id,
                                    e.kind, e.queue, e.from_status, e.to_status, e.attempt, e.actor,
-                                   e.reason)::text)) FROM e WHERE NOT v_relayed)
+                                   e.reason))) FROM e WHERE NOT v_relayed)
          + (SELECT count(*) FROM w) + (SELECT count(*) FROM x)
     INTO n_changed;
     RETURN NULL;
@@ -1333,12 +1343,14 @@ $$;
 --
 
 CREATE FUNCTION jobengine.max_lease_ttl() RETURNS interval
-    LANGUAGE sql STABLE PARALLEL SAFE
-    BEGIN ATOMIC
- SELECT COALESCE(( SELECT (s.value)::interval AS value
-            FROM jobengine.settings s
-           WHERE (s.name = 'max_lease_ttl'::text)), '01:00:00'::interval) AS "coalesce";
-END;
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN coalesce((SELECT s.value::interval FROM jobengine.settings s WHERE s.name = 'max_lease_ttl'),
+                    interval '1 hour');
+END
+$$;
 
 --
 -- Name: lease_ok(timestamp with time zone, timestamp with time zone); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -1678,12 +1690,14 @@ $$;
 --
 
 CREATE FUNCTION jobengine.max_payload_bytes() RETURNS bigint
-    LANGUAGE sql STABLE PARALLEL SAFE
-    BEGIN ATOMIC
- SELECT COALESCE(( SELECT (s.value)::bigint AS value
-            FROM jobengine.settings s
-           WHERE (s.name = 'max_payload_bytes'::text)), (1048576)::bigint) AS "coalesce";
-END;
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN coalesce((SELECT s.value::bigint FROM jobengine.settings s WHERE s.name = 'max_payload_bytes'),
+                    1048576::bigint);
+END
+$$;
 
 --
 -- Name: may_only_cancel(); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -1700,12 +1714,13 @@ END;
 --
 
 CREATE FUNCTION jobengine.notify_relayed() RETURNS boolean
-    LANGUAGE sql STABLE PARALLEL SAFE
-    BEGIN ATOMIC
- SELECT (EXISTS ( SELECT 1
-            FROM jobengine.settings s
-           WHERE ((s.name = 'notify_mode'::text) AND (s.value = 'relayed'::text)))) AS "exists";
-END;
+    LANGUAGE plpgsql STABLE PARALLEL SAFE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+BEGIN
+    RETURN EXISTS (SELECT 1 FROM jobengine.settings s WHERE s.name = 'notify_mode' AND s.value = 'relayed');
+END
+$$;
 
 --
 -- Name: positive_ttl(interval); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -1921,10 +1936,10 @@ BEGIN
         ORDER BY l.tx_id, l.id
         LIMIT p_limit
     ), ev AS (
-        SELECT count(pg_notify('jobengine_events', jobengine.envelope(
+        SELECT count(pg_notify('jobengine_events', jobengine.envelope_text(
                    jobengine.ledger_event_id(o.id, o.legacy_event_id), o.event_type, o.occurred_at, o.job_id,
                    o.kind, o.queue, CASE WHEN o.note THEN o.to_status ELSE o.from_status END, o.to_status,
-                   o.attempt, o.actor, o.reason)::text)) AS n
+                   o.attempt, o.actor, o.reason))) AS n
         FROM (SELECT * FROM b ORDER BY b.tx_id, b.id) o
     ), wk AS (
         SELECT count(pg_notify('jobengine_wake', q.queue || q.what)) AS n
@@ -3429,4 +3444,5 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (4, 'ledger', 'cd1ee12508dab55da6154eef8d6a222780ed4d0ab36d8bc7b245829d2497461f'),
     (5, 'scheduling', 'e2cea6fd40364e71ed5da3eea03e99416b39e6f8b21a09557cb9700fa4c212a0'),
     (6, 'poolers', 'c632b430b56b671b750a8e6da5a70382607e62e11bee80389c4aeb814f92349e'),
-    (7, 'ledger_seals', 'c1308c32461d95b9ad988b12355b7e29c20911b5c039df413c689587f7e51cf3');
+    (7, 'ledger_seals', 'c1308c32461d95b9ad988b12355b7e29c20911b5c039df413c689587f7e51cf3'),
+    (8, 'write_path', '838b8354a0301a799ab6bcdc93612fb9ad2d12fc36014eaca8c557585ac0abed');

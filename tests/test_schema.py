@@ -68,6 +68,7 @@ class Listener:
 
     def __init__(self) -> None:
         self.messages: list[dict[str, Any]] = []
+        self.raw: list[str] = []
         self.conn: asyncpg.Connection | None = None
 
     async def start(self, dsn: str) -> None:
@@ -75,6 +76,7 @@ class Listener:
         await self.conn.add_listener("jobengine_events", self._on)
 
     def _on(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
+        self.raw.append(payload)
         self.messages.append(json.loads(payload))
 
     async def close(self) -> None:
@@ -180,6 +182,42 @@ async def test_insert_is_recorded_with_notification(
     assert envelope["from_status"] is None
     assert envelope["to_status"] == "pending"
     assert "payload" not in envelope
+
+
+async def test_notified_envelope_is_the_stored_envelope_byte_for_byte(
+    db_dsn: str, listener: Listener
+) -> None:
+    """What is sent (written directly as text) is what the timeline reads (built as jsonb)."""
+    conn = await asyncpg.connect(db_dsn, server_settings={"TimeZone": "Asia/Kathmandu"})
+    try:
+        await conn.execute("SET jobengine.actor = $$d\"1 \\ é\n\t\u263a$$")
+        job_id = await insert_job(conn, kind="k.x:y-z")
+        await conn.execute("UPDATE jobengine.jobs SET status = 'cancelled', status_reason ="
+                           " $$why \"not\" \u00e9\u0001$$ WHERE id = $1", job_id)
+        await listener.expect(2)
+        sent = listener.raw[:2]
+        stored = await conn.fetch("SELECT envelope::text AS e FROM jobengine.timeline_events"
+                                  " WHERE job_id = $1 ORDER BY id", job_id)
+    finally:
+        await conn.close()
+    assert sent == [r["e"] for r in stored]
+    assert json.loads(sent[1])["reason"] == 'why "not" \u00e9\u0001'
+
+
+async def test_envelope_text_matches_envelope_for_nulls_and_odd_values(
+    tx: asyncpg.Connection,
+) -> None:
+    args = ("'00000000-0000-0000-0000-00000000002a'::uuid, $1, $2::text::timestamptz, $3::bigint, $4, $5,"
+            " $6::jobengine.job_status, $7::jobengine.job_status, $8::int, $9, $10")
+    cases = [
+        ("job.created", "2026-03-29 01:30:00.5+00", 1, "k", "q", None, "pending", 0, None, None),
+        ("job.note_x", "1999-12-31 23:59:59.999999-11", 2**62, "é", "\\", "running", "running",
+         2**31 - 1, 'x"\b\f/', "tab\there"),
+    ]
+    for case in cases:
+        row = await tx.fetchrow(f"SELECT jobengine.envelope({args})::text AS j,"
+                                f" jobengine.envelope_text({args}) AS t", *case)
+        assert row["t"] == row["j"]
 
 
 DISALLOWED = [
