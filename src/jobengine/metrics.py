@@ -58,6 +58,15 @@ RUNNING = Gauge(
 
 
 _transition_children: dict[tuple[str, str], Counter] = {}
+_duration_children: dict[str, Histogram] = {}
+
+
+def observe_handler_duration(kind: str, seconds: float) -> None:
+    """HANDLER_DURATION.labels(kind).observe(seconds), the labelled child cached (hot path)."""
+    child = _duration_children.get(kind)
+    if child is None:
+        child = _duration_children[kind] = HANDLER_DURATION.labels(kind)
+    child.observe(seconds)
 
 
 def count_status_change(kind: str, to_status: str, n: int = 1) -> None:

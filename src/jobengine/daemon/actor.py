@@ -126,7 +126,7 @@ async def run_actor(
         if blocked and not isinstance(error, EgressBlocked):
             error = _Swallowed(blocked[0])
         timed_out = actor.scope.cancelled_caught and actor.interrupted_for is None
-        metrics.HANDLER_DURATION.labels(job.kind).observe(time.monotonic() - started)
+        metrics.observe_handler_duration(job.kind, time.monotonic() - started)
         outcome = _decide(actor, timed_out, timeout, result, error)
         if outcome is None:
             log.info("job.interrupted", reason=actor.interrupted_for,

@@ -29,6 +29,9 @@ class Attempts:
         #: attempts whose outcome is handed in but not written yet (their leases still matter)
         self._unwritten = unwritten
         self._actors: dict[AttemptKey, Actor] = {}
+        #: job id -> its attempts running here (almost always one): add() looks up
+        #: a job's older attempts once per claimed job, so not by a scan
+        self._by_job: dict[int, list[Actor]] = {}
 
     def __len__(self) -> int:
         return len(self._actors)
@@ -45,7 +48,7 @@ class Attempts:
 
     def running(self, job_id: int) -> bool:
         """Whether an attempt of this job runs here (its handler not ended)."""
-        return any(key[0] == job_id for key in self._actors)
+        return job_id in self._by_job
 
     def add(self, actor: Actor) -> list[Actor]:
         """Register a newly claimed attempt; returns the older attempts of the same job.
@@ -54,13 +57,14 @@ class Attempts:
         (they write nothing), and the new attempt must start only once they
         have ended.
         """
-        older = [a for a in self._actors.values()
-                 if a.job.id == actor.job.id and a.job.attempt < actor.job.attempt]
+        same_job = self._by_job.setdefault(actor.job.id, [])
+        older = [a for a in same_job if a.job.attempt < actor.job.attempt]
         for other in older:
             log.warning("job.superseded", job_id=actor.job.id, attempt=other.job.attempt,
                         newer_attempt=actor.job.attempt)
             other.interrupt("superseded")
         self._actors[actor.key] = actor
+        same_job.append(actor)
         metrics.RUNNING.set(len(self._actors))
         return older
 
@@ -68,6 +72,10 @@ class Attempts:
         """Forget an attempt whose handler has ended."""
         if self._actors.get(actor.key) is actor:
             del self._actors[actor.key]
+            same_job = self._by_job[actor.job.id]
+            same_job.remove(actor)
+            if not same_job:
+                del self._by_job[actor.job.id]
         metrics.RUNNING.set(len(self._actors))
 
     def interrupt_jobs(self, job_ids: Iterable[int], reason: str) -> None:

@@ -20,6 +20,7 @@ failure. Times come from the database's clock.
 from __future__ import annotations
 
 import random
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -120,10 +121,14 @@ class Lifecycle:
         rows = await fetch_on(self._db, "lifecycle_claim", owner, list(queues), list(kinds),
                               limit, lease_ttl, sealed)
         jobs = [job_from_row(r) for r in rows]
-        for job in jobs:
-            if job.scheduled_at == job.started_at:  # claimed straight from pending: two steps
-                count_status_change(job.kind, "scheduled")
-            count_status_change(job.kind, "running")
+        if jobs:
+            changes = Counter(
+                (job.kind, step) for job in jobs
+                # claimed straight from pending: two steps
+                for step in (("scheduled", "running") if job.scheduled_at == job.started_at
+                             else ("running",)))
+            for (kind, step), n in changes.items():
+                count_status_change(kind, step, n)
         return jobs
 
     async def adoptable(self, owner: str, known: Sequence[AttemptKey]) -> list[Job]:
@@ -278,8 +283,11 @@ def _decide(
 def _written(rows: Sequence[Any], to_status: str) -> dict[AttemptKey, Written]:
     """Each attempt's answer; the changes made are counted (jobengine_transitions_total)."""
     written = {}
+    changed: Counter[str] = Counter()
     for r in rows:
         outcome = written[(r["id"], r["attempt"])] = Written(r["outcome"])
         if outcome is Written.DONE:
-            count_status_change(r["kind"], to_status)
+            changed[r["kind"]] += 1
+    for kind, n in changed.items():
+        count_status_change(kind, to_status, n)
     return written
