@@ -121,14 +121,13 @@ class Lifecycle:
         rows = await fetch_on(self._db, "lifecycle_claim", owner, list(queues), list(kinds),
                               limit, lease_ttl, sealed)
         jobs = [job_from_row(r) for r in rows]
-        if jobs:
-            changes = Counter(
-                (job.kind, step) for job in jobs
-                # claimed straight from pending: two steps
-                for step in (("scheduled", "running") if job.scheduled_at == job.started_at
-                             else ("running",)))
-            for (kind, step), n in changes.items():
-                count_status_change(kind, step, n)
+        changes: Counter[tuple[str, str]] = Counter()
+        for job in jobs:
+            if job.scheduled_at == job.started_at:  # claimed straight from pending: two steps
+                changes[(job.kind, "scheduled")] += 1
+            changes[(job.kind, "running")] += 1
+        for (kind, to_status), n in changes.items():
+            count_status_change(kind, to_status, n)
         return jobs
 
     async def adoptable(self, owner: str, known: Sequence[AttemptKey]) -> list[Job]:
