@@ -246,6 +246,33 @@ async def test_jobs_leave_only_through_retention(tx: asyncpg.Connection) -> None
             await tx.execute("SELECT * FROM jobengine.ledger_drop_v1(now() + interval '1 day')")
 
 
+async def test_a_pass_holds_back_no_xmin_horizon(db_dsn: str, pool: asyncpg.Pool) -> None:
+    """The session holding the pass's lock keeps no snapshot: removed jobs' tuples can be
+    cleaned up (and their index entries skipped) while the pass goes on."""
+    jobs = await life(pool, 120)
+    async with pool.acquire() as conn:
+        await backdate(conn, jobs, timedelta(days=40))
+    store = LedgerStore(pool)
+    seen: list[Any] = []
+    passed = anyio.Event()
+
+    async def watch() -> None:
+        async with pool.acquire() as conn:
+            while not passed.is_set():
+                seen.extend(await conn.fetch(
+                    "SELECT pid, backend_xmin FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND state = 'idle in transaction' AND backend_xmin IS NOT NULL"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        # one job per batch: the pass's transaction stays open across 120 batches
+        report = await store.retention_pass(RetentionPolicy(), batch=1)
+        passed.set()
+    assert report is not None
+    assert report.jobs_removed == 120
+    assert seen == []
+
+
 async def test_a_pass_runs_in_one_session_at_a_time(db_dsn: str, pool: asyncpg.Pool) -> None:
     store = LedgerStore(pool)
     async with pool.acquire() as holder:

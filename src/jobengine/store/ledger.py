@@ -172,6 +172,14 @@ class LedgerStore:
         async with connection_of(self._db) as holder, holder.transaction():
             if not (await fetch_on(holder, "retention_try_lock"))[0][0]:
                 return None
+            # The lock query's portal (extended protocol) stays open until the
+            # connection's next statement, and with it its snapshot: left so,
+            # this idle transaction would hold back the xmin horizon for the
+            # whole pass, no removed job's index entries could be marked dead,
+            # and every batch would walk past all earlier batches' (a pass over
+            # millions of jobs slowed to ~700 jobs/s). A simple-protocol
+            # statement closes it.
+            await holder.execute("SELECT 1")
             report = await self._pass(
                 self._db, policy, dry_run=dry_run, batch=batch, partitions_ahead=partitions_ahead
             )
