@@ -750,7 +750,11 @@ CREATE FUNCTION jobengine.dependencies_needed() RETURNS SETOF bigint
  UNION
   SELECT unnest(w.depends_on) AS unnest
     FROM jobengine.jobs w
-   WHERE ((w.status = 'scheduled'::jobengine.job_status) AND (w.depends_on <> '{}'::bigint[]))
+   WHERE ((w.status = 'scheduled'::jobengine.job_status) AND (w.limit_key IS NULL) AND (w.depends_on <> '{}'::bigint[]))
+ UNION
+  SELECT unnest(w.depends_on) AS unnest
+    FROM jobengine.jobs w
+   WHERE ((w.status = 'scheduled'::jobengine.job_status) AND (w.limit_key IS NOT NULL) AND (w.depends_on <> '{}'::bigint[]))
  UNION
   SELECT unnest(w.depends_on) AS unnest
     FROM jobengine.jobs w
@@ -3445,4 +3449,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (5, 'scheduling', 'e2cea6fd40364e71ed5da3eea03e99416b39e6f8b21a09557cb9700fa4c212a0'),
     (6, 'poolers', 'c632b430b56b671b750a8e6da5a70382607e62e11bee80389c4aeb814f92349e'),
     (7, 'ledger_seals', 'c1308c32461d95b9ad988b12355b7e29c20911b5c039df413c689587f7e51cf3'),
-    (8, 'write_path', '838b8354a0301a799ab6bcdc93612fb9ad2d12fc36014eaca8c557585ac0abed');
+    (8, 'write_path', '458957f89e5cf9e6e39b4568b91629836abaa3a7f0a982c2d7ec779049f039d9');

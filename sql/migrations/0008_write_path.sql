@@ -19,6 +19,12 @@
 --    ", " and ": " between them, and JSON strings with the same escaping as
 --    to_json; tests/test_schema.py compares the two over awkward values.
 --    The views keep envelope() (a jsonb column); only what is sent changes.
+-- 3. Reads of waiting jobs by a status list (status IN ('pending',
+--    'scheduled')) match none of the partial indexes, whose predicates name
+--    one status and whether limit_key is set: on a table of 10M finished
+--    jobs each was a scan of the whole table. dependencies_needed (read by
+--    every retention batch: 1.6 s a batch of 1,000 at 10M, ~700 jobs/s) now
+--    asks one status at a time, as the partial indexes are written.
 
 SET LOCAL search_path = pg_catalog, pg_temp;
 
@@ -316,3 +322,21 @@ BEGIN
     RETURN n;
 END
 $$;
+
+-- Jobs that still need the jobs they depend on, one status (and so one
+-- partial index) at a time: never a scan of the finished jobs.
+CREATE OR REPLACE FUNCTION jobengine.dependencies_needed() RETURNS SETOF bigint
+LANGUAGE sql STABLE
+BEGIN ATOMIC
+    SELECT unnest(w.depends_on) FROM jobengine.jobs w
+    WHERE w.status = 'pending' AND w.depends_on <> '{}'
+    UNION
+    SELECT unnest(w.depends_on) FROM jobengine.jobs w
+    WHERE w.status = 'scheduled' AND w.limit_key IS NULL AND w.depends_on <> '{}'
+    UNION
+    SELECT unnest(w.depends_on) FROM jobengine.jobs w
+    WHERE w.status = 'scheduled' AND w.limit_key IS NOT NULL AND w.depends_on <> '{}'
+    UNION
+    SELECT unnest(w.depends_on) FROM jobengine.jobs w
+    WHERE w.status = 'running' AND w.depends_on <> '{}';
+END;
