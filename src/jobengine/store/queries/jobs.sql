@@ -35,33 +35,13 @@ LIMIT $5;
 -- name: job_count_by_status
 SELECT status::text AS status, count(*) AS n FROM jobengine.jobs GROUP BY status;
 
--- name: job_next_due_in
--- Seconds until the next pending or scheduled job of these queues becomes
--- due, by the database's clock (NULL: none waiting). One status, and whether
--- limit_key is set, at a time: each part reads one partial index, so the cost
--- follows the waiting jobs, never the finished ones (a status list would
--- match no partial index and scan the whole table).
-SELECT extract(epoch FROM min(w.run_at) - statement_timestamp())::float8 FROM (
-    SELECT min(j.run_at) AS run_at FROM jobengine.jobs j
-    WHERE j.status = 'pending' AND j.limit_key IS NULL AND j.queue = ANY ($1::text[])
-      AND j.run_at > statement_timestamp()
-    UNION ALL
-    SELECT min(j.run_at) FROM jobengine.jobs j
-    WHERE j.status = 'pending' AND j.limit_key IS NOT NULL AND j.queue = ANY ($1::text[])
-      AND j.run_at > statement_timestamp()
-    UNION ALL
-    SELECT min(j.run_at) FROM jobengine.jobs j
-    WHERE j.status = 'scheduled' AND j.limit_key IS NULL AND j.queue = ANY ($1::text[])
-      AND j.run_at > statement_timestamp()
-    UNION ALL
-    SELECT min(j.run_at) FROM jobengine.jobs j
-    WHERE j.status = 'scheduled' AND j.limit_key IS NOT NULL AND j.queue = ANY ($1::text[])
-      AND j.run_at > statement_timestamp()) w;
-
 -- name: job_next_due
--- When the next pending or scheduled job of these queues becomes due (NULL:
--- none waiting); read as job_next_due_in is.
-SELECT min(w.run_at) FROM (
+-- When the next pending or scheduled job of these queues becomes due after $2
+-- (default: now; NULL: none waiting), and the database's now. One status, and
+-- whether limit_key is set, at a time: each part reads one partial index, so
+-- the cost follows the waiting jobs, never the finished ones (a status list
+-- would match no partial index and scan the whole table).
+SELECT min(w.run_at) AS next_at, now() AS db_now FROM (
     SELECT min(j.run_at) AS run_at FROM jobengine.jobs j
     WHERE j.status = 'pending' AND j.limit_key IS NULL AND j.queue = ANY ($1::text[])
       AND j.run_at > coalesce($2::timestamptz, now())
