@@ -113,8 +113,7 @@ async def test_maintenance_queries_use_indexes(big: asyncpg.Connection) -> None:
         ("lifecycle_retry_candidates", (100,)),
         ("lifecycle_renew", ("d1", [1, 2, 3], [1, 1, 1], timedelta(seconds=30))),
         ("lifecycle_finish", ("d1", [1, 2, 3], [1, 1, 1], [None, None, None])),
-        # a status list matches no partial index: these ask one status at a time
-        ("job_next_due", (["default"], None)),
+        # a status list matches no partial index: this asks one status at a time
         ("retention_purge", (datetime.now(UTC) - timedelta(days=30), 1000, False)),
         ("retention_purge", (datetime.now(UTC) - timedelta(days=30), 1000, True)),
     ]:

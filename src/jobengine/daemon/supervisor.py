@@ -344,18 +344,11 @@ class Daemon:
                 if len(jobs) == free:
                     self._maybe_more = True  # there may be more waiting
                     continue
-                if self._maybe_more:
-                    # Woken while the claim ran (a new job, a retry due): claim
-                    # again at once; how long to sleep is worked out (two more
-                    # round trips) only before actually sleeping.
-                    deadline = clock.monotonic()
-                else:
-                    # Drained: sleep until the next job comes due (exactly), a
-                    # limit lets a held job start, a notification, a free
-                    # slot, or the polling interval.
-                    deadline = clock.monotonic() + min(
-                        await self._until_next_due(sv, s.poll_interval),
-                        await self._until_released(sv, s.poll_interval))
+                # Drained: sleep until the next job comes due (exactly), a
+                # limit lets a held job start, a notification, a free slot,
+                # or the polling interval.
+                deadline = clock.monotonic() + min(await self._until_next_due(sv, s.poll_interval),
+                                                   await self._until_released(sv, s.poll_interval))
             if not await self._kick.wait(max(deadline - clock.monotonic(), 0.0)):
                 self._maybe_more = True  # something came due, or the polling fallback
                 sv.scheduler.wake()

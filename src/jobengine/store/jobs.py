@@ -205,10 +205,9 @@ class JobStore(Lifecycle):
 
     async def next_due_in(self, queues: Sequence[str]) -> float | None:
         """Seconds (by the database's clock) until the next waiting job of `queues` is due."""
-        rows = await self._fetch("job_next_due", list(queues), None)
-        if not rows or rows[0]["next_at"] is None:
-            return None
-        return float((rows[0]["next_at"] - rows[0]["db_now"]).total_seconds())
+        rows = await self._fetch("job_next_due_in", list(queues))
+        value: float | None = rows[0][0] if rows else None
+        return value
 
     async def next_due(
         self, queues: Sequence[str], *, now: datetime | None = None

@@ -35,28 +35,18 @@ LIMIT $5;
 -- name: job_count_by_status
 SELECT status::text AS status, count(*) AS n FROM jobengine.jobs GROUP BY status;
 
+-- name: job_next_due_in
+-- Seconds until the next pending or scheduled job of these queues becomes
+-- due, by the database's clock (NULL: none waiting).
+SELECT extract(epoch FROM min(run_at) - statement_timestamp())::float8 FROM jobengine.jobs
+WHERE status IN ('pending', 'scheduled') AND queue = ANY ($1::text[])
+  AND run_at > statement_timestamp();
+
 -- name: job_next_due
--- When the next pending or scheduled job of these queues becomes due after $2
--- (default: now; NULL: none waiting), and the database's now. One status, and
--- whether limit_key is set, at a time: each part reads one partial index, so
--- the cost follows the waiting jobs, never the finished ones (a status list
--- would match no partial index and scan the whole table).
-SELECT min(w.run_at) AS next_at, now() AS db_now FROM (
-    SELECT min(j.run_at) AS run_at FROM jobengine.jobs j
-    WHERE j.status = 'pending' AND j.limit_key IS NULL AND j.queue = ANY ($1::text[])
-      AND j.run_at > coalesce($2::timestamptz, now())
-    UNION ALL
-    SELECT min(j.run_at) FROM jobengine.jobs j
-    WHERE j.status = 'pending' AND j.limit_key IS NOT NULL AND j.queue = ANY ($1::text[])
-      AND j.run_at > coalesce($2::timestamptz, now())
-    UNION ALL
-    SELECT min(j.run_at) FROM jobengine.jobs j
-    WHERE j.status = 'scheduled' AND j.limit_key IS NULL AND j.queue = ANY ($1::text[])
-      AND j.run_at > coalesce($2::timestamptz, now())
-    UNION ALL
-    SELECT min(j.run_at) FROM jobengine.jobs j
-    WHERE j.status = 'scheduled' AND j.limit_key IS NOT NULL AND j.queue = ANY ($1::text[])
-      AND j.run_at > coalesce($2::timestamptz, now())) w;
+-- When the next pending or scheduled job of these queues becomes due (NULL: none waiting).
+SELECT min(run_at) FROM jobengine.jobs
+WHERE status IN ('pending', 'scheduled') AND queue = ANY ($1::text[])
+  AND run_at > coalesce($2::timestamptz, now());
 
 -- name: job_waiting_exists
 -- Whether any pending job waits on dependencies (the scheduler's cheap gate).
