@@ -174,11 +174,10 @@ class LedgerStore:
                 return None
             # The lock query's portal (extended protocol) stays open until the
             # connection's next statement, and with it its snapshot: left so,
-            # this idle transaction would hold back the xmin horizon for the
-            # whole pass, no removed job's index entries could be marked dead,
-            # and every batch would walk past all earlier batches' (a pass over
-            # millions of jobs slowed to ~700 jobs/s). A simple-protocol
-            # statement closes it.
+            # this idle transaction would hold back the xmin horizon, for the
+            # whole cluster, as long as the pass runs (minutes on millions of
+            # jobs): nothing the pass removes could be cleaned up meanwhile. A
+            # simple-protocol statement closes it.
             await holder.execute("SELECT 1")
             report = await self._pass(
                 self._db, policy, dry_run=dry_run, batch=batch, partitions_ahead=partitions_ahead
