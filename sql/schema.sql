@@ -880,27 +880,59 @@ CREATE FUNCTION jobengine.held_v1(p_queues text[]) RETURNS TABLE(concurrency_hel
     LANGUAGE sql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     AS $$
-    SELECT
+    SELECT * FROM jobengine.held_v2(p_queues, NULL)
+$$;
+
+--
+-- Name: held_v2(text[], timestamp with time zone); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.held_v2(p_queues text[], p_since timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(concurrency_held boolean, rate_next_at timestamp with time zone, limits_exist boolean)
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    AS $$
+DECLARE
+    v_now timestamptz := statement_timestamp();
+    v_since timestamptz := coalesce(p_since, statement_timestamp());
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM jobengine.concurrency_limits)
+       AND NOT EXISTS (SELECT 1 FROM jobengine.rate_limits) THEN
+        RETURN QUERY SELECT false, NULL::timestamptz, false;
+        RETURN;
+    END IF;
+    -- (each "due jobs of the key wait" test is two EXISTS, one per status,
+    -- so that each reads its partial index: jobs_claim_keyed_idx and
+    -- jobs_pending_keyed_idx, whose key column comes first)
+    RETURN QUERY SELECT
         EXISTS (
             SELECT 1 FROM jobengine.concurrency_limits c
             WHERE (SELECT count(*) FROM jobengine.jobs r WHERE r.status = 'running' AND r.limit_key = c.key)
                   >= c.max_running
-              AND EXISTS (SELECT 1 FROM jobengine.jobs w
-                          WHERE w.status IN ('pending', 'scheduled') AND w.limit_key = c.key
-                            AND w.queue = ANY (p_queues) AND w.run_at <= statement_timestamp())),
-        -- a full window opens when its oldest start that still counts leaves it
-        (SELECT min(w.oldest + rl.per)
+              AND (EXISTS (SELECT 1 FROM jobengine.jobs w
+                           WHERE w.status = 'scheduled' AND w.limit_key = c.key
+                             AND w.queue = ANY (p_queues) AND w.run_at <= v_now)
+                   OR EXISTS (SELECT 1 FROM jobengine.jobs w
+                              WHERE w.status = 'pending' AND w.limit_key = c.key
+                                AND w.queue = ANY (p_queues) AND w.run_at <= v_now))),
+        -- A window opens when the oldest of its key's latest max_starts
+        -- starts leaves it. Starts that left the window stay in
+        -- rate_limit_starts until the next claim of the key deletes them,
+        -- so an opening since p_since is still found here.
+        (SELECT min(o.opening)
          FROM jobengine.rate_limits rl,
-         LATERAL (SELECT count(*) AS n, min(s.started_at) AS oldest FROM (
+         LATERAL (SELECT count(*) AS n, min(s.started_at) + rl.per AS opening FROM (
                       SELECT s.started_at FROM jobengine.rate_limit_starts s
-                      WHERE s.key = rl.key AND s.started_at > statement_timestamp() - rl.per
-                      ORDER BY s.started_at DESC LIMIT rl.max_starts) s) w
-         WHERE w.n >= rl.max_starts
-           AND EXISTS (SELECT 1 FROM jobengine.jobs j
-                       WHERE j.status IN ('pending', 'scheduled') AND j.limit_key = rl.key
-                         AND j.queue = ANY (p_queues) AND j.run_at <= statement_timestamp())
-        ),
-        EXISTS (SELECT 1 FROM jobengine.concurrency_limits) OR EXISTS (SELECT 1 FROM jobengine.rate_limits)
+                      WHERE s.key = rl.key
+                      ORDER BY s.started_at DESC LIMIT rl.max_starts) s) o
+         WHERE o.n >= rl.max_starts AND o.opening > v_since
+           AND (EXISTS (SELECT 1 FROM jobengine.jobs j
+                        WHERE j.status = 'scheduled' AND j.limit_key = rl.key
+                          AND j.queue = ANY (p_queues) AND j.run_at <= v_now)
+                OR EXISTS (SELECT 1 FROM jobengine.jobs j
+                           WHERE j.status = 'pending' AND j.limit_key = rl.key
+                             AND j.queue = ANY (p_queues) AND j.run_at <= v_now))),
+        true;
+END
 $$;
 
 --
@@ -3449,4 +3481,5 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (5, 'scheduling', 'e2cea6fd40364e71ed5da3eea03e99416b39e6f8b21a09557cb9700fa4c212a0'),
     (6, 'poolers', 'c632b430b56b671b750a8e6da5a70382607e62e11bee80389c4aeb814f92349e'),
     (7, 'ledger_seals', 'c1308c32461d95b9ad988b12355b7e29c20911b5c039df413c689587f7e51cf3'),
-    (8, 'write_path', '458957f89e5cf9e6e39b4568b91629836abaa3a7f0a982c2d7ec779049f039d9');
+    (8, 'write_path', '458957f89e5cf9e6e39b4568b91629836abaa3a7f0a982c2d7ec779049f039d9'),
+    (9, 'held_at_scale', 'e6e1c583dd7f15eb595e6ad19dd1f69d3b253a80f4a7de9da99baf198f8dd726');

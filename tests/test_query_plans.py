@@ -116,7 +116,16 @@ async def test_maintenance_queries_use_indexes(big: asyncpg.Connection) -> None:
         # a status list matches no partial index: this asks one status at a time
         ("retention_purge", (datetime.now(UTC) - timedelta(days=30), 1000, False)),
         ("retention_purge", (datetime.now(UTC) - timedelta(days=30), 1000, True)),
+        # asked by the claim loop each time it drains: reads of waiting jobs only
+        ("job_next_due_in", (["default"],)),
+        ("job_next_due", (["default"], None)),
+        ("limit_held", (["default"], datetime.now(UTC))),
     ]:
+        if name == "limit_held":  # (with no limit set it answers before reading jobs)
+            await big.execute("INSERT INTO jobengine.concurrency_limits (key, max_running)"
+                              " VALUES ('c', 1)")
+            await big.execute("INSERT INTO jobengine.rate_limits (key, max_starts, per)"
+                              " VALUES ('r', 1, '1 hour')")
         plans = await nested_plans(big, QUERIES[name], *args)
         assert plans, name
         for plan in plans:

@@ -116,6 +116,30 @@ async def test_a_rate_limit_allows_max_starts_per_window_and_counts_every_start(
     assert held["limits_exist"]
 
 
+async def test_a_window_that_opened_after_a_claim_looked_is_reported_to_that_claim(
+    pool: asyncpg.Pool,
+) -> None:
+    # A daemon asks held_v2 just after a claim left jobs behind; if the window
+    # opened between the two, "it opens later" is wrong and "no opening" would
+    # leave the job to the polling interval: the opening is reported, in the past.
+    await pool.execute("INSERT INTO jobengine.rate_limits (key, max_starts, per) VALUES ('w', 1, '1 hour')")
+    await keyed_jobs(pool, "w", 2)
+    assert len(await claim(pool, 5)) == 1
+    claimed_at = await pool.fetchval("SELECT statement_timestamp()")
+    assert await claim(pool, 5) == []
+    # the window's one start leaves it: as if the hour passed since the claim looked
+    await pool.execute("UPDATE jobengine.rate_limit_starts SET started_at = $1::timestamptz - interval '1 hour'",
+                       claimed_at)
+    held = await pool.fetchrow("SELECT * FROM jobengine.held_v2('{default}', $1)",
+                               claimed_at - timedelta(seconds=1))
+    assert held["rate_next_at"] == claimed_at
+    # asked since a later claim (that one saw the window open), or with no claim: nothing holds
+    later = await pool.fetchrow("SELECT * FROM jobengine.held_v2('{default}', $1)", claimed_at)
+    assert later["rate_next_at"] is None
+    assert (await pool.fetchrow("SELECT * FROM jobengine.held_v1('{default}')"))["rate_next_at"] is None
+    assert len(await claim(pool, 5)) == 1
+
+
 async def test_a_rate_limit_window_slides(pool: asyncpg.Pool) -> None:
     await pool.execute("INSERT INTO jobengine.rate_limits (key, max_starts, per) VALUES ('s', 1, '200 ms')")
     await keyed_jobs(pool, "s", 2)

@@ -16,7 +16,7 @@ import socket
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 
 import anyio
 import msgspec
@@ -326,9 +326,9 @@ class Daemon:
                 self._maybe_more = False
                 sent_at = clock.monotonic()
                 try:
-                    jobs = await sv.store.claim(owner=self.id, queues=s.queues, kinds=kinds,
-                                                limit=free, lease_ttl=ttl,
-                                                sealed=self.config.sealed)
+                    batch = await sv.store.claim_batch(owner=self.id, queues=s.queues,
+                                                       kinds=kinds, limit=free, lease_ttl=ttl,
+                                                       sealed=self.config.sealed)
                     backoff = 0.05
                 except TRANSIENT as exc:
                     log.warning("claim.failed", error=repr(exc), retry_in=backoff)
@@ -339,6 +339,7 @@ class Daemon:
                     await anyio.sleep(backoff)
                     backoff = min(backoff * 2, s.poll_interval)
                     continue
+                jobs = batch.jobs
                 metrics.CLAIM_BATCH.observe(len(jobs))
                 self._start(actors, jobs, sv.leases.deadline_after(sent_at))
                 if len(jobs) == free:
@@ -348,7 +349,8 @@ class Daemon:
                 # limit lets a held job start, a notification, a free slot,
                 # or the polling interval.
                 deadline = clock.monotonic() + min(await self._until_next_due(sv, s.poll_interval),
-                                                   await self._until_released(sv, s.poll_interval))
+                                                   await self._until_released(sv, s.poll_interval,
+                                                                              batch.at))
             if not await self._kick.wait(max(deadline - clock.monotonic(), 0.0)):
                 self._maybe_more = True  # something came due, or the polling fallback
                 sv.scheduler.wake()
@@ -378,13 +380,16 @@ class Daemon:
             return ceiling
         return min(ceiling, max(due_in, 0.0) + 0.001)
 
-    async def _until_released(self, sv: Services, ceiling: float) -> float:
+    async def _until_released(self, sv: Services, ceiling: float, since: datetime) -> float:
         """Seconds until a rate limit lets a held job start (at most `ceiling`); notes
-        whether jobs wait on a full concurrency limit (a job ending anywhere frees them)."""
+        whether jobs wait on a full concurrency limit (a job ending anywhere frees them).
+
+        `since` is the time of the claim that left jobs behind: a window that
+        opened after it (the claim may have seen it full) means "now"."""
         if not self._limits_may_exist:
             return ceiling
         try:
-            held = await sv.scheduling.held(self.settings.queues)
+            held = await sv.scheduling.held(self.settings.queues, since=since)
         except TRANSIENT:
             return ceiling
         self._held_on_done = held.concurrency

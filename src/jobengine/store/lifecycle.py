@@ -92,6 +92,15 @@ class FailResult:
     retry_at: datetime | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class ClaimBatch:
+    """What one claim took, and when it looked (by the database's clock)."""
+
+    jobs: list[Job]
+    #: the claim statement's time: limits and due times were judged from here on
+    at: datetime
+
+
 @dataclass(slots=True)
 class ReapOutcome:
     """Expired leases failed by one reaper pass, and what their retry policy decided."""
@@ -118,9 +127,25 @@ class Lifecycle:
         """Claim up to `limit` runnable jobs (`-> running`) with a lease held by `owner`."""
         if limit <= 0 or not kinds:
             return []
+        batch = await self.claim_batch(owner=owner, queues=queues, kinds=kinds, limit=limit,
+                                       lease_ttl=lease_ttl, sealed=sealed)
+        return batch.jobs
+
+    async def claim_batch(
+        self,
+        *,
+        owner: str,
+        queues: Sequence[str],
+        kinds: Sequence[str],
+        limit: int,
+        lease_ttl: timedelta,
+        sealed: bool = False,
+    ) -> ClaimBatch:
+        """`claim`, with the database's time of it: what a daemon asks `held` since."""
         rows = await fetch_on(self._db, "lifecycle_claim", owner, list(queues), list(kinds),
                               limit, lease_ttl, sealed)
-        jobs = [job_from_row(r) for r in rows]
+        # (one row with no job when nothing was taken: it still carries the time)
+        jobs = [job_from_row(r) for r in rows if r["id"] is not None]
         changes: Counter[tuple[str, str]] = Counter()
         for job in jobs:
             if job.scheduled_at == job.started_at:  # claimed straight from pending: two steps
@@ -128,7 +153,7 @@ class Lifecycle:
             changes[(job.kind, "running")] += 1
         for (kind, to_status), n in changes.items():
             count_status_change(kind, to_status, n)
-        return jobs
+        return ClaimBatch(jobs=jobs, at=rows[0]["claim_at"])
 
     async def adoptable(self, owner: str, known: Sequence[AttemptKey]) -> list[Job]:
         """Jobs running under `owner`'s lease at attempts other than `known`: what a claim

@@ -65,11 +65,12 @@ class LimitInfo:
 
 @dataclass(frozen=True, slots=True)
 class Held:
-    """What holds a daemon's waiting jobs back (see `held_v1`)."""
+    """What holds a daemon's waiting jobs back (see `held_v2`)."""
 
     #: due jobs wait on a full concurrency limit: they start when a job of the key ends
     concurrency: bool = False
-    #: the earliest time a rate-limited key with due jobs lets a start through
+    #: the earliest time a rate-limited key with due jobs lets a start through (in
+    #: the past: a window opened after the claim that left them looked: claim again)
     rate_next_at: datetime | None = None
     #: whether any limit is set at all
     limits_exist: bool = False
@@ -141,9 +142,14 @@ class SchedulingStore:
             removed += len(await self._fetch("limit_remove_rate", key))
         return removed
 
-    async def held(self, queues: Sequence[str]) -> Held:
-        """What holds the due jobs of these queues back."""
-        rows = await self._fetch("limit_held", list(queues))
+    async def held(self, queues: Sequence[str], *, since: datetime | None = None) -> Held:
+        """What holds the due jobs of these queues back.
+
+        `since` is the database's time of the claim that left them waiting: a
+        rate-limit window that opened after it is reported even when it is
+        already open (the claim may have seen it full). Without it, only
+        windows still full are."""
+        rows = await self._fetch("limit_held", list(queues), since)
         if not rows:
             return Held()
         row = rows[0]

@@ -37,16 +37,40 @@ SELECT status::text AS status, count(*) AS n FROM jobengine.jobs GROUP BY status
 
 -- name: job_next_due_in
 -- Seconds until the next pending or scheduled job of these queues becomes
--- due, by the database's clock (NULL: none waiting).
-SELECT extract(epoch FROM min(run_at) - statement_timestamp())::float8 FROM jobengine.jobs
-WHERE status IN ('pending', 'scheduled') AND queue = ANY ($1::text[])
-  AND run_at > statement_timestamp();
+-- due, by the database's clock (NULL: none waiting). One read per partial
+-- index of waiting jobs (a status list would match none of them and read
+-- the whole table, finished jobs and all).
+SELECT extract(epoch FROM least(
+    (SELECT min(run_at) FROM jobengine.jobs
+     WHERE status = 'scheduled' AND limit_key IS NULL AND queue = ANY ($1::text[])
+       AND run_at > statement_timestamp()),
+    (SELECT min(run_at) FROM jobengine.jobs
+     WHERE status = 'scheduled' AND limit_key IS NOT NULL AND queue = ANY ($1::text[])
+       AND run_at > statement_timestamp()),
+    (SELECT min(run_at) FROM jobengine.jobs
+     WHERE status = 'pending' AND limit_key IS NULL AND queue = ANY ($1::text[])
+       AND run_at > statement_timestamp()),
+    (SELECT min(run_at) FROM jobengine.jobs
+     WHERE status = 'pending' AND limit_key IS NOT NULL AND queue = ANY ($1::text[])
+       AND run_at > statement_timestamp())
+) - statement_timestamp())::float8;
 
 -- name: job_next_due
--- When the next pending or scheduled job of these queues becomes due (NULL: none waiting).
-SELECT min(run_at) FROM jobengine.jobs
-WHERE status IN ('pending', 'scheduled') AND queue = ANY ($1::text[])
-  AND run_at > coalesce($2::timestamptz, now());
+-- When the next pending or scheduled job of these queues becomes due (NULL:
+-- none waiting); read as job_next_due_in is.
+SELECT least(
+    (SELECT min(run_at) FROM jobengine.jobs
+     WHERE status = 'scheduled' AND limit_key IS NULL AND queue = ANY ($1::text[])
+       AND run_at > coalesce($2::timestamptz, now())),
+    (SELECT min(run_at) FROM jobengine.jobs
+     WHERE status = 'scheduled' AND limit_key IS NOT NULL AND queue = ANY ($1::text[])
+       AND run_at > coalesce($2::timestamptz, now())),
+    (SELECT min(run_at) FROM jobengine.jobs
+     WHERE status = 'pending' AND limit_key IS NULL AND queue = ANY ($1::text[])
+       AND run_at > coalesce($2::timestamptz, now())),
+    (SELECT min(run_at) FROM jobengine.jobs
+     WHERE status = 'pending' AND limit_key IS NOT NULL AND queue = ANY ($1::text[])
+       AND run_at > coalesce($2::timestamptz, now())));
 
 -- name: job_waiting_exists
 -- Whether any pending job waits on dependencies (the scheduler's cheap gate).

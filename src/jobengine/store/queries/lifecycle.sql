@@ -3,7 +3,11 @@
 -- next release may call *_v2 beside these while both run.
 
 -- name: lifecycle_claim
-SELECT * FROM jobengine.claim_v1($1, $2::text[], $3::text[], $4, $5::interval, $6);
+-- The claimed rows, each with the claim's time; one row of NULLs but the
+-- time when nothing was taken.
+SELECT t.claim_at, c.*
+FROM (SELECT statement_timestamp() AS claim_at) t
+LEFT JOIN LATERAL jobengine.claim_v1($1, $2::text[], $3::text[], $4, $5::interval, $6) c ON true;
 
 -- name: lifecycle_finish
 SELECT * FROM jobengine.finish_v1($1, $2::bigint[], $3::integer[], $4::text[]);

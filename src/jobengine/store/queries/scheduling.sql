@@ -111,8 +111,9 @@ DELETE FROM jobengine.concurrency_limits WHERE key = $1 RETURNING key;
 DELETE FROM jobengine.rate_limits WHERE key = $1 RETURNING key;
 
 -- name: limit_held
--- What holds waiting jobs of these queues back (see held_v1).
-SELECT * FROM jobengine.held_v1($1::text[]);
+-- What holds waiting jobs of these queues back, with any rate-limit window
+-- opened since $2 (the time of the claim that left them behind; see held_v2).
+SELECT * FROM jobengine.held_v2($1::text[], $2::timestamptz);
 
 -- name: schedule_list
 SELECT s.*, statement_timestamp() AS now FROM jobengine.schedules s ORDER BY s.name;
