@@ -17,7 +17,7 @@ import pytest
 from jobengine.daemon import from_callables, run_daemon
 from jobengine.daemon.outcomes import Outcome, OutcomeWriter
 from jobengine.domain import JobSpec, JobStatus, RetryPolicy
-from jobengine.store import AttemptKey, Completion, JobStore, Written
+from jobengine.store import AttemptKey, ClaimBatch, Completion, JobStore, Written
 from tests.daemon_helpers import config, history, insert, wait_status
 
 pytestmark = pytest.mark.anyio
@@ -97,18 +97,18 @@ async def test_an_unanswered_commit_of_a_job_that_moved_on_is_refused(pool: asyn
 async def test_a_claim_whose_commit_went_unanswered_is_read_back_and_its_jobs_run(
     db_dsn: str, pool: asyncpg.Pool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real_claim = JobStore.claim
+    real_claim = JobStore.claim_batch
     lost: list[int] = []
 
-    async def claim_then_lose_the_answer(self: JobStore, **kw: Any) -> list[Any]:
-        jobs = await real_claim(self, **kw)
-        if jobs and not lost:
-            lost.extend(j.id for j in jobs)
+    async def claim_then_lose_the_answer(self: JobStore, **kw: Any) -> ClaimBatch:
+        batch = await real_claim(self, **kw)
+        if batch.jobs and not lost:
+            lost.extend(j.id for j in batch.jobs)
             raise asyncpg.exceptions.ConnectionDoesNotExistError(
                 "connection was closed in the middle of operation")
-        return jobs
+        return batch
 
-    monkeypatch.setattr(JobStore, "claim", claim_then_lose_the_answer)
+    monkeypatch.setattr(JobStore, "claim_batch", claim_then_lose_the_answer)
     ran: list[tuple[int, int]] = []
     # A lease of 60 s: a job left to expire would not run again within this test.
     async with run_daemon(config(lease_ttl=60.0), db_dsn,

@@ -345,6 +345,12 @@ class Daemon:
                 if len(jobs) == free:
                     self._maybe_more = True  # there may be more waiting
                     continue
+                if self._maybe_more:
+                    # Woken while the claim ran (a new job, a retry due): claim
+                    # again at once. How long to sleep (two more round trips)
+                    # is worked out after the claim that precedes a sleep, so
+                    # `held` is asked since that claim's time, never an older one.
+                    continue
                 # Drained: sleep until the next job comes due (exactly), a
                 # limit lets a held job start, a notification, a free slot,
                 # or the polling interval.

@@ -18,6 +18,7 @@ from jobengine.store.ledger import (
 from jobengine.store.lifecycle import (
     AttemptEnd,
     AttemptKey,
+    ClaimBatch,
     Completion,
     FailResult,
     Failure,
@@ -33,6 +34,7 @@ __all__ = [
     "AppliedMigration",
     "AttemptEnd",
     "AttemptKey",
+    "ClaimBatch",
     "Completion",
     "DroppedPartition",
     "EventPage",
