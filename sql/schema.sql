@@ -900,37 +900,36 @@ BEGIN
         RETURN QUERY SELECT false, NULL::timestamptz, false;
         RETURN;
     END IF;
-    -- (each "due jobs of the key wait" test is two EXISTS, one per status,
-    -- so that each reads its partial index: jobs_claim_keyed_idx and
-    -- jobs_pending_keyed_idx, whose key column comes first)
-    RETURN QUERY SELECT
+    -- The limited keys whose due jobs wait in these queues: two EXISTS
+    -- each, one per status, so that each reads its partial index
+    -- (jobs_claim_keyed_idx, jobs_pending_keyed_idx: the key comes first).
+    RETURN QUERY
+    WITH waiting AS MATERIALIZED (
+        SELECT l.key FROM (SELECT c.key FROM jobengine.concurrency_limits c
+                           UNION SELECT r.key FROM jobengine.rate_limits r) l
+        WHERE EXISTS (SELECT 1 FROM jobengine.jobs w
+                      WHERE w.status = 'scheduled' AND w.limit_key = l.key
+                        AND w.queue = ANY (p_queues) AND w.run_at <= v_now)
+           OR EXISTS (SELECT 1 FROM jobengine.jobs w
+                      WHERE w.status = 'pending' AND w.limit_key = l.key
+                        AND w.queue = ANY (p_queues) AND w.run_at <= v_now)
+    )
+    SELECT
         EXISTS (
-            SELECT 1 FROM jobengine.concurrency_limits c
+            SELECT 1 FROM jobengine.concurrency_limits c JOIN waiting USING (key)
             WHERE (SELECT count(*) FROM jobengine.jobs r WHERE r.status = 'running' AND r.limit_key = c.key)
-                  >= c.max_running
-              AND (EXISTS (SELECT 1 FROM jobengine.jobs w
-                           WHERE w.status = 'scheduled' AND w.limit_key = c.key
-                             AND w.queue = ANY (p_queues) AND w.run_at <= v_now)
-                   OR EXISTS (SELECT 1 FROM jobengine.jobs w
-                              WHERE w.status = 'pending' AND w.limit_key = c.key
-                                AND w.queue = ANY (p_queues) AND w.run_at <= v_now))),
+                  >= c.max_running),
         -- A window opens when the oldest of its key's latest max_starts
         -- starts leaves it. Starts that left the window stay in
         -- rate_limit_starts until the next claim of the key deletes them,
         -- so an opening since p_since is still found here.
         (SELECT min(o.opening)
-         FROM jobengine.rate_limits rl,
+         FROM jobengine.rate_limits rl JOIN waiting USING (key),
          LATERAL (SELECT count(*) AS n, min(s.started_at) + rl.per AS opening FROM (
                       SELECT s.started_at FROM jobengine.rate_limit_starts s
                       WHERE s.key = rl.key
                       ORDER BY s.started_at DESC LIMIT rl.max_starts) s) o
-         WHERE o.n >= rl.max_starts AND o.opening > v_since
-           AND (EXISTS (SELECT 1 FROM jobengine.jobs j
-                        WHERE j.status = 'scheduled' AND j.limit_key = rl.key
-                          AND j.queue = ANY (p_queues) AND j.run_at <= v_now)
-                OR EXISTS (SELECT 1 FROM jobengine.jobs j
-                           WHERE j.status = 'pending' AND j.limit_key = rl.key
-                             AND j.queue = ANY (p_queues) AND j.run_at <= v_now))),
+         WHERE o.n >= rl.max_starts AND o.opening > v_since),
         true;
 END
 $$;
@@ -3482,4 +3481,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (6, 'poolers', 'c632b430b56b671b750a8e6da5a70382607e62e11bee80389c4aeb814f92349e'),
     (7, 'ledger_seals', 'c1308c32461d95b9ad988b12355b7e29c20911b5c039df413c689587f7e51cf3'),
     (8, 'write_path', '458957f89e5cf9e6e39b4568b91629836abaa3a7f0a982c2d7ec779049f039d9'),
-    (9, 'held_at_scale', 'e6e1c583dd7f15eb595e6ad19dd1f69d3b253a80f4a7de9da99baf198f8dd726');
+    (9, 'held_at_scale', '58140729abdfcd2c809cd04a87ee33a6239b025b5d144b1acc2cdfcb8e38d50a');

@@ -140,6 +140,22 @@ async def test_a_window_that_opened_after_a_claim_looked_is_reported_to_that_cla
     assert len(await claim(pool, 5)) == 1
 
 
+async def test_held_says_when_due_jobs_wait_on_a_full_concurrency_limit(pool: asyncpg.Pool) -> None:
+    async def concurrency_held() -> bool:
+        row = await pool.fetchrow("SELECT * FROM jobengine.held_v2('{default}')")
+        assert row["limits_exist"]
+        return bool(row["concurrency_held"])
+
+    await pool.execute("INSERT INTO jobengine.concurrency_limits (key, max_running) VALUES ('c', 1)")
+    await keyed_jobs(pool, "c", 2)
+    assert not await concurrency_held()  # room for one: nothing holds
+    started = await claim(pool, 5)
+    assert len(started) == 1
+    assert await concurrency_held()  # the second waits for the first to end
+    await finish(pool, [r["id"] for r in started])
+    assert not await concurrency_held()
+
+
 async def test_a_rate_limit_window_slides(pool: asyncpg.Pool) -> None:
     await pool.execute("INSERT INTO jobengine.rate_limits (key, max_starts, per) VALUES ('s', 1, '200 ms')")
     await keyed_jobs(pool, "s", 2)

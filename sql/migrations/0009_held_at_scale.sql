@@ -33,37 +33,36 @@ BEGIN
         RETURN QUERY SELECT false, NULL::timestamptz, false;
         RETURN;
     END IF;
-    -- (each "due jobs of the key wait" test is two EXISTS, one per status,
-    -- so that each reads its partial index: jobs_claim_keyed_idx and
-    -- jobs_pending_keyed_idx, whose key column comes first)
-    RETURN QUERY SELECT
+    -- The limited keys whose due jobs wait in these queues: two EXISTS
+    -- each, one per status, so that each reads its partial index
+    -- (jobs_claim_keyed_idx, jobs_pending_keyed_idx: the key comes first).
+    RETURN QUERY
+    WITH waiting AS MATERIALIZED (
+        SELECT l.key FROM (SELECT c.key FROM jobengine.concurrency_limits c
+                           UNION SELECT r.key FROM jobengine.rate_limits r) l
+        WHERE EXISTS (SELECT 1 FROM jobengine.jobs w
+                      WHERE w.status = 'scheduled' AND w.limit_key = l.key
+                        AND w.queue = ANY (p_queues) AND w.run_at <= v_now)
+           OR EXISTS (SELECT 1 FROM jobengine.jobs w
+                      WHERE w.status = 'pending' AND w.limit_key = l.key
+                        AND w.queue = ANY (p_queues) AND w.run_at <= v_now)
+    )
+    SELECT
         EXISTS (
-            SELECT 1 FROM jobengine.concurrency_limits c
+            SELECT 1 FROM jobengine.concurrency_limits c JOIN waiting USING (key)
             WHERE (SELECT count(*) FROM jobengine.jobs r WHERE r.status = 'running' AND r.limit_key = c.key)
-                  >= c.max_running
-              AND (EXISTS (SELECT 1 FROM jobengine.jobs w
-                           WHERE w.status = 'scheduled' AND w.limit_key = c.key
-                             AND w.queue = ANY (p_queues) AND w.run_at <= v_now)
-                   OR EXISTS (SELECT 1 FROM jobengine.jobs w
-                              WHERE w.status = 'pending' AND w.limit_key = c.key
-                                AND w.queue = ANY (p_queues) AND w.run_at <= v_now))),
+                  >= c.max_running),
         -- A window opens when the oldest of its key's latest max_starts
         -- starts leaves it. Starts that left the window stay in
         -- rate_limit_starts until the next claim of the key deletes them,
         -- so an opening since p_since is still found here.
         (SELECT min(o.opening)
-         FROM jobengine.rate_limits rl,
+         FROM jobengine.rate_limits rl JOIN waiting USING (key),
          LATERAL (SELECT count(*) AS n, min(s.started_at) + rl.per AS opening FROM (
                       SELECT s.started_at FROM jobengine.rate_limit_starts s
                       WHERE s.key = rl.key
                       ORDER BY s.started_at DESC LIMIT rl.max_starts) s) o
-         WHERE o.n >= rl.max_starts AND o.opening > v_since
-           AND (EXISTS (SELECT 1 FROM jobengine.jobs j
-                        WHERE j.status = 'scheduled' AND j.limit_key = rl.key
-                          AND j.queue = ANY (p_queues) AND j.run_at <= v_now)
-                OR EXISTS (SELECT 1 FROM jobengine.jobs j
-                           WHERE j.status = 'pending' AND j.limit_key = rl.key
-                             AND j.queue = ANY (p_queues) AND j.run_at <= v_now))),
+         WHERE o.n >= rl.max_starts AND o.opening > v_since),
         true;
 END
 $$;
