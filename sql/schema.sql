@@ -1805,6 +1805,7 @@ $$;
 CREATE FUNCTION jobengine.purge_jobs_v1(p_before timestamp with time zone, p_limit integer, p_dry_run boolean DEFAULT false) RETURNS TABLE(removed bigint, oldest timestamp with time zone, newest timestamp with time zone)
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 BEGIN
     IF p_before IS NULL OR p_limit IS NULL OR p_limit < 1 OR p_limit > 100000 THEN
@@ -3481,4 +3482,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (6, 'poolers', 'c632b430b56b671b750a8e6da5a70382607e62e11bee80389c4aeb814f92349e'),
     (7, 'ledger_seals', 'c1308c32461d95b9ad988b12355b7e29c20911b5c039df413c689587f7e51cf3'),
     (8, 'write_path', '458957f89e5cf9e6e39b4568b91629836abaa3a7f0a982c2d7ec779049f039d9'),
-    (9, 'held_at_scale', '58140729abdfcd2c809cd04a87ee33a6239b025b5d144b1acc2cdfcb8e38d50a');
+    (9, 'held_at_scale', '896d0660c6c3b17ab6d566671583b74ca0a3da56d132a6ac69187e70aeafd714');

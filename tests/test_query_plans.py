@@ -187,3 +187,20 @@ async def test_the_queue_overview_reads_no_whole_table_of_a_million_jobs(
         250, 250, 0)
     assert 400_000 < queue.counts["completed"] < 800_000
     assert 100_000 < queue.counts["failed"] < 300_000
+
+
+async def test_a_retention_batch_is_never_jit_compiled(big: asyncpg.Connection) -> None:
+    # Without column statistics (after a big load or removal, before autovacuum's
+    # ANALYZE) a batch's estimate passes jit_above_cost and PostgreSQL spent ~0.4 s
+    # compiling each batch of 1,000; here JIT is made to look worth it for anything.
+    await big.execute("DELETE FROM pg_statistic WHERE starelid = 'jobengine.jobs'::regclass")
+    for setting in ("SET jit = on", "SET jit_above_cost = 0", "SET jit_optimize_above_cost = 0"):
+        await big.execute(setting)
+    if not await big.fetchval("SELECT pg_jit_available()"):
+        pytest.skip("this PostgreSQL has no JIT")
+    plain = await nested_plans(big, "SELECT count(*) FROM jobengine.jobs WHERE finished_at < now()")
+    assert any("JIT:" in p for p in plain), plain  # (the probe: JIT would be used)
+    plans = await nested_plans(big, QUERIES["retention_purge"],
+                               datetime.now(UTC) + timedelta(days=1), 1000, False)
+    purge = plan_for(plans, "DELETE FROM jobengine.jobs")
+    assert "JIT:" not in purge, purge

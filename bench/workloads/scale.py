@@ -225,8 +225,11 @@ def _chain_sql(k: int, created: str = _SPREAD) -> str:
 )"""
 
 
-async def _ledger_insert_sql(conn: asyncpg.Connection, k: int) -> str:
-    """One statement: the jobs (copies of the sample job) and their k ledger rows each."""
+async def _ledger_insert_sql(conn: asyncpg.Connection, k: int, created: str = _SPREAD) -> str:
+    """One statement: the jobs (copies of the sample job) and their k ledger rows each.
+
+    `created`: each generated job's creation time, an SQL expression of g and $4
+    (default: spread over the 30 days before the load)."""
     columns = await conn.fetch(
         "SELECT a.attname, format_type(a.atttypid, a.atttypmod) AS type FROM pg_attribute a"
         " WHERE a.attrelid = 'jobengine.jobs'::regclass AND a.attnum > 0"
@@ -247,7 +250,7 @@ async def _ledger_insert_sql(conn: asyncpg.Connection, k: int) -> str:
     names = ", ".join(f'"{c["attname"]}"' for c in columns)
     rows = ", ".join(f"({i}, ch.h{i}, {f'ch.h{i - 1}' if i > 1 else 'NULL::bytea'})"
                      for i in range(1, k + 1))
-    return f"""{_chain_sql(k)}, jobs AS (
+    return f"""{_chain_sql(k, created)}, jobs AS (
     INSERT INTO jobengine.jobs ({names}) OVERRIDING SYSTEM VALUE
     SELECT {', '.join(values)} FROM chain AS ch, pg_temp.bench_job AS sj
 )

@@ -1,0 +1,123 @@
+"""Steady load under retention, one simulated day at a time: do `jobs` and the ledger stop growing?
+
+    python -m bench.retention_days [JOBS_PER_DAY] [DAYS] [WINDOW_DAYS]
+
+(defaults 1,000,000 jobs a day, 6 days, a 2-day window.) Makes a scratch
+database on 127.0.0.1:5432. Simulated day d (0 .. DAYS-1) is the real day that
+began DAYS-d days ago: JOBS_PER_DAY finished jobs created over it, each with the
+ledger rows and hash chain a real run leaves (the scale workload's `ledger`
+loader, with its triggers off for the load, as there). After each day:
+`jobengine retention run` with `finished_jobs` and `audit` set to the window
+ending at that day's end (WINDOW_DAYS plus the days between it and today),
+then `VACUUM jobengine.jobs` (autovacuum's part), then the sizes. From day
+WINDOW_DAYS on, each pass removes a whole day of jobs and ledger rows, and
+the sizes should stay flat.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import asyncpg
+
+from bench.workloads import scale
+from jobengine.store import migrate
+
+SERVER = "postgresql://postgres@127.0.0.1:5432"
+DB = "bench_retention_days"
+
+SIZES_SQL = """
+SELECT pg_total_relation_size('jobengine.jobs')::float8,
+       (SELECT coalesce(sum(pg_total_relation_size(i.inhrelid)), 0)::float8
+        FROM pg_inherits i WHERE i.inhparent = 'jobengine.ledger'::regclass),
+       (SELECT count(*) FROM jobengine.jobs),
+       (SELECT count(*) FROM jobengine.ledger)
+"""
+
+
+async def _load_day(conn: asyncpg.Connection, k: int, n: int, began_days_ago: int) -> float:
+    """n finished jobs created over the day that began `began_days_ago` days ago; seconds."""
+    created = (f"now() - interval '{began_days_ago} days'"
+               " + interval '1 day' * (g::float8 / $4::integer)")
+    sql = await scale._ledger_insert_sql(conn, k, created)
+    triggers = await conn.fetch(
+        "SELECT tgname, tgenabled::text FROM pg_trigger"
+        " WHERE tgrelid = 'jobengine.jobs'::regclass AND NOT tgisinternal")
+    base = await conn.fetchval("SELECT max(id) FROM jobengine.jobs")
+    await conn.execute("ALTER TABLE jobengine.jobs DISABLE TRIGGER USER")
+    started = time.perf_counter()
+    try:
+        await conn.execute(sql, base, 1, n, n)
+    finally:
+        for t in triggers:
+            mode = {"A": "ENABLE ALWAYS", "R": "ENABLE REPLICA", "O": "ENABLE"}.get(
+                t["tgenabled"], "DISABLE")
+            await conn.execute(f'ALTER TABLE jobengine.jobs {mode} TRIGGER "{t["tgname"]}"')
+    await conn.execute("SELECT setval(pg_get_serial_sequence('jobengine.jobs', 'id'),"
+                       " (SELECT max(id) FROM jobengine.jobs))")
+    return time.perf_counter() - started
+
+
+def _retention_pass(dsn: str, keep_days: int, config: Path) -> tuple[float, str]:
+    """`jobengine retention run` keeping `keep_days`; (seconds, its report)."""
+    config.write_text(f'[retention]\nfinished_jobs = "{keep_days}d"\naudit = "{keep_days}d"\n')
+    started = time.perf_counter()
+    done = subprocess.run([sys.executable, "-m", "jobengine.cli.main", "retention", "run",
+                           "--config", str(config), "--dsn", dsn],
+                          capture_output=True, text=True, check=False)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise SystemExit(f"retention run exited {done.returncode}: {done.stderr.strip()[-400:]}")
+    return seconds, done.stdout
+
+
+async def run(per_day: int, days: int, window: int) -> None:
+    """Print one line per simulated day: load and pass seconds, sizes and row counts."""
+    admin = await asyncpg.connect(f"{SERVER}/postgres")
+    await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+    await admin.execute(f'CREATE DATABASE "{DB}"')
+    await admin.close()
+    dsn = f"{SERVER}/{DB}"
+    conn = await asyncpg.connect(dsn)
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+    sample = await scale.ledger_sample(dsn)
+    if sample is None:
+        raise SystemExit("this schema's ledger chain cannot be redone by the loader")
+    job, k = sample
+    conn = await scale._loader(dsn)
+    try:
+        await conn.execute("SELECT jobengine.ledger_prepare_v1(1, (now() AT TIME ZONE 'UTC')::date"
+                           f" - {days + 2})")
+        await conn.execute(scale._SAMPLE_SQL.replace("$1", str(job)))
+        print(f"{per_day:,} jobs a day ({k} ledger rows each), {days} days, window {window} days")
+        print("| day | load s | retention pass s | jobs MB | ledger MB | jobs | ledger rows |")
+        print("|---|---|---|---|---|---|---|")
+        with tempfile.TemporaryDirectory() as tmp:
+            for d in range(days):
+                began = days - d
+                load = await _load_day(conn, k, per_day, began)
+                # the window ends where simulated day d ends: (began - 1) days ago
+                seconds, report = _retention_pass(dsn, window + began - 1, Path(tmp) / "r.toml")
+                await conn.execute("VACUUM jobengine.jobs")
+                jobs_b, ledger_b, jobs, rows = await conn.fetchrow(SIZES_SQL)
+                print(f"| {d} | {load:.0f} | {seconds:.1f} | {jobs_b / 1e6:,.0f} | "
+                      f"{ledger_b / 1e6:,.0f} | {jobs:,} | {rows:,} |", flush=True)
+        print(report)
+    finally:
+        await conn.close()
+        admin = await asyncpg.connect(f"{SERVER}/postgres")
+        await admin.execute(f'DROP DATABASE IF EXISTS "{DB}" WITH (FORCE)')
+        await admin.close()
+
+
+if __name__ == "__main__":
+    args = [int(a) for a in sys.argv[1:]]
+    asyncio.run(run(*(args + [1_000_000, 6, 2][len(args):])))
