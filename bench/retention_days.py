@@ -110,7 +110,8 @@ async def run(per_day: int, days: int, window: int) -> None:
                 jobs_b, ledger_b, jobs, rows = await conn.fetchrow(SIZES_SQL)
                 print(f"| {d} | {load:.0f} | {seconds:.1f} | {jobs_b / 1e6:,.0f} | "
                       f"{ledger_b / 1e6:,.0f} | {jobs:,} | {rows:,} |", flush=True)
-        print(report)
+                if d == days - 1:
+                    print(f"\nthe last pass:\n{report}")
     finally:
         await conn.close()
         admin = await asyncpg.connect(f"{SERVER}/postgres")
