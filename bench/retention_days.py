@@ -44,22 +44,11 @@ async def _load_day(conn: asyncpg.Connection, k: int, n: int, began_days_ago: in
     """n finished jobs created over the day that began `began_days_ago` days ago; seconds."""
     created = (f"now() - interval '{began_days_ago} days'"
                " + interval '1 day' * (g::float8 / $4::integer)")
-    sql = await scale._ledger_insert_sql(conn, k, created)
-    triggers = await conn.fetch(
-        "SELECT tgname, tgenabled::text FROM pg_trigger"
-        " WHERE tgrelid = 'jobengine.jobs'::regclass AND NOT tgisinternal")
+    sql = await scale.ledger_insert_sql(conn, k, created)
     base = await conn.fetchval("SELECT max(id) FROM jobengine.jobs")
-    await conn.execute("ALTER TABLE jobengine.jobs DISABLE TRIGGER USER")
     started = time.perf_counter()
-    try:
+    async with scale.jobs_triggers_off(conn):
         await conn.execute(sql, base, 1, n, n)
-    finally:
-        for t in triggers:
-            mode = {"A": "ENABLE ALWAYS", "R": "ENABLE REPLICA", "O": "ENABLE"}.get(
-                t["tgenabled"], "DISABLE")
-            await conn.execute(f'ALTER TABLE jobengine.jobs {mode} TRIGGER "{t["tgname"]}"')
-    await conn.execute("SELECT setval(pg_get_serial_sequence('jobengine.jobs', 'id'),"
-                       " (SELECT max(id) FROM jobengine.jobs))")
     return time.perf_counter() - started
 
 
@@ -92,11 +81,11 @@ async def run(per_day: int, days: int, window: int) -> None:
     if sample is None:
         raise SystemExit("this schema's ledger chain cannot be redone by the loader")
     job, k = sample
-    conn = await scale._loader(dsn)
+    conn = await scale.loader_connection(dsn)
     try:
         await conn.execute("SELECT jobengine.ledger_prepare_v1(1, (now() AT TIME ZONE 'UTC')::date"
                            f" - {days + 2})")
-        await conn.execute(scale._SAMPLE_SQL.replace("$1", str(job)))
+        await conn.execute(scale.SAMPLE_SQL.replace("$1", str(job)))
         print(f"{per_day:,} jobs a day ({k} ledger rows each), {days} days, window {window} days")
         print("| day | load s | retention pass s | jobs MB | ledger MB | jobs | ledger rows |")
         print("|---|---|---|---|---|---|---|")

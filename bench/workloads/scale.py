@@ -46,6 +46,8 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 import asyncpg
 
@@ -111,7 +113,7 @@ _LOADER_SETTINGS = ("SET synchronous_commit = off", "SET maintenance_work_mem = 
                     "SET max_parallel_maintenance_workers = 2")
 
 
-async def _loader(dsn: str) -> asyncpg.Connection:
+async def loader_connection(dsn: str) -> asyncpg.Connection:
     conn = await asyncpg.connect(dsn, command_timeout=None)
     for sql in _LOADER_SETTINGS:
         await conn.execute(sql)
@@ -149,7 +151,7 @@ async def _index_definitions(conn: asyncpg.Connection) -> list[tuple[str, str]]:
 
 async def load_direct(ctx: Context, dsn: str, rows: int) -> None:
     """The `direct` loader (see the module docstring)."""
-    conns = [await _loader(dsn), await _loader(dsn)]
+    conns = [await loader_connection(dsn), await loader_connection(dsn)]
     first = conns[0]
     try:
         triggers = await first.fetch(
@@ -189,7 +191,7 @@ async def load_direct(ctx: Context, dsn: str, rows: int) -> None:
 # --- the `ledger` loader ------------------------------------------------------------------
 
 #: the sample lifecycle every generated job copies, shifted in time (one temp table a session)
-_SAMPLE_SQL = """
+SAMPLE_SQL = """
 CREATE TEMP TABLE bench_job AS SELECT * FROM jobengine.jobs WHERE id = $1;
 CREATE TEMP TABLE bench_rows AS
     SELECT row_number() OVER (ORDER BY l.id) AS k, l.*, l.occurred_at - j.created_at AS d_at,
@@ -225,7 +227,7 @@ def _chain_sql(k: int, created: str = _SPREAD) -> str:
 )"""
 
 
-async def _ledger_insert_sql(conn: asyncpg.Connection, k: int, created: str = _SPREAD) -> str:
+async def ledger_insert_sql(conn: asyncpg.Connection, k: int, created: str = _SPREAD) -> str:
     """One statement: the jobs (copies of the sample job) and their k ledger rows each.
 
     `created`: each generated job's creation time, an SQL expression of g and $4
@@ -271,13 +273,13 @@ async def ledger_sample(dsn: str) -> tuple[int, int] | None:
     The check: the schema's own `ledger_hash` over the sample's rows gives back
     the hashes the engine stored, and the job's head is the last of them.
     """
-    conn = await _loader(dsn)
+    conn = await loader_connection(dsn)
     try:
         job = await conn.fetchval("INSERT INTO jobengine.jobs (kind, payload)"
                                   " VALUES ('noop', '{\"i\": 0}') RETURNING id")
         ids, attempts = await conn.fetchrow(ENGINE_CLAIM_SQL, 1)
         await conn.fetchval(ENGINE_FINISH_SQL, ids, attempts)
-        await conn.execute(_SAMPLE_SQL.replace("$1", str(int(job))))
+        await conn.execute(SAMPLE_SQL.replace("$1", str(int(job))))
         k = int(await conn.fetchval("SELECT count(*) FROM pg_temp.bench_rows"))
         same = await conn.fetchval(
             _chain_sql(k, "(SELECT created_at FROM pg_temp.bench_job)")
@@ -295,32 +297,42 @@ async def ledger_sample(dsn: str) -> tuple[int, int] | None:
 LEDGER_PARTS = 8
 
 
-async def load_ledger(ctx: Context, dsn: str, rows: int, sample: tuple[int, int]) -> None:
-    """The `ledger` loader (see the module docstring)."""
-    job, k = sample
-    conns = [await _loader(dsn), await _loader(dsn)]
-    first = conns[0]
+@asynccontextmanager
+async def jobs_triggers_off(conn: asyncpg.Connection) -> AsyncIterator[None]:
+    """`jobs`' own triggers off for a load by SQL (the owner's set-up, not a path jobengine
+    offers), then back as they were; and the id sequence moved past the loaded ids."""
+    triggers = await conn.fetch(
+        "SELECT tgname, tgenabled::text FROM pg_trigger"
+        " WHERE tgrelid = 'jobengine.jobs'::regclass AND NOT tgisinternal")
+    await conn.execute("ALTER TABLE jobengine.jobs DISABLE TRIGGER USER")
     try:
-        triggers = await first.fetch(
-            "SELECT tgrelid::regclass::text AS rel, tgname, tgenabled::text FROM pg_trigger"
-            " WHERE tgrelid = 'jobengine.jobs'::regclass AND NOT tgisinternal")
-        await first.execute("SELECT jobengine.ledger_prepare_v1(1, (now() AT TIME ZONE 'UTC')::date"
-                            " - 32)")
-        await first.execute("ALTER TABLE jobengine.jobs DISABLE TRIGGER USER")
-        for conn in conns:
-            await conn.execute(_SAMPLE_SQL.replace("$1", str(job)))
-        sql = await _ledger_insert_sql(first, k)
-        started = time.perf_counter()
-        await _in_parallel(conns, [(sql, (job, low, high, rows - 1))
-                                   for low, high in _ranges(1, rows - 1, LEDGER_PARTS)])
-        await first.execute("SELECT setval(pg_get_serial_sequence('jobengine.jobs', 'id'),"
-                            " (SELECT max(id) FROM jobengine.jobs))")
-        ctx.log(f"scale load: {rows - 1:,} jobs and {k * (rows - 1):,} ledger rows in "
-                f"{time.perf_counter() - started:.0f}s")
+        yield
+    finally:
         for t in triggers:
             mode = {"A": "ENABLE ALWAYS", "R": "ENABLE REPLICA", "O": "ENABLE"}.get(
                 t["tgenabled"], "DISABLE")
-            await first.execute(f'ALTER TABLE {t["rel"]} {mode} TRIGGER "{t["tgname"]}"')
+            await conn.execute(f'ALTER TABLE jobengine.jobs {mode} TRIGGER "{t["tgname"]}"')
+        await conn.execute("SELECT setval(pg_get_serial_sequence('jobengine.jobs', 'id'),"
+                           " (SELECT max(id) FROM jobengine.jobs))")
+
+
+async def load_ledger(ctx: Context, dsn: str, rows: int, sample: tuple[int, int]) -> None:
+    """The `ledger` loader (see the module docstring)."""
+    job, k = sample
+    conns = [await loader_connection(dsn), await loader_connection(dsn)]
+    first = conns[0]
+    try:
+        await first.execute("SELECT jobengine.ledger_prepare_v1(1, (now() AT TIME ZONE 'UTC')::date"
+                            " - 32)")
+        for conn in conns:
+            await conn.execute(SAMPLE_SQL.replace("$1", str(job)))
+        sql = await ledger_insert_sql(first, k)
+        started = time.perf_counter()
+        async with jobs_triggers_off(first):
+            await _in_parallel(conns, [(sql, (job, low, high, rows - 1))
+                                       for low, high in _ranges(1, rows - 1, LEDGER_PARTS)])
+        ctx.log(f"scale load: {rows - 1:,} jobs and {k * (rows - 1):,} ledger rows in "
+                f"{time.perf_counter() - started:.0f}s")
     finally:
         for conn in conns:
             await conn.close()
@@ -342,7 +354,7 @@ ENGINE_FINISH_SQL = """SELECT count(*) FILTER (WHERE f.outcome = 'done')
 
 async def load_engine(ctx: Context, dsn: str, rows: int) -> None:
     """The `engine` loader (see the module docstring)."""
-    conns = [await _loader(dsn), await _loader(dsn)]
+    conns = [await loader_connection(dsn), await loader_connection(dsn)]
     done = 0
 
     async def drain(conn: asyncpg.Connection) -> int:
@@ -450,7 +462,7 @@ async def build_template(ctx: Context, rows: int) -> bool:
         " WHERE c.oid = ANY (ARRAY[to_regclass('jobengine.timeline_events'),"
         " to_regclass('jobengine.job_history'), to_regclass('jobengine.ledger'),"
         " to_regclass('jobengine.jobs')]) AND c.relkind IN ('r', 'p')")
-    conns = [await _loader(dsn), await _loader(dsn)]
+    conns = [await loader_connection(dsn), await loader_connection(dsn)]
     try:
         vacuumed = time.perf_counter()
         await _in_parallel(conns, [(f"VACUUM (ANALYZE) {t}", ()) for t in tables])
