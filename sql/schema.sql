@@ -1422,6 +1422,11 @@ $$;
 CREATE FUNCTION jobengine.ledger_day_digest(p_day date, OUT rows bigint, OUT digest bytea) RETURNS record
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET enable_seqscan TO 'off'
+    SET enable_bitmapscan TO 'off'
+    SET enable_sort TO 'off'
+    SET max_parallel_workers_per_gather TO '0'
+    SET jit TO 'off'
     AS $$
 DECLARE
     v_from constant timestamptz := p_day::timestamp AT TIME ZONE 'UTC';
@@ -3482,4 +3487,5 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (6, 'poolers', 'c632b430b56b671b750a8e6da5a70382607e62e11bee80389c4aeb814f92349e'),
     (7, 'ledger_seals', 'c1308c32461d95b9ad988b12355b7e29c20911b5c039df413c689587f7e51cf3'),
     (8, 'write_path', '458957f89e5cf9e6e39b4568b91629836abaa3a7f0a982c2d7ec779049f039d9'),
-    (9, 'held_at_scale', '896d0660c6c3b17ab6d566671583b74ca0a3da56d132a6ac69187e70aeafd714');
+    (9, 'held_at_scale', '896d0660c6c3b17ab6d566671583b74ca0a3da56d132a6ac69187e70aeafd714'),
+    (10, 'seal_plan', 'ce384e69c40df576462caf58f708ca7fe85787f20efe3c593d13478c56df12f6');

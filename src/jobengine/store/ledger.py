@@ -155,7 +155,7 @@ class LedgerStore:
         policy: RetentionPolicy,
         *,
         dry_run: bool = False,
-        batch: int = 1000,
+        batch: int = 10_000,
         partitions_ahead: int = 7,
         seal_grace: timedelta = timedelta(hours=1),
     ) -> RetentionReport | None:
