@@ -1826,17 +1826,21 @@ BEGIN
         RETURN;
     END IF;
     PERFORM set_config('jobengine.retention', pg_current_xact_id()::text, true);
+    -- (the batch is locked first, so no one can update or move its rows
+    -- before the DELETE finds them by tuple id; a row updated since this
+    -- statement's snapshot is rechecked by the lock, and left for the next
+    -- batch)
     RETURN QUERY
-    WITH c AS (
-        SELECT j.id FROM jobengine.jobs j
-        WHERE j.status IN ('completed', 'cancelled', 'failed') AND j.finished_at < p_before
-          AND (j.status <> 'failed' OR j.attempt - j.released > j.max_retries)
-        ORDER BY j.finished_at
-        LIMIT p_limit
-        FOR UPDATE SKIP LOCKED
-    ), d AS (
-        DELETE FROM jobengine.jobs j USING c
-        WHERE j.id = c.id AND c.id NOT IN (SELECT n.id FROM jobengine.dependencies_needed() AS n(id))
+    WITH d AS (
+        DELETE FROM jobengine.jobs j
+        WHERE j.ctid = ANY (ARRAY(
+            SELECT c.ctid FROM jobengine.jobs c
+            WHERE c.status IN ('completed', 'cancelled', 'failed') AND c.finished_at < p_before
+              AND (c.status <> 'failed' OR c.attempt - c.released > c.max_retries)
+              AND c.id NOT IN (SELECT n.id FROM jobengine.dependencies_needed() AS n(id))
+            ORDER BY c.finished_at
+            LIMIT p_limit
+            FOR UPDATE SKIP LOCKED))
         RETURNING j.finished_at
     )
     SELECT count(*), min(d.finished_at), max(d.finished_at) FROM d;
@@ -3488,4 +3492,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (7, 'ledger_seals', 'c1308c32461d95b9ad988b12355b7e29c20911b5c039df413c689587f7e51cf3'),
     (8, 'write_path', '458957f89e5cf9e6e39b4568b91629836abaa3a7f0a982c2d7ec779049f039d9'),
     (9, 'held_at_scale', '896d0660c6c3b17ab6d566671583b74ca0a3da56d132a6ac69187e70aeafd714'),
-    (10, 'seal_plan', 'ce384e69c40df576462caf58f708ca7fe85787f20efe3c593d13478c56df12f6');
+    (10, 'retention_at_scale', 'ca3605125f15490ebd7ac1c13a120a248bdcf4a60e30c1e8b69a5809f42fe217');

@@ -230,6 +230,40 @@ async def test_retention_removes_old_jobs_and_days_and_the_ledger_still_verifies
         await conn.close()
 
 
+async def test_a_pass_removes_due_jobs_oldest_first_past_needed_and_locked_ones(
+    db_dsn: str, pool: asyncpg.Pool,
+) -> None:
+    conn = await asyncpg.connect(db_dsn)
+    holder = await asyncpg.connect(db_dsn)
+    try:
+        jobs = await life(conn, 6)
+        for i, job in enumerate(jobs):  # jobs[0] finished first
+            await backdate(conn, [job], timedelta(days=40, minutes=10 - i))
+        needed, locked = jobs[0], jobs[1]
+        await conn.execute("INSERT INTO jobengine.jobs (kind, depends_on) VALUES ('k', ARRAY[$1]::bigint[])",
+                           needed)
+        ledger = LedgerStore(pool)
+        async with holder.transaction():
+            await holder.execute("SELECT 1 FROM jobengine.jobs WHERE id = $1 FOR UPDATE", locked)
+            # Batches of 2: the oldest two are one needed and one held by another
+            # session; the pass goes past them and removes the other four in order.
+            report = await ledger.retention_pass(RetentionPolicy(), batch=2)
+            assert report is not None
+            assert report.jobs_removed == 4
+            left = {r["id"] for r in await conn.fetch("SELECT id FROM jobengine.jobs WHERE id = ANY ($1)",
+                                                      jobs)}
+            assert left == {needed, locked}
+        # the held one goes with the next pass; the needed one stays while needed
+        report = await ledger.retention_pass(RetentionPolicy(), batch=2)
+        assert report is not None
+        assert report.jobs_removed == 1
+        assert await conn.fetchval("SELECT array_agg(id) FROM jobengine.jobs WHERE id = ANY ($1)",
+                                   jobs) == [needed]
+    finally:
+        await holder.close()
+        await conn.close()
+
+
 async def test_jobs_leave_only_through_retention(tx: asyncpg.Connection) -> None:
     [job] = await life(tx)
     with pytest.raises(asyncpg.RestrictViolationError, match="removed only by the retention"):
