@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 
 from jobengine.domain.errors import ConfigError
-from jobengine.domain.retention import RetentionPolicy
+from jobengine.domain.retention import BATCH, RetentionPolicy
 from jobengine.domain.retry import RetryPolicy
 from jobengine.domain.schedules import ScheduleSpec
 
@@ -100,9 +100,8 @@ class RetentionSettings(msgspec.Struct, kw_only=True, forbid_unknown_fields=True
     interval: float = 3600.0
     #: daily ledger partitions made ahead of time
     partitions_ahead: int = 7
-    #: finished jobs removed per transaction (10,000: ~30 ms each; 1,000 took the
-    #: removal of a day of 2.5M jobs from 7.7 s to 13.6 s, bench/RESULTS.md)
-    batch: int = 10_000
+    #: finished jobs removed per transaction
+    batch: int = BATCH
     #: seconds after a UTC day ends before a pass seals it (statements running across
     #: midnight have committed by then)
     seal_grace: float = 3600.0

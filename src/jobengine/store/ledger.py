@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import date, datetime, timedelta
 from typing import Any
 
-from jobengine.domain.retention import RetentionPolicy
+from jobengine.domain.retention import BATCH, RetentionPolicy
 from jobengine.domain.seals import SealRecord
 from jobengine.store.executor import Executor, connection_of, fetch_on
 
@@ -155,7 +155,7 @@ class LedgerStore:
         policy: RetentionPolicy,
         *,
         dry_run: bool = False,
-        batch: int = 10_000,
+        batch: int = BATCH,
         partitions_ahead: int = 7,
         seal_grace: timedelta = timedelta(hours=1),
     ) -> RetentionReport | None:
