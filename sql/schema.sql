@@ -375,6 +375,7 @@ CREATE FUNCTION jobengine.claim_v1(p_owner text, p_queues text[], p_kinds text[]
     SET enable_bitmapscan TO 'off'
     SET enable_seqscan TO 'off'
     SET "jobengine.claiming" TO 'on'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     v_now timestamptz := statement_timestamp();
@@ -394,6 +395,9 @@ DECLARE
     v_more boolean;
     v_claimed jobengine.jobs[];
     v_last text;
+    v_first_ids bigint[];
+    v_first_orders double precision[];
+    v_final boolean;
 BEGIN
     IF p_limit IS NULL OR p_limit <= 0 THEN
         RETURN;
@@ -445,33 +449,146 @@ BEGIN
         RETURN;
     END IF;
 
-    -- The keys to look at this time, rotating from where this connection left off.
+    -- The keyed claim. One statement walks the keys from where this
+    -- connection's last claim left off, each step finding the next key with
+    -- a claimable job and that key's first such job (one probe of
+    -- jobs_waiting_keyed_idx); then finds which of the keys have a limit, and
+    -- try-locks those (a daemon holding a key's lock decides for it; the
+    -- others leave it this time). The next statement's snapshot, taken after
+    -- the locks, sees every claim their last holder committed.
     v_cursor := coalesce(current_setting('jobengine.claim_cursor', true), '');
     v_max := p_limit + 16;
-    -- (a row with key NULL: the end of the keys was reached; the next step
-    -- wraps around to the first key, then goes on up to the cursor)
-    WITH RECURSIVE k(key, n, wrapped) AS (
-        SELECT v_cursor, 0, false
+    WITH RECURSIVE k(key, id, claim_order, n, wrapped) AS (
+        SELECT v_cursor, NULL::bigint, NULL::double precision, 0, false
         UNION ALL
-        SELECT (SELECT least(
-                    (SELECT s.limit_key FROM jobengine.jobs s
-                     WHERE s.status = 'scheduled' AND s.limit_key IS NOT NULL
-                       AND s.limit_key > coalesce(k.key, '')
-                     ORDER BY s.limit_key LIMIT 1),
-                    (SELECT p.limit_key FROM jobengine.jobs p
-                     WHERE p.status = 'pending' AND p.limit_key IS NOT NULL
-                       AND p.limit_key > coalesce(k.key, '')
-                     ORDER BY p.limit_key LIMIT 1))),
-               k.n + 1, k.wrapped OR k.key IS NULL
-        FROM k
+        SELECT x.limit_key, x.id, x.claim_order, k.n + 1, k.wrapped OR k.key IS NULL
+        FROM k LEFT JOIN LATERAL (
+            SELECT s.limit_key, s.id, s.claim_order FROM jobengine.jobs s
+            WHERE s.status IN ('pending', 'scheduled') AND s.limit_key IS NOT NULL
+              AND s.limit_key > coalesce(k.key, '')
+              AND s.queue = ANY (v_queues) AND s.run_at <= v_now AND s.kind = ANY (p_kinds)
+              AND NOT (p_sealed AND s.requires_network)
+              AND (s.depends_on = '{}' OR (s.status = 'scheduled' AND NOT EXISTS (
+                  SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (s.depends_on) AND d.status <> 'completed')))
+            ORDER BY s.limit_key, s.claim_order, s.id LIMIT 1) x ON true
         WHERE k.n < v_max
           AND (k.key IS NOT NULL OR (NOT k.wrapped AND v_cursor <> ''))
           AND NOT (k.wrapped AND k.key >= v_cursor)
+    ), walked AS MATERIALIZED (
+        SELECT coalesce(array_agg(k.key ORDER BY k.n), '{}') AS keys,
+               coalesce(array_agg(k.id ORDER BY k.n), '{}') AS ids,
+               coalesce(array_agg(k.claim_order ORDER BY k.n), '{}') AS orders
+        FROM k WHERE k.n > 0 AND k.key IS NOT NULL AND NOT (k.wrapped AND k.key > v_cursor)
+    ), lim AS MATERIALIZED (
+        SELECT c.key, false AS rate FROM jobengine.concurrency_limits c
+        WHERE c.key = ANY ((SELECT w.keys FROM walked w)::text[])
+        UNION ALL
+        SELECT r.key, true FROM jobengine.rate_limits r WHERE r.key = ANY ((SELECT w.keys FROM walked w)::text[])
+    ), locked AS MATERIALIZED (
+        SELECT d.key FROM (SELECT DISTINCT l.key FROM lim l) d
+        WHERE pg_try_advisory_xact_lock(1785755235, hashtext(d.key))
     )
-    SELECT array_agg(k.key ORDER BY k.n) INTO v_keys FROM k
-    WHERE k.n > 0 AND k.key IS NOT NULL AND NOT (k.wrapped AND k.key > v_cursor);
-    v_keys := coalesce(v_keys, '{}');
+    SELECT w.keys, w.ids, w.orders,
+           (SELECT array_agg(DISTINCT l.key) FROM lim l),
+           (SELECT coalesce(array_agg(x.key), '{}') FROM locked x),
+           (SELECT array_agg(l.key) FROM lim l WHERE l.rate AND l.key IN (SELECT x.key FROM locked x)),
+           coalesce((SELECT CASE WHEN s.value = 'off' THEN 1e9
+                                 ELSE extract(epoch FROM s.value::interval)::double precision END
+                     FROM jobengine.settings s WHERE s.name = 'priority_aging'), 60)
+    INTO v_keys, v_first_ids, v_first_orders, v_limited, v_locked, v_rate_keys, v_aging
+    FROM walked w;
 
+    -- One statement: what each walked key may start (its limits counted now),
+    -- and the first job of every group that may start one (each key, and the
+    -- jobs without a key as one more group). That is the claim when it fills
+    -- p_limit and no job left out could outrank one taken: every job left
+    -- out is behind its group's first, so that holds when all the first jobs
+    -- taken are of the top priority level among them. Then the jobs are
+    -- locked (SKIP LOCKED, re-checked) and taken, rate-limited keys' starts
+    -- recorded, and the next claim's rotation set to start after the last
+    -- key that got a job.
+    WITH rnow AS MATERIALIZED (
+        SELECT clock_timestamp() AS t
+    ), lim AS (
+        SELECT w.key, w.id, w.claim_order,
+               CASE WHEN NOT coalesce(w.key = ANY (v_limited), false) THEN p_limit
+                    WHEN NOT w.key = ANY (v_locked) THEN 0
+                    ELSE least(
+                        p_limit,
+                        (SELECT c.max_running - (SELECT count(*) FROM jobengine.jobs r
+                                                 WHERE r.status = 'running' AND r.limit_key = w.key)
+                         FROM jobengine.concurrency_limits c WHERE c.key = w.key),
+                        (SELECT rl.max_starts - (SELECT count(*) FROM jobengine.rate_limit_starts s
+                                                 WHERE s.key = w.key AND s.started_at > (SELECT t FROM rnow) - rl.per)
+                         FROM jobengine.rate_limits rl WHERE rl.key = w.key))::integer
+               END AS allowed
+        FROM unnest(v_keys, v_first_ids, v_first_orders) AS w(key, id, claim_order)
+    ), ranked AS MATERIALIZED (
+        SELECT c.id, c.claim_order,
+               floor((extract(epoch FROM v_now)::double precision - c.claim_order) / v_aging) AS level
+        FROM (
+            SELECT l.id, l.claim_order FROM lim l WHERE l.allowed > 0
+            UNION ALL
+            (SELECT u.id, u.claim_order FROM (
+                (SELECT s.id, s.claim_order FROM jobengine.jobs s
+                 WHERE s.status = 'scheduled' AND s.limit_key IS NULL
+                   AND s.queue = ANY (v_queues) AND s.run_at <= v_now AND s.kind = ANY (p_kinds)
+                   AND NOT (p_sealed AND s.requires_network)
+                   AND (s.depends_on = '{}' OR NOT EXISTS (
+                       SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (s.depends_on) AND d.status <> 'completed'))
+                 ORDER BY s.claim_order, s.id LIMIT 1)
+                UNION ALL
+                (SELECT p.id, p.claim_order FROM jobengine.jobs p
+                 WHERE p.status = 'pending' AND p.limit_key IS NULL
+                   AND p.queue = ANY (v_queues) AND p.run_at <= v_now AND p.depends_on = '{}'
+                   AND p.kind = ANY (p_kinds) AND NOT (p_sealed AND p.requires_network)
+                 ORDER BY p.claim_order, p.id LIMIT 1)
+             ) u ORDER BY u.claim_order, u.id LIMIT 1)
+        ) c
+    ), picked AS MATERIALIZED (
+        SELECT r.id, r.level, r.claim_order FROM ranked r ORDER BY r.level DESC, r.claim_order, r.id LIMIT p_limit
+    ), verdict AS MATERIALIZED (
+        SELECT NOT EXISTS (SELECT 1 FROM ranked)
+               OR ((SELECT count(*) FROM picked) >= p_limit
+                   AND (SELECT min(p.level) FROM picked p) >= (SELECT max(r.level) FROM ranked r)) AS final
+    ), chosen AS (
+        SELECT j.id FROM picked p JOIN jobengine.jobs j ON j.id = p.id
+        WHERE (SELECT v.final FROM verdict v)
+          AND j.status IN ('scheduled', 'pending') AND j.run_at <= v_now
+        FOR NO KEY UPDATE OF j SKIP LOCKED
+    ), claimed AS (
+        UPDATE jobengine.jobs j
+        SET status = 'running', status_reason = 'claimed',
+            lease_owner = p_owner, lease_expires_at = v_now + p_lease_ttl
+        FROM chosen
+        WHERE j.id = chosen.id
+        RETURNING j AS job, j.id, j.limit_key
+    ), started AS (
+        INSERT INTO jobengine.rate_limit_starts (key, started_at, job_id)
+        SELECT c.limit_key, (SELECT t FROM rnow), c.id FROM claimed c WHERE c.limit_key = ANY (v_rate_keys)
+    ), expired AS (
+        DELETE FROM jobengine.rate_limit_starts s
+        USING jobengine.rate_limits r
+        WHERE r.key = ANY (v_rate_keys) AND s.key = r.key AND s.started_at <= (SELECT t FROM rnow) - r.per
+    )
+    SELECT (SELECT v.final FROM verdict v),
+           (SELECT array_agg(c.job) FROM claimed c),
+           (SELECT set_config('jobengine.claim_cursor', x.key, false) FROM (
+                SELECT w.key FROM unnest(v_keys) WITH ORDINALITY AS w(key, n)
+                WHERE (SELECT v.final FROM verdict v)
+                  AND ((SELECT count(*) FROM claimed) < p_limit
+                       OR w.key IN (SELECT c.limit_key FROM claimed c))
+                ORDER BY w.n DESC LIMIT 1) x)
+    INTO v_final, v_claimed, v_last;
+    IF v_final THEN
+        IF v_claimed IS NOT NULL THEN
+            RETURN QUERY SELECT * FROM unnest(v_claimed);
+        END IF;
+        RETURN;
+    END IF;
+
+    -- Otherwise (few keys, or priorities that differ): each group's share,
+    -- in up to two rounds, as the jobs of the walked keys allow.
     -- Keys under a limit, and of those the ones this claim may decide for.
     SELECT array_agg(l.key ORDER BY l.key) INTO v_limited FROM (
         SELECT c.key FROM jobengine.concurrency_limits c WHERE c.key = ANY (v_keys)
@@ -591,6 +708,10 @@ BEGIN
     )
     SELECT array_agg(c) INTO v_claimed FROM claimed c;
 
+    IF coalesce(cardinality(v_claimed), 0) < p_limit AND cardinality(v_keys) > 0 THEN
+        -- (short: the next claim looks past the keys this one walked)
+        PERFORM set_config('jobengine.claim_cursor', v_keys[cardinality(v_keys)], false);
+    END IF;
     IF v_claimed IS NULL THEN
         RETURN;
     END IF;
@@ -602,7 +723,7 @@ BEGIN
     SELECT k.key INTO v_last FROM unnest(v_keys) WITH ORDINALITY AS k(key, n)
     WHERE k.key IN (SELECT c.limit_key FROM unnest(v_claimed) c)
     ORDER BY k.n DESC LIMIT 1;
-    IF v_last IS NOT NULL THEN
+    IF v_last IS NOT NULL AND cardinality(v_claimed) >= p_limit THEN
         PERFORM set_config('jobengine.claim_cursor', v_last, false);
     END IF;
     RETURN QUERY SELECT * FROM unnest(v_claimed);
@@ -3028,6 +3149,12 @@ CREATE INDEX jobs_running_key_idx ON jobengine.jobs USING btree (limit_key) WHER
 CREATE INDEX jobs_waiting_idx ON jobengine.jobs USING btree (id) WHERE ((status = 'pending'::jobengine.job_status) AND (depends_on <> '{}'::bigint[]));
 
 --
+-- Name: jobs_waiting_keyed_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX jobs_waiting_keyed_idx ON jobengine.jobs USING btree (limit_key, claim_order, id) WHERE ((status = ANY (ARRAY['pending'::jobengine.job_status, 'scheduled'::jobengine.job_status])) AND (limit_key IS NOT NULL));
+
+--
 -- Name: ledger_cursor_idx; Type: INDEX; Schema: jobengine; Owner: -
 --
 
@@ -3492,4 +3619,5 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (7, 'ledger_seals', 'c1308c32461d95b9ad988b12355b7e29c20911b5c039df413c689587f7e51cf3'),
     (8, 'write_path', '458957f89e5cf9e6e39b4568b91629836abaa3a7f0a982c2d7ec779049f039d9'),
     (9, 'held_at_scale', '896d0660c6c3b17ab6d566671583b74ca0a3da56d132a6ac69187e70aeafd714'),
-    (10, 'retention_at_scale', 'ca3605125f15490ebd7ac1c13a120a248bdcf4a60e30c1e8b69a5809f42fe217');
+    (10, 'retention_at_scale', 'ca3605125f15490ebd7ac1c13a120a248bdcf4a60e30c1e8b69a5809f42fe217'),
+    (11, 'claim_cost', '6fb081f44cf792500fe85988373954c8d0fbdbc37f8f3257b9fad276d00257c8');
