@@ -105,6 +105,32 @@ async def test_claim_uses_the_partial_indexes(big: asyncpg.Connection) -> None:
     assert claimed == 250  # the nested_plans run was rolled back
 
 
+async def test_the_keyed_claim_walks_its_index_beside_a_million_jobs(big: asyncpg.Connection) -> None:
+    # 40 keys of 5 waiting jobs; one key with a concurrency limit. The claim
+    # runs on its generic plans from the first call: each must still read the
+    # partial indexes, never the million finished jobs.
+    tx = big.transaction()
+    await tx.start()
+    try:
+        await big.execute("INSERT INTO jobengine.jobs (kind, limit_key)"
+                          " SELECT 'email', 'key-' || (i % 40) FROM generate_series(1, 200) i")
+        await big.execute("INSERT INTO jobengine.concurrency_limits (key, max_running) VALUES ('key-1', 2)")
+        plans = await nested_plans(
+            big, QUERIES["lifecycle_claim"], "d1", ["default"], ["email"], 30,
+            timedelta(seconds=30), False,
+        )
+        claimed = await big.fetchval("SELECT count(*) FROM jobengine.jobs WHERE status = 'running'")
+    finally:
+        await tx.rollback()
+    walk = plan_for(plans, "WITH RECURSIVE k(key, id, claim_order, n, wrapped) AS (")
+    assert "jobs_waiting_keyed_idx" in walk, walk
+    take = plan_for(plans, "WITH rnow AS MATERIALIZED (")
+    for plan in (walk, take):
+        assert "Seq Scan on jobs" not in plan, plan
+        assert "Bitmap" not in plan, plan
+    assert claimed == 0  # rolled back inside nested_plans
+
+
 async def test_maintenance_queries_use_indexes(big: asyncpg.Connection) -> None:
     for name, args in [
         ("lifecycle_reap_candidates", (100,)),
