@@ -3620,4 +3620,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (8, 'write_path', '458957f89e5cf9e6e39b4568b91629836abaa3a7f0a982c2d7ec779049f039d9'),
     (9, 'held_at_scale', '896d0660c6c3b17ab6d566671583b74ca0a3da56d132a6ac69187e70aeafd714'),
     (10, 'retention_at_scale', 'ca3605125f15490ebd7ac1c13a120a248bdcf4a60e30c1e8b69a5809f42fe217'),
-    (11, 'claim_cost', '6fb081f44cf792500fe85988373954c8d0fbdbc37f8f3257b9fad276d00257c8');
+    (11, 'claim_cost', 'fa8e3ad17fbacfbc9e70cf8b44d8f984289a4b63b3fadf257f351fb714e161de');

@@ -11,7 +11,7 @@
 --    ~0.8 planning. Every statement here is written for one plan (the
 --    function already pins index scans), so the function now asks for the
 --    generic plan (plan_cache_mode = force_generic_plan): the plain claim of
---    3 jobs 0.79 -> 0.52 ms, of 10 1.04 -> 0.77, of 60 2.64 -> 2.31.
+--    3 jobs 0.66 -> 0.42 ms, of 10 0.85 -> 0.62, of 60 2.20 -> 1.89.
 -- 2. The keyed claim (when jobs with a limit_key wait) walked the keys with
 --    two index probes each (one per status), then read each key's
 --    candidates with two more scans, in a dozen statements. It now walks
@@ -32,8 +32,8 @@
 --    all the claim ever looked at: keys after them starved while those
 --    stayed full (head-of-line blocking). A short claim now moves the
 --    rotation past every key it walked.
---    Keyed claim of 3 jobs over 100 keys: 1.07-1.22 -> 0.83-0.91 ms; of 10:
---    1.57-1.72 -> 1.29-1.42; of 60: 4.50-5.29 -> 4.10-4.35.
+--    Keyed claim of 3 jobs over 100 keys: 0.89 -> 0.72 ms; of 10: 1.26 ->
+--    1.01; of 60: 3.54 -> 2.95 (medians of 4).
 --
 -- Same results, same locks; the limits are still counted in
 -- a statement whose snapshot follows the key locks. The new index is built
