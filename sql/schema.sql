@@ -506,7 +506,8 @@ BEGIN
     -- taken are of the top priority level among them. Then the jobs are
     -- locked (SKIP LOCKED, re-checked) and taken, rate-limited keys' starts
     -- recorded, and the next claim's rotation set to start after the last
-    -- key that got a job.
+    -- key that got a job (after every key walked, when the claim came back
+    -- short).
     WITH rnow AS MATERIALIZED (
         SELECT clock_timestamp() AS t
     ), lim AS (
@@ -3620,4 +3621,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (8, 'write_path', '458957f89e5cf9e6e39b4568b91629836abaa3a7f0a982c2d7ec779049f039d9'),
     (9, 'held_at_scale', '896d0660c6c3b17ab6d566671583b74ca0a3da56d132a6ac69187e70aeafd714'),
     (10, 'retention_at_scale', 'ca3605125f15490ebd7ac1c13a120a248bdcf4a60e30c1e8b69a5809f42fe217'),
-    (11, 'claim_cost', 'fa8e3ad17fbacfbc9e70cf8b44d8f984289a4b63b3fadf257f351fb714e161de');
+    (11, 'claim_cost', '180e4bd9d07a46cfd8ffd95b6214fd499a10eae3c77bc9ba66ead966435e9ca8');

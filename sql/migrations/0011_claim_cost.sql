@@ -186,7 +186,8 @@ BEGIN
     -- taken are of the top priority level among them. Then the jobs are
     -- locked (SKIP LOCKED, re-checked) and taken, rate-limited keys' starts
     -- recorded, and the next claim's rotation set to start after the last
-    -- key that got a job.
+    -- key that got a job (after every key walked, when the claim came back
+    -- short).
     WITH rnow AS MATERIALIZED (
         SELECT clock_timestamp() AS t
     ), lim AS (
