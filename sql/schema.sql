@@ -568,9 +568,16 @@ BEGIN
         INSERT INTO jobengine.rate_limit_starts (key, started_at, job_id)
         SELECT c.limit_key, (SELECT t FROM rnow), c.id FROM claimed c WHERE c.limit_key = ANY (v_rate_keys)
     ), expired AS (
+        -- (key by key through the (key, started_at) index, the subquery
+        -- fenced by OFFSET 0 so that it stays inner: on its generic plan
+        -- the join form read the whole table, a probe of rate_limits per row)
         DELETE FROM jobengine.rate_limit_starts s
-        USING jobengine.rate_limits r
-        WHERE r.key = ANY (v_rate_keys) AND s.key = r.key AND s.started_at <= (SELECT t FROM rnow) - r.per
+        WHERE s.ctid = ANY (ARRAY(
+            SELECT o.ctid FROM jobengine.rate_limits r
+            CROSS JOIN LATERAL (
+                SELECT x.ctid FROM jobengine.rate_limit_starts x
+                WHERE x.key = r.key AND x.started_at <= (SELECT t FROM rnow) - r.per OFFSET 0) o
+            WHERE r.key = ANY (v_rate_keys)))
     )
     SELECT (SELECT v.final FROM verdict v),
            (SELECT array_agg(c.job) FROM claimed c),
@@ -607,8 +614,12 @@ BEGIN
         SELECT array_agg(r.key) INTO v_rate_keys FROM jobengine.rate_limits r WHERE r.key = ANY (v_locked);
         IF v_rate_keys IS NOT NULL THEN
             DELETE FROM jobengine.rate_limit_starts s
-            USING jobengine.rate_limits r
-            WHERE r.key = ANY (v_rate_keys) AND s.key = r.key AND s.started_at <= v_rate_now - r.per;
+            WHERE s.ctid = ANY (ARRAY(
+                SELECT o.ctid FROM jobengine.rate_limits r
+                CROSS JOIN LATERAL (
+                    SELECT x.ctid FROM jobengine.rate_limit_starts x
+                    WHERE x.key = r.key AND x.started_at <= v_rate_now - r.per OFFSET 0) o
+                WHERE r.key = ANY (v_rate_keys)));
         END IF;
         SELECT array_agg(g.key ORDER BY g.n), array_agg(g.allowed ORDER BY g.n) INTO v_group_keys, v_group_allowed
         FROM (
@@ -3621,4 +3632,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (8, 'write_path', '458957f89e5cf9e6e39b4568b91629836abaa3a7f0a982c2d7ec779049f039d9'),
     (9, 'held_at_scale', '896d0660c6c3b17ab6d566671583b74ca0a3da56d132a6ac69187e70aeafd714'),
     (10, 'retention_at_scale', 'ca3605125f15490ebd7ac1c13a120a248bdcf4a60e30c1e8b69a5809f42fe217'),
-    (11, 'claim_cost', '180e4bd9d07a46cfd8ffd95b6214fd499a10eae3c77bc9ba66ead966435e9ca8');
+    (11, 'claim_cost', 'd9f4c1b6c81ce2fb1125cb2b44e55994b76fc662419d0c535748c209b28c14d7');

@@ -248,9 +248,16 @@ BEGIN
         INSERT INTO jobengine.rate_limit_starts (key, started_at, job_id)
         SELECT c.limit_key, (SELECT t FROM rnow), c.id FROM claimed c WHERE c.limit_key = ANY (v_rate_keys)
     ), expired AS (
+        -- (key by key through the (key, started_at) index, the subquery
+        -- fenced by OFFSET 0 so that it stays inner: on its generic plan
+        -- the join form read the whole table, a probe of rate_limits per row)
         DELETE FROM jobengine.rate_limit_starts s
-        USING jobengine.rate_limits r
-        WHERE r.key = ANY (v_rate_keys) AND s.key = r.key AND s.started_at <= (SELECT t FROM rnow) - r.per
+        WHERE s.ctid = ANY (ARRAY(
+            SELECT o.ctid FROM jobengine.rate_limits r
+            CROSS JOIN LATERAL (
+                SELECT x.ctid FROM jobengine.rate_limit_starts x
+                WHERE x.key = r.key AND x.started_at <= (SELECT t FROM rnow) - r.per OFFSET 0) o
+            WHERE r.key = ANY (v_rate_keys)))
     )
     SELECT (SELECT v.final FROM verdict v),
            (SELECT array_agg(c.job) FROM claimed c),
@@ -287,8 +294,12 @@ BEGIN
         SELECT array_agg(r.key) INTO v_rate_keys FROM jobengine.rate_limits r WHERE r.key = ANY (v_locked);
         IF v_rate_keys IS NOT NULL THEN
             DELETE FROM jobengine.rate_limit_starts s
-            USING jobengine.rate_limits r
-            WHERE r.key = ANY (v_rate_keys) AND s.key = r.key AND s.started_at <= v_rate_now - r.per;
+            WHERE s.ctid = ANY (ARRAY(
+                SELECT o.ctid FROM jobengine.rate_limits r
+                CROSS JOIN LATERAL (
+                    SELECT x.ctid FROM jobengine.rate_limit_starts x
+                    WHERE x.key = r.key AND x.started_at <= v_rate_now - r.per OFFSET 0) o
+                WHERE r.key = ANY (v_rate_keys)));
         END IF;
         SELECT array_agg(g.key ORDER BY g.n), array_agg(g.allowed ORDER BY g.n) INTO v_group_keys, v_group_allowed
         FROM (
