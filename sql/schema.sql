@@ -511,7 +511,7 @@ BEGIN
     WITH rnow AS MATERIALIZED (
         SELECT clock_timestamp() AS t
     ), lim AS (
-        SELECT w.key, w.id, w.claim_order,
+        SELECT w.key, w.id, w.claim_order, w.n,
                CASE WHEN NOT coalesce(w.key = ANY (v_limited), false) THEN p_limit
                     WHEN NOT w.key = ANY (v_locked) THEN 0
                     ELSE least(
@@ -523,7 +523,7 @@ BEGIN
                                                  WHERE s.key = w.key AND s.started_at > (SELECT t FROM rnow) - rl.per)
                          FROM jobengine.rate_limits rl WHERE rl.key = w.key))::integer
                END AS allowed
-        FROM unnest(v_keys, v_first_ids, v_first_orders) AS w(key, id, claim_order)
+        FROM unnest(v_keys, v_first_ids, v_first_orders) WITH ORDINALITY AS w(key, id, claim_order, n)
     ), ranked AS MATERIALIZED (
         SELECT c.id, c.claim_order,
                floor((extract(epoch FROM v_now)::double precision - c.claim_order) / v_aging) AS level
@@ -586,8 +586,12 @@ BEGIN
                 WHERE (SELECT v.final FROM verdict v)
                   AND ((SELECT count(*) FROM claimed) < p_limit
                        OR w.key IN (SELECT c.limit_key FROM claimed c))
-                ORDER BY w.n DESC LIMIT 1) x)
-    INTO v_final, v_claimed, v_last;
+                ORDER BY w.n DESC LIMIT 1) x),
+           -- (for the fallback below: the keys that may start jobs, what each may start, and when)
+           (SELECT coalesce(array_agg(l.key ORDER BY l.n), '{}') FROM lim l WHERE l.allowed > 0),
+           (SELECT coalesce(array_agg(l.allowed ORDER BY l.n), '{}') FROM lim l WHERE l.allowed > 0),
+           (SELECT t FROM rnow)
+    INTO v_final, v_claimed, v_last, v_group_keys, v_group_allowed, v_rate_now;
     IF v_final THEN
         IF v_claimed IS NOT NULL THEN
             RETURN QUERY SELECT * FROM unnest(v_claimed);
@@ -596,55 +600,9 @@ BEGIN
     END IF;
 
     -- Otherwise (few keys, or priorities that differ): each group's share,
-    -- in up to two rounds, as the jobs of the walked keys allow.
-    -- Keys under a limit, and of those the ones this claim may decide for.
-    SELECT array_agg(l.key ORDER BY l.key) INTO v_limited FROM (
-        SELECT c.key FROM jobengine.concurrency_limits c WHERE c.key = ANY (v_keys)
-        UNION
-        SELECT r.key FROM jobengine.rate_limits r WHERE r.key = ANY (v_keys)) l;
-    v_group_keys := v_keys;
-    v_group_allowed := array_fill(p_limit, ARRAY[cardinality(v_keys)]);
-    IF v_limited IS NOT NULL THEN
-        SELECT array_agg(l.key ORDER BY l.key) INTO v_locked FROM unnest(v_limited) AS l(key)
-        WHERE pg_try_advisory_xact_lock(1785755235, hashtext(l.key));
-        v_locked := coalesce(v_locked, '{}');
-        -- (a new statement, a new snapshot: claims committed by the lock's
-        -- previous holder are counted)
-        v_rate_now := clock_timestamp();
-        SELECT array_agg(r.key) INTO v_rate_keys FROM jobengine.rate_limits r WHERE r.key = ANY (v_locked);
-        IF v_rate_keys IS NOT NULL THEN
-            DELETE FROM jobengine.rate_limit_starts s
-            WHERE s.ctid = ANY (ARRAY(
-                SELECT o.ctid FROM jobengine.rate_limits r
-                CROSS JOIN LATERAL (
-                    SELECT x.ctid FROM jobengine.rate_limit_starts x
-                    WHERE x.key = r.key AND x.started_at <= v_rate_now - r.per OFFSET 0) o
-                WHERE r.key = ANY (v_rate_keys)));
-        END IF;
-        SELECT array_agg(g.key ORDER BY g.n), array_agg(g.allowed ORDER BY g.n) INTO v_group_keys, v_group_allowed
-        FROM (
-            SELECT k.key, k.n,
-                   CASE WHEN NOT k.key = ANY (v_limited) THEN p_limit
-                        WHEN NOT k.key = ANY (v_locked) THEN 0
-                        ELSE least(
-                            p_limit,
-                            (SELECT c.max_running - (SELECT count(*) FROM jobengine.jobs r
-                                                     WHERE r.status = 'running' AND r.limit_key = k.key)
-                             FROM jobengine.concurrency_limits c WHERE c.key = k.key),
-                            (SELECT rl.max_starts - (SELECT count(*) FROM jobengine.rate_limit_starts s
-                                                     WHERE s.key = k.key AND s.started_at > v_rate_now - rl.per)
-                             FROM jobengine.rate_limits rl WHERE rl.key = k.key))::integer
-                   END AS allowed
-            FROM unnest(v_keys) WITH ORDINALITY AS k(key, n)) g
-        WHERE g.allowed > 0;
-    END IF;
-    v_group_keys := coalesce(v_group_keys, '{}');
-    v_group_allowed := coalesce(v_group_allowed, '{}');
-    v_aging := coalesce((SELECT CASE WHEN s.value = 'off' THEN 1e9
-                                     ELSE extract(epoch FROM s.value::interval)::double precision END
-                         FROM jobengine.settings s WHERE s.name = 'priority_aging'), 60);
-
-    -- (the jobs without a key are one more group)
+    -- in up to two rounds, from the keys and allowances counted above (their
+    -- locks are still held; the windows' upkeep is done). The jobs without a
+    -- key are one more group.
     v_cap := greatest(2, ceil(2.0 * p_limit / (cardinality(v_group_keys) + 1))::integer);
     FOR v_round IN 1..2 LOOP
         WITH groups AS (
@@ -3632,4 +3590,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (8, 'write_path', '458957f89e5cf9e6e39b4568b91629836abaa3a7f0a982c2d7ec779049f039d9'),
     (9, 'held_at_scale', '896d0660c6c3b17ab6d566671583b74ca0a3da56d132a6ac69187e70aeafd714'),
     (10, 'retention_at_scale', 'ca3605125f15490ebd7ac1c13a120a248bdcf4a60e30c1e8b69a5809f42fe217'),
-    (11, 'claim_cost', 'd9f4c1b6c81ce2fb1125cb2b44e55994b76fc662419d0c535748c209b28c14d7');
+    (11, 'claim_cost', '3c33725fbd691428280c61127c205925b0d180b1b4d5d73d35dffebb8358e839');

@@ -242,7 +242,6 @@ async def test_claims_rotate_through_more_keys_than_one_claim_looks_at(pool: asy
     assert len(set(served)) == 100
 
 
-
 async def test_keys_behind_a_long_run_of_full_limits_are_not_starved(pool: asyncpg.Pool) -> None:
     # 40 keys first in the rotation, each at its concurrency limit with more
     # waiting, then one free key: more full keys in a row than a claim of 1
@@ -259,6 +258,7 @@ async def test_keys_behind_a_long_run_of_full_limits_are_not_starved(pool: async
         assert len(await claim(other, 40)) == 40, "one running job per full key"
         took = [r["id"] for _ in range(4) for r in await claim(conn, 1)]
     assert took == [free]
+
 
 async def test_priority_wins_within_the_aging_window_and_a_long_wait_beats_it(pool: asyncpg.Pool) -> None:
     await pool.execute("UPDATE jobengine.settings SET value = '1 second' WHERE name = 'priority_aging'")
