@@ -45,6 +45,7 @@ CREATE TYPE jobengine.job_status AS ENUM (
 CREATE FUNCTION jobengine.add_timeline_note(p_job_ids bigint[], p_event_type text, p_reason text) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $_$
 DECLARE
     n integer;
@@ -101,6 +102,7 @@ CREATE FUNCTION jobengine.cancel_v1(p_ids bigint[], p_reason text DEFAULT NULL::
     LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET lock_timeout TO '5s'
+    SET jit TO 'off'
     AS $$
     WITH target AS (
         SELECT j.id, j.status FROM jobengine.jobs j
@@ -148,6 +150,7 @@ $$;
 CREATE FUNCTION jobengine.cascade_v1(p_limit integer) RETURNS TABLE(id bigint, kind text)
     LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
     UPDATE jobengine.jobs AS j
     SET status = 'cancelled', status_reason = 'dependency_failed',
@@ -376,6 +379,7 @@ CREATE FUNCTION jobengine.claim_v1(p_owner text, p_queues text[], p_kinds text[]
     SET enable_seqscan TO 'off'
     SET "jobengine.claiming" TO 'on'
     SET plan_cache_mode TO 'force_generic_plan'
+    SET jit TO 'off'
     AS $$
 DECLARE
     v_now timestamptz := statement_timestamp();
@@ -889,21 +893,18 @@ END;
 CREATE FUNCTION jobengine.fail_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_reasons text[], p_errors text[], p_retry_delays double precision[]) RETURNS TABLE(id bigint, attempt integer, outcome text, kind text, retry_at timestamp with time zone)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     v_done bigint[];
 BEGIN
     WITH t AS (
         SELECT * FROM unnest(p_ids, p_attempts, p_reasons, p_errors) AS t(id, attempt, reason, error)
-    ), held AS (
-        SELECT j.id FROM jobengine.jobs j JOIN t ON t.id = j.id
-        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
-        FOR NO KEY UPDATE OF j SKIP LOCKED
     ), upd AS (
         UPDATE jobengine.jobs j
         SET status = 'failed', status_reason = coalesce(t.reason, 'error'), last_error = t.error
-        FROM t, held
-        WHERE j.id = held.id AND t.id = held.id
+        FROM t
+        WHERE j.ctid = ANY (ARRAY(SELECT jobengine.lock_attempts(p_owner, p_ids, p_attempts))) AND t.id = j.id
         RETURNING j.id
     )
     SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
@@ -930,22 +931,18 @@ $$;
 CREATE FUNCTION jobengine.finish_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_results text[]) RETURNS TABLE(id bigint, attempt integer, outcome text, kind text)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     v_ids bigint[];
     v_attempts integer[];
     v_kinds text[];
 BEGIN
-    WITH held AS (
-        SELECT j.ctid FROM jobengine.jobs j
-        JOIN unnest(p_ids, p_attempts) AS t(id, attempt) ON t.id = j.id
-        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
-        FOR NO KEY UPDATE OF j SKIP LOCKED
-    ), upd AS (
+    WITH upd AS (
         UPDATE jobengine.jobs j
         SET status = 'completed', status_reason = 'completed', result = r.result::jsonb
         FROM unnest(p_ids, p_results) AS r(id, result)
-        WHERE j.ctid = ANY (ARRAY(SELECT held.ctid FROM held)) AND r.id = j.id
+        WHERE j.ctid = ANY (ARRAY(SELECT jobengine.lock_attempts(p_owner, p_ids, p_attempts))) AND r.id = j.id
         RETURNING j.id, j.attempt, j.kind
     )
     SELECT array_agg(upd.id), array_agg(upd.attempt), array_agg(upd.kind) INTO v_ids, v_attempts, v_kinds FROM upd;
@@ -981,6 +978,7 @@ $$;
 CREATE FUNCTION jobengine.held_v2(p_queues text[], p_since timestamp with time zone DEFAULT NULL::timestamp with time zone) RETURNS TABLE(concurrency_held boolean, rate_next_at timestamp with time zone, limits_exist boolean)
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     v_now timestamptz := statement_timestamp();
@@ -1132,6 +1130,7 @@ $$;
 CREATE FUNCTION jobengine.jobs_guard_delete() RETURNS trigger
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 BEGIN
     IF jobengine.retention_in_progress() THEN
@@ -1276,6 +1275,7 @@ $$;
 CREATE FUNCTION jobengine.jobs_record_insert() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     max_bytes bigint := jobengine.max_payload_bytes();
@@ -1337,6 +1337,7 @@ $$;
 CREATE FUNCTION jobengine.jobs_record_update() RETURNS trigger
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     v_relayed boolean;
@@ -1817,6 +1818,27 @@ END
 $$;
 
 --
+-- Name: lock_attempts(text, bigint[], integer[]); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.lock_attempts(p_owner text, p_ids bigint[], p_attempts integer[]) RETURNS SETOF tid
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
+    AS $$
+BEGIN
+    RETURN QUERY
+    WITH locked AS MATERIALIZED (
+        SELECT j.ctid, j.status, j.attempt AS held_attempt, j.lease_owner, t.attempt
+        FROM unnest(p_ids, p_attempts) AS t(id, attempt) JOIN jobengine.jobs j ON j.id = t.id
+        FOR NO KEY UPDATE OF j SKIP LOCKED
+    )
+    SELECT l.ctid FROM locked l
+    WHERE l.status = 'running' AND l.held_attempt = l.attempt AND l.lease_owner = p_owner;
+END
+$$;
+
+--
 -- Name: max_payload_bytes(); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -1877,6 +1899,7 @@ $$;
 CREATE FUNCTION jobengine.promote_v1(p_queues text[], p_limit integer, p_sealed boolean DEFAULT false) RETURNS TABLE(id bigint, kind text)
     LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
     UPDATE jobengine.jobs AS j
     SET status = 'scheduled', status_reason = 'ready'
@@ -1982,6 +2005,7 @@ $_$;
 CREATE FUNCTION jobengine.reap_candidates_v1(p_limit integer) RETURNS TABLE(id bigint, attempt integer, released integer, max_retries integer, retry_policy jsonb, lease_owner text, lease_expires_at timestamp with time zone)
     LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
     SELECT r.id, r.attempt, r.released, r.max_retries, r.retry_policy, r.lease_owner, r.lease_expires_at
     FROM jobengine.jobs r
@@ -1998,6 +2022,7 @@ $$;
 CREATE FUNCTION jobengine.reap_v1(p_ids bigint[], p_attempts integer[], p_owners text[], p_retry_delays double precision[]) RETURNS TABLE(id bigint, outcome text, kind text, retry_at timestamp with time zone)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     v_done bigint[];
@@ -2048,6 +2073,7 @@ $$;
 CREATE FUNCTION jobengine.relay_v1(p_limit integer DEFAULT 1000) RETURNS integer
     LANGUAGE plpgsql SECURITY DEFINER
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     v_cursor record;
@@ -2110,21 +2136,17 @@ $$;
 CREATE FUNCTION jobengine.release_v1(p_owner text, p_ids bigint[], p_attempts integer[]) RETURNS TABLE(id bigint, attempt integer, outcome text, kind text)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     v_ids bigint[];
     v_attempts integer[];
     v_kinds text[];
 BEGIN
-    WITH held AS (
-        SELECT j.ctid FROM jobengine.jobs j
-        JOIN unnest(p_ids, p_attempts) AS t(id, attempt) ON t.id = j.id
-        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
-        FOR NO KEY UPDATE OF j SKIP LOCKED
-    ), upd AS (
+    WITH upd AS (
         UPDATE jobengine.jobs j
         SET status = 'scheduled', status_reason = 'shutdown', run_at = statement_timestamp()
-        WHERE j.ctid = ANY (ARRAY(SELECT held.ctid FROM held))
+        WHERE j.ctid = ANY (ARRAY(SELECT jobengine.lock_attempts(p_owner, p_ids, p_attempts)))
         RETURNING j.id, j.attempt, j.kind
     )
     SELECT array_agg(upd.id), array_agg(upd.attempt), array_agg(upd.kind) INTO v_ids, v_attempts, v_kinds FROM upd;
@@ -2149,20 +2171,16 @@ $$;
 CREATE FUNCTION jobengine.renew_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_lease_ttl interval) RETURNS TABLE(id bigint, attempt integer, outcome text)
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     v_ids bigint[];
     v_attempts integer[];
 BEGIN
-    WITH held AS (
-        SELECT j.ctid FROM jobengine.jobs j
-        JOIN unnest(p_ids, p_attempts) AS t(id, attempt) ON t.id = j.id
-        WHERE j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner
-        FOR NO KEY UPDATE OF j SKIP LOCKED
-    ), upd AS (
+    WITH upd AS (
         UPDATE jobengine.jobs j
         SET lease_expires_at = statement_timestamp() + jobengine.positive_ttl(p_lease_ttl)
-        WHERE j.ctid = ANY (ARRAY(SELECT held.ctid FROM held))
+        WHERE j.ctid = ANY (ARRAY(SELECT jobengine.lock_attempts(p_owner, p_ids, p_attempts)))
         RETURNING j.id, j.attempt
     )
     SELECT array_agg(upd.id), array_agg(upd.attempt) INTO v_ids, v_attempts FROM upd;
@@ -2219,6 +2237,7 @@ $$;
 CREATE FUNCTION jobengine.retry_candidates_v1(p_limit integer) RETURNS TABLE(id bigint, attempt integer, released integer, max_retries integer, retry_policy jsonb)
     LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
     SELECT j.id, j.attempt, j.released, j.max_retries, j.retry_policy FROM jobengine.jobs j
     WHERE j.status = 'failed' AND j.attempt - j.released <= j.max_retries
@@ -2235,6 +2254,7 @@ CREATE FUNCTION jobengine.retry_v1(p_ids bigint[], p_delays double precision[] D
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET lock_timeout TO '5s'
+    SET jit TO 'off'
     AS $$
 BEGIN
     -- Wait (briefly) for failed rows someone holds: an operator expects an answer.
@@ -2259,6 +2279,7 @@ $$;
 CREATE FUNCTION jobengine.schedule_retries(p_ids bigint[], p_delays double precision[], p_reason text) RETURNS TABLE(id bigint, run_at timestamp with time zone)
     LANGUAGE sql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
     WITH t AS (SELECT * FROM unnest(p_ids, p_delays) AS t(id, delay) WHERE t.delay IS NOT NULL),
     locked AS (
@@ -2295,6 +2316,7 @@ END;
 CREATE FUNCTION jobengine.schedule_tick_v1(p_name text, p_tick timestamp with time zone, p_missed integer DEFAULT 0) RETURNS bigint
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     v_schedule jobengine.schedules;
@@ -2493,6 +2515,7 @@ END;
 CREATE FUNCTION jobengine.validate_dependencies(ids bigint[]) RETURNS void
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
     AS $$
 DECLARE
     bad record;
@@ -3455,6 +3478,12 @@ REVOKE ALL ON FUNCTION jobengine.ledger_drop_v1(p_before timestamp with time zon
 REVOKE ALL ON FUNCTION jobengine.ledger_prepare_v1(p_days_ahead integer, p_from date) FROM PUBLIC;
 
 --
+-- Name: FUNCTION lock_attempts(p_owner text, p_ids bigint[], p_attempts integer[]); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.lock_attempts(p_owner text, p_ids bigint[], p_attempts integer[]) FROM PUBLIC;
+
+--
 -- Name: FUNCTION promote_v1(p_queues text[], p_limit integer, p_sealed boolean); Type: ACL; Schema: jobengine; Owner: -
 --
 
@@ -3590,4 +3619,5 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (8, 'write_path', '458957f89e5cf9e6e39b4568b91629836abaa3a7f0a982c2d7ec779049f039d9'),
     (9, 'held_at_scale', '896d0660c6c3b17ab6d566671583b74ca0a3da56d132a6ac69187e70aeafd714'),
     (10, 'retention_at_scale', 'ca3605125f15490ebd7ac1c13a120a248bdcf4a60e30c1e8b69a5809f42fe217'),
-    (11, 'claim_cost', '3c33725fbd691428280c61127c205925b0d180b1b4d5d73d35dffebb8358e839');
+    (11, 'claim_cost', '3c33725fbd691428280c61127c205925b0d180b1b4d5d73d35dffebb8358e839'),
+    (12, 'write_path_plans', 'cfad6a0d8b23989b0532c3f3654f76c134cd24bbd4f290ad2ff507dc22db969b');
