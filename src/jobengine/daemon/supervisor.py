@@ -428,14 +428,14 @@ class Daemon:
     async def _actor_task(self, actor: Actor, older: list[Actor]) -> None:
         try:
             for other in older:
-                await other.ended.wait()
+                await other.wait_ended()
             handler = self.handlers[actor.job.kind]
             prepare = None
             if actor.job.depends_on and getattr(handler, "wants_results", False):
                 prepare = self._with_results
             await run_actor(actor, handler, self.writer.submit, prepare)
         finally:
-            actor.ended.set()
+            actor.end()
             self.attempts.remove(actor)
             self._kick.set()
             self._changed.set()
