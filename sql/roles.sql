@@ -49,7 +49,6 @@ GRANT EXECUTE ON FUNCTION
     jobengine.reap_candidates_v1(integer),
     jobengine.reap_v1(bigint[], integer[], text[], double precision[]),
     jobengine.renew_v1(text, bigint[], integer[], interval),
-    jobengine.lock_attempts(text, bigint[], integer[]),
     jobengine.retry_v1(bigint[], double precision[], text),
     jobengine.retry_candidates_v1(integer),
     jobengine.promote_v1(text[], integer, boolean),

@@ -3478,12 +3478,6 @@ REVOKE ALL ON FUNCTION jobengine.ledger_drop_v1(p_before timestamp with time zon
 REVOKE ALL ON FUNCTION jobengine.ledger_prepare_v1(p_days_ahead integer, p_from date) FROM PUBLIC;
 
 --
--- Name: FUNCTION lock_attempts(p_owner text, p_ids bigint[], p_attempts integer[]); Type: ACL; Schema: jobengine; Owner: -
---
-
-REVOKE ALL ON FUNCTION jobengine.lock_attempts(p_owner text, p_ids bigint[], p_attempts integer[]) FROM PUBLIC;
-
---
 -- Name: FUNCTION promote_v1(p_queues text[], p_limit integer, p_sealed boolean); Type: ACL; Schema: jobengine; Owner: -
 --
 
@@ -3620,4 +3614,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (9, 'held_at_scale', '896d0660c6c3b17ab6d566671583b74ca0a3da56d132a6ac69187e70aeafd714'),
     (10, 'retention_at_scale', 'ca3605125f15490ebd7ac1c13a120a248bdcf4a60e30c1e8b69a5809f42fe217'),
     (11, 'claim_cost', '3c33725fbd691428280c61127c205925b0d180b1b4d5d73d35dffebb8358e839'),
-    (12, 'write_path_plans', 'cfad6a0d8b23989b0532c3f3654f76c134cd24bbd4f290ad2ff507dc22db969b');
+    (12, 'write_path_plans', 'c3875d30a38b72f8bcc4b76cd4cdc71227e3f0826081b39da105af5e7c1af509');

@@ -181,8 +181,11 @@ BEGIN
 END
 $$;
 
--- The write path is the daemon's (sql/roles.sql grants it to jobengine_daemon).
-REVOKE EXECUTE ON FUNCTION jobengine.lock_attempts(text, bigint[], integer[]) FROM PUBLIC;
+-- lock_attempts keeps PUBLIC's EXECUTE: it runs with the caller's rights and
+-- takes only locks the caller could take with SELECT ... FOR NO KEY UPDATE.
+-- Revoked, the daemons' role would lack it between `jobengine migrate` and
+-- `jobengine migrate --roles`, and every finish and renewal, even of
+-- daemons of the release before, would fail until then.
 
 -- (2) JIT off for the write path and the statement-level triggers (their
 -- plans last the session; the functions redefined above say it themselves).
