@@ -95,6 +95,22 @@ END
 $_$;
 
 --
+-- Name: attempt_answers(text, bigint[], integer[], bigint[]); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.attempt_answers(p_owner text, p_ids bigint[], p_attempts integer[], p_done bigint[]) RETURNS TABLE(id bigint, attempt integer, outcome text, kind text)
+    LANGUAGE sql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
+    AS $$
+    SELECT t.id, t.attempt, CASE
+        WHEN t.id = ANY (p_done) THEN 'done'
+        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
+        ELSE 'moved' END, j.kind
+    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id
+$$;
+
+--
 -- Name: cancel_v1(bigint[], text); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -916,11 +932,8 @@ BEGIN
             ARRAY(SELECT t.id FROM t WHERE t.id = ANY (v_done)),
             ARRAY(SELECT t.delay FROM t WHERE t.id = ANY (v_done)), 'retry')
     )
-    SELECT t.id, t.attempt, CASE
-        WHEN t.id = ANY (v_done) THEN 'done'
-        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
-        ELSE 'moved' END, j.kind, r.run_at
-    FROM t LEFT JOIN jobengine.jobs j ON j.id = t.id LEFT JOIN r ON r.id = t.id;
+    SELECT a.id, a.attempt, a.outcome, a.kind, r.run_at
+    FROM jobengine.attempt_answers(p_owner, p_ids, p_attempts, v_done) AS a LEFT JOIN r ON r.id = a.id;
 END
 $$;
 
@@ -951,12 +964,7 @@ BEGIN
         RETURN QUERY SELECT u.id, u.attempt, 'done'::text, u.kind FROM unnest(v_ids, v_attempts, v_kinds) AS u(id, attempt, kind);
         RETURN;
     END IF;
-    RETURN QUERY
-    SELECT t.id, t.attempt, CASE
-        WHEN t.id = ANY (v_ids) THEN 'done'
-        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
-        ELSE 'moved' END, j.kind
-    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id;
+    RETURN QUERY SELECT * FROM jobengine.attempt_answers(p_owner, p_ids, p_attempts, v_ids);
 END
 $$;
 
@@ -2155,12 +2163,7 @@ BEGIN
         RETURN QUERY SELECT u.id, u.attempt, 'done'::text, u.kind FROM unnest(v_ids, v_attempts, v_kinds) AS u(id, attempt, kind);
         RETURN;
     END IF;
-    RETURN QUERY
-    SELECT t.id, t.attempt, CASE
-        WHEN t.id = ANY (v_ids) THEN 'done'
-        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
-        ELSE 'moved' END, j.kind
-    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id;
+    RETURN QUERY SELECT * FROM jobengine.attempt_answers(p_owner, p_ids, p_attempts, v_ids);
 END
 $$;
 
@@ -2189,12 +2192,7 @@ BEGIN
         RETURN QUERY SELECT u.id, u.attempt, 'done'::text FROM unnest(v_ids, v_attempts) AS u(id, attempt);
         RETURN;
     END IF;
-    RETURN QUERY
-    SELECT t.id, t.attempt, CASE
-        WHEN t.id = ANY (v_ids) THEN 'done'
-        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
-        ELSE 'moved' END
-    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id;
+    RETURN QUERY SELECT a.id, a.attempt, a.outcome FROM jobengine.attempt_answers(p_owner, p_ids, p_attempts, v_ids) AS a;
 END
 $$;
 
@@ -3614,4 +3612,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (9, 'held_at_scale', '896d0660c6c3b17ab6d566671583b74ca0a3da56d132a6ac69187e70aeafd714'),
     (10, 'retention_at_scale', 'ca3605125f15490ebd7ac1c13a120a248bdcf4a60e30c1e8b69a5809f42fe217'),
     (11, 'claim_cost', '3c33725fbd691428280c61127c205925b0d180b1b4d5d73d35dffebb8358e839'),
-    (12, 'write_path_plans', 'c3875d30a38b72f8bcc4b76cd4cdc71227e3f0826081b39da105af5e7c1af509');
+    (12, 'write_path_plans', 'b24aa0258de193b1c8b3a2124a3ca6787e3c3c7374639f42875864cbd6f05529');

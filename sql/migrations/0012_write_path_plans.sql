@@ -47,6 +47,22 @@ BEGIN
 END
 $$;
 
+-- Each requested attempt's answer once those written are known: 'done'
+-- (written), 'busy' (still `p_owner`'s running attempt: someone else held
+-- the row locked; try again) or 'moved' (no longer this owner's attempt:
+-- the outcome must be dropped), with the job's kind. The second look of the
+-- four functions below when not every attempt was written.
+CREATE FUNCTION jobengine.attempt_answers(p_owner text, p_ids bigint[], p_attempts integer[], p_done bigint[])
+RETURNS TABLE (id bigint, attempt integer, outcome text, kind text)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET jit = off
+AS $$
+    SELECT t.id, t.attempt, CASE
+        WHEN t.id = ANY (p_done) THEN 'done'
+        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
+        ELSE 'moved' END, j.kind
+    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id
+$$;
+
 -- running -> completed, with each attempt's result (JSON text).
 CREATE OR REPLACE FUNCTION jobengine.finish_v1(
     p_owner text, p_ids bigint[], p_attempts integer[], p_results text[]
@@ -71,12 +87,7 @@ BEGIN
         RETURN QUERY SELECT u.id, u.attempt, 'done'::text, u.kind FROM unnest(v_ids, v_attempts, v_kinds) AS u(id, attempt, kind);
         RETURN;
     END IF;
-    RETURN QUERY
-    SELECT t.id, t.attempt, CASE
-        WHEN t.id = ANY (v_ids) THEN 'done'
-        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
-        ELSE 'moved' END, j.kind
-    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id;
+    RETURN QUERY SELECT * FROM jobengine.attempt_answers(p_owner, p_ids, p_attempts, v_ids);
 END
 $$;
 
@@ -102,12 +113,7 @@ BEGIN
         RETURN QUERY SELECT u.id, u.attempt, 'done'::text, u.kind FROM unnest(v_ids, v_attempts, v_kinds) AS u(id, attempt, kind);
         RETURN;
     END IF;
-    RETURN QUERY
-    SELECT t.id, t.attempt, CASE
-        WHEN t.id = ANY (v_ids) THEN 'done'
-        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
-        ELSE 'moved' END, j.kind
-    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id;
+    RETURN QUERY SELECT * FROM jobengine.attempt_answers(p_owner, p_ids, p_attempts, v_ids);
 END
 $$;
 
@@ -134,12 +140,7 @@ BEGIN
         RETURN QUERY SELECT u.id, u.attempt, 'done'::text FROM unnest(v_ids, v_attempts) AS u(id, attempt);
         RETURN;
     END IF;
-    RETURN QUERY
-    SELECT t.id, t.attempt, CASE
-        WHEN t.id = ANY (v_ids) THEN 'done'
-        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
-        ELSE 'moved' END
-    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id;
+    RETURN QUERY SELECT a.id, a.attempt, a.outcome FROM jobengine.attempt_answers(p_owner, p_ids, p_attempts, v_ids) AS a;
 END
 $$;
 
@@ -173,16 +174,14 @@ BEGIN
             ARRAY(SELECT t.id FROM t WHERE t.id = ANY (v_done)),
             ARRAY(SELECT t.delay FROM t WHERE t.id = ANY (v_done)), 'retry')
     )
-    SELECT t.id, t.attempt, CASE
-        WHEN t.id = ANY (v_done) THEN 'done'
-        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
-        ELSE 'moved' END, j.kind, r.run_at
-    FROM t LEFT JOIN jobengine.jobs j ON j.id = t.id LEFT JOIN r ON r.id = t.id;
+    SELECT a.id, a.attempt, a.outcome, a.kind, r.run_at
+    FROM jobengine.attempt_answers(p_owner, p_ids, p_attempts, v_done) AS a LEFT JOIN r ON r.id = a.id;
 END
 $$;
 
--- lock_attempts keeps PUBLIC's EXECUTE: it runs with the caller's rights and
--- takes only locks the caller could take with SELECT ... FOR NO KEY UPDATE.
+-- lock_attempts and attempt_answers keep PUBLIC's EXECUTE: they run with
+-- the caller's rights and take only locks the caller could take with
+-- SELECT ... FOR NO KEY UPDATE, or read what it could read.
 -- Revoked, the daemons' role would lack it between `jobengine migrate` and
 -- `jobengine migrate --roles`, and every finish and renewal, even of
 -- daemons of the release before, would fail until then.
