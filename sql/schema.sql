@@ -915,7 +915,7 @@ DECLARE
     v_done bigint[];
 BEGIN
     WITH t AS (
-        SELECT * FROM unnest(p_ids, p_attempts, p_reasons, p_errors) AS t(id, attempt, reason, error)
+        SELECT * FROM unnest(p_ids, p_reasons, p_errors) AS t(id, reason, error)
     ), upd AS (
         UPDATE jobengine.jobs j
         SET status = 'failed', status_reason = coalesce(t.reason, 'error'), last_error = t.error
@@ -926,7 +926,7 @@ BEGIN
     SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
     RETURN QUERY
     WITH t AS (
-        SELECT * FROM unnest(p_ids, p_attempts, p_retry_delays) AS t(id, attempt, delay)
+        SELECT * FROM unnest(p_ids, p_retry_delays) AS t(id, delay)
     ), r AS (
         SELECT * FROM jobengine.schedule_retries(
             ARRAY(SELECT t.id FROM t WHERE t.id = ANY (v_done)),
@@ -3612,4 +3612,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (9, 'held_at_scale', '896d0660c6c3b17ab6d566671583b74ca0a3da56d132a6ac69187e70aeafd714'),
     (10, 'retention_at_scale', 'ca3605125f15490ebd7ac1c13a120a248bdcf4a60e30c1e8b69a5809f42fe217'),
     (11, 'claim_cost', '3c33725fbd691428280c61127c205925b0d180b1b4d5d73d35dffebb8358e839'),
-    (12, 'write_path_plans', 'b24aa0258de193b1c8b3a2124a3ca6787e3c3c7374639f42875864cbd6f05529');
+    (12, 'write_path_plans', '6323066efdc4715a1ec70f70f55c4650a4ec499e6cf4b8e07eb0857a25bbb66f');

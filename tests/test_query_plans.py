@@ -51,6 +51,19 @@ async def big(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
     await conn.close()
 
 
+@pytest.fixture
+async def conn(db_dsn: str) -> AsyncIterator[asyncpg.Connection]:
+    """A connection to the test's own database (its session settings are its own)."""
+    connection = await asyncpg.connect(db_dsn)
+    yield connection
+    await connection.close()
+
+
+#: a claim as a daemon sends it, of $2 jobs for owner $1
+CLAIM = ("SELECT id, attempt FROM jobengine.claim_v1($1, ARRAY['default'], ARRAY['email'], $2,"
+         " interval '5 minutes')")
+
+
 async def nested_plans(conn: asyncpg.Connection, sql: str, *args: object,
                        analyze: bool = False) -> list[str]:
     notices: list[str] = []
@@ -234,102 +247,86 @@ async def test_a_retention_batch_is_never_jit_compiled(big: asyncpg.Connection) 
     assert "JIT:" not in purge, purge
 
 
-async def test_sealing_a_day_walks_its_index_even_without_statistics(db_dsn: str) -> None:
+async def test_sealing_a_day_walks_its_index_even_without_statistics(conn: asyncpg.Connection) -> None:
     # A day's partition is sealed an hour after the day ends, often before
     # autovacuum has analyzed it. Without statistics each 50,000-row step of the
     # digest was answered by a parallel scan and sort of the whole partition
     # (214 s for a day of 6.2M rows); here every shortcut is made to look cheap.
-    conn = await asyncpg.connect(db_dsn)
-    try:
-        await conn.execute("INSERT INTO jobengine.jobs (kind, payload)"
-                           " SELECT 'email', '{}' FROM generate_series(1, 2000)")
-        day = await conn.fetchval(
-            "SELECT (max(occurred_at) AT TIME ZONE 'UTC')::date FROM jobengine.ledger")
-        partition = f"jobengine.ledger_{day:%Y%m%d}"
-        await conn.execute(f"DELETE FROM pg_statistic WHERE starelid = '{partition}'::regclass")
-        for setting in ("SET jit = on", "SET jit_above_cost = 0", "SET parallel_setup_cost = 0",
-                        "SET parallel_tuple_cost = 0", "SET min_parallel_table_scan_size = 0",
-                        "SET min_parallel_index_scan_size = 0"):
-            await conn.execute(setting)
-        step = ("SELECT l.tx_id, l.id, l.hash FROM jobengine.ledger l"
-                " WHERE l.occurred_at >= $1::date AND l.occurred_at < $1::date + 1"
-                " AND (l.tx_id, l.id) > ('0'::xid8, -1) ORDER BY l.tx_id, l.id LIMIT 50000")
-        probe = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {step}", day))
-        assert "Index Scan" not in probe, probe  # (the probe: left alone, the planner scans)
-        assert await conn.fetchval("SELECT rows FROM jobengine.ledger_day_digest($1)", day) == 2000
-        plans = await nested_plans(conn, "SELECT * FROM jobengine.ledger_day_digest($1)", day)
-        walk = plan_for(plans, "WITH c AS MATERIALIZED")
-        assert f"Index Scan using ledger_{day:%Y%m%d}_tx_id_id_idx" in walk, walk
-        for shortcut in ("Seq Scan", "Bitmap", "Gather", "JIT:"):
-            assert shortcut not in walk, walk
-    finally:
-        await conn.close()
+    await conn.execute("INSERT INTO jobengine.jobs (kind, payload)"
+                       " SELECT 'email', '{}' FROM generate_series(1, 2000)")
+    day = await conn.fetchval(
+        "SELECT (max(occurred_at) AT TIME ZONE 'UTC')::date FROM jobengine.ledger")
+    partition = f"jobengine.ledger_{day:%Y%m%d}"
+    await conn.execute(f"DELETE FROM pg_statistic WHERE starelid = '{partition}'::regclass")
+    for setting in ("SET jit = on", "SET jit_above_cost = 0", "SET parallel_setup_cost = 0",
+                    "SET parallel_tuple_cost = 0", "SET min_parallel_table_scan_size = 0",
+                    "SET min_parallel_index_scan_size = 0"):
+        await conn.execute(setting)
+    step = ("SELECT l.tx_id, l.id, l.hash FROM jobengine.ledger l"
+            " WHERE l.occurred_at >= $1::date AND l.occurred_at < $1::date + 1"
+            " AND (l.tx_id, l.id) > ('0'::xid8, -1) ORDER BY l.tx_id, l.id LIMIT 50000")
+    probe = "\n".join(r[0] for r in await conn.fetch(f"EXPLAIN {step}", day))
+    assert "Index Scan" not in probe, probe  # (the probe: left alone, the planner scans)
+    assert await conn.fetchval("SELECT rows FROM jobengine.ledger_day_digest($1)", day) == 2000
+    plans = await nested_plans(conn, "SELECT * FROM jobengine.ledger_day_digest($1)", day)
+    walk = plan_for(plans, "WITH c AS MATERIALIZED")
+    assert f"Index Scan using ledger_{day:%Y%m%d}_tx_id_id_idx" in walk, walk
+    for shortcut in ("Seq Scan", "Bitmap", "Gather", "JIT:"):
+        assert shortcut not in walk, walk
 
 
 async def test_outcomes_and_renewals_read_their_own_jobs_not_every_running_one(
-    db_dsn: str,
+    conn: asyncpg.Connection,
 ) -> None:
     # 2,000 jobs of another daemon started after the statistics were taken
     # (a burst of claims): writing three attempts' outcomes, or renewing
     # their leases, must look at those three rows, not at every running job.
-    conn = await asyncpg.connect(db_dsn)
-    try:
-        await conn.execute("INSERT INTO jobengine.jobs (kind) SELECT 'email' FROM generate_series(1, 2003)")
-        await conn.execute("VACUUM ANALYZE jobengine.jobs")
-        claim = ("SELECT id, attempt FROM jobengine.claim_v1($1, ARRAY['default'], ARRAY['email'], $2,"
-                 " interval '5 minutes')")
-        await conn.fetch(claim, "other", 2000)
-        mine = await conn.fetch(claim, "d1", 3)
-        ids, attempts = [r["id"] for r in mine], [r["attempt"] for r in mine]
-        for name, args in [
-            ("lifecycle_finish", ("d1", ids, attempts, [None, None, None])),
-            ("lifecycle_release", ("d1", ids, attempts)),
-            ("lifecycle_fail", ("d1", ids, attempts, ["error"] * 3, ["boom"] * 3, [None] * 3)),
-            ("lifecycle_renew", ("d1", ids, attempts, timedelta(seconds=30))),
-        ]:
-            plans = await nested_plans(conn, QUERIES[name], *args, analyze=True)
-            plans = [p for p in plans if "jobengine.jobs" in p]  # (not asyncpg's type queries)
-            assert plans, name
-            for plan in plans:
-                removed = [int(n) for n in re.findall(r"Rows Removed by (?:Join )?Filter: (\d+)", plan)]
-                assert max(removed, default=0) <= 10, f"{name}:\n{plan}"
-                read = [int(n) for n in re.findall(r"on jobs \w+ .*?actual time=\S+ rows=(\d+)", plan)]
-                assert max(read, default=0) <= 10, f"{name}:\n{plan}"
-        # (each ran rolled back: the three are still running, their outcomes unwritten)
-        running = await conn.fetchval(
-            "SELECT count(*) FROM jobengine.jobs WHERE status = 'running' AND lease_owner = 'd1'")
-        assert running == 3
-    finally:
-        await conn.close()
+    await conn.execute("INSERT INTO jobengine.jobs (kind) SELECT 'email' FROM generate_series(1, 2003)")
+    await conn.execute("VACUUM ANALYZE jobengine.jobs")
+    await conn.fetch(CLAIM, "other", 2000)
+    mine = await conn.fetch(CLAIM, "d1", 3)
+    ids, attempts = [r["id"] for r in mine], [r["attempt"] for r in mine]
+    for name, args in [
+        ("lifecycle_finish", ("d1", ids, attempts, [None, None, None])),
+        ("lifecycle_release", ("d1", ids, attempts)),
+        ("lifecycle_fail", ("d1", ids, attempts, ["error"] * 3, ["boom"] * 3, [None] * 3)),
+        ("lifecycle_renew", ("d1", ids, attempts, timedelta(seconds=30))),
+    ]:
+        plans = await nested_plans(conn, QUERIES[name], *args, analyze=True)
+        plans = [p for p in plans if "jobengine.jobs" in p]  # (not asyncpg's type queries)
+        assert plans, name
+        for plan in plans:
+            removed = [int(n) for n in re.findall(r"Rows Removed by (?:Join )?Filter: (\d+)", plan)]
+            assert max(removed, default=0) <= 10, f"{name}:\n{plan}"
+            read = [int(n) for n in re.findall(r"on jobs \w+ .*?actual time=\S+ rows=(\d+)", plan)]
+            assert max(read, default=0) <= 10, f"{name}:\n{plan}"
+    # (each ran rolled back: the three are still running, their outcomes unwritten)
+    running = await conn.fetchval(
+        "SELECT count(*) FROM jobengine.jobs WHERE status = 'running' AND lease_owner = 'd1'")
+    assert running == 3
 
 
 async def test_a_big_claim_leaves_no_plan_that_is_jit_compiled_on_every_later_call(
-    db_dsn: str,
+    conn: asyncpg.Connection,
 ) -> None:
     # PL/pgSQL keeps the recorders' plans for the session, made with the size
-    # of the statement that first needed them: after a claim of 5,000 jobs,
-    # every later status change on that connection must still run without
+    # of the statement that first needed them: after a claim and a finish of
+    # 5,000 jobs, every later status change on that connection must still run without
     # JIT (where the server has it: compiling costs more than the statement).
-    conn = await asyncpg.connect(db_dsn)
-    try:
-        if not await conn.fetchval("SELECT pg_jit_available()"):
-            pytest.skip("this PostgreSQL has no JIT")
-        await conn.execute("SET jit = on")
-        await conn.execute("INSERT INTO jobengine.jobs (kind) SELECT 'email' FROM generate_series(1, 5010)")
-        claim = ("SELECT id, attempt FROM jobengine.claim_v1($1, ARRAY['default'], ARRAY['email'], $2,"
-                 " interval '5 minutes')")
-        big = await conn.fetch(claim, "d1", 5000)
-        await conn.fetch(QUERIES["lifecycle_finish"], "d1", [r["id"] for r in big],
-                         [r["attempt"] for r in big], [None] * len(big))
-        small = await conn.fetch(claim, "d1", 3)
-        ids, attempts = [r["id"] for r in small], [r["attempt"] for r in small]
-        plans = [
-            *await nested_plans(conn, claim, "d1", 3),
-            *await nested_plans(conn, QUERIES["lifecycle_finish"], "d1", ids, attempts,
-                                [None, None, None]),
-        ]
-        assert plans
-        for plan in plans:
-            assert "JIT:" not in plan, plan
-    finally:
-        await conn.close()
+    if not await conn.fetchval("SELECT pg_jit_available()"):
+        pytest.skip("this PostgreSQL has no JIT")
+    await conn.execute("SET jit = on")
+    await conn.execute("INSERT INTO jobengine.jobs (kind) SELECT 'email' FROM generate_series(1, 5010)")
+    big = await conn.fetch(CLAIM, "d1", 5000)
+    await conn.fetch(QUERIES["lifecycle_finish"], "d1", [r["id"] for r in big],
+                     [r["attempt"] for r in big], [None] * len(big))
+    small = await conn.fetch(CLAIM, "d1", 3)
+    ids, attempts = [r["id"] for r in small], [r["attempt"] for r in small]
+    plans = [
+        *await nested_plans(conn, CLAIM, "d1", 3),
+        *await nested_plans(conn, QUERIES["lifecycle_finish"], "d1", ids, attempts,
+                            [None, None, None]),
+    ]
+    assert plans
+    for plan in plans:
+        assert "JIT:" not in plan, plan

@@ -11,7 +11,8 @@
 --    read to write 3 outcomes). The lock, one function for the four
 --    (lock_attempts), now takes the rows by id alone (only jobs_pkey can
 --    answer that), and whether each is still this owner's running attempt
---    is judged on the locked row. Same answers ('done', 'busy', 'moved'),
+--    is judged on the locked row; the answers for attempts not written come
+--    from one function too (attempt_answers). Same answers ('done', 'busy', 'moved'),
 --    same locks on the rows written; a row that is no longer the caller's
 --    is now locked too until the call's transaction ends, and left as it is.
 -- 2. PL/pgSQL keeps a statement's plan for the session, and the recorders'
@@ -157,7 +158,7 @@ DECLARE
     v_done bigint[];
 BEGIN
     WITH t AS (
-        SELECT * FROM unnest(p_ids, p_attempts, p_reasons, p_errors) AS t(id, attempt, reason, error)
+        SELECT * FROM unnest(p_ids, p_reasons, p_errors) AS t(id, reason, error)
     ), upd AS (
         UPDATE jobengine.jobs j
         SET status = 'failed', status_reason = coalesce(t.reason, 'error'), last_error = t.error
@@ -168,7 +169,7 @@ BEGIN
     SELECT coalesce(array_agg(upd.id), '{}') INTO v_done FROM upd;
     RETURN QUERY
     WITH t AS (
-        SELECT * FROM unnest(p_ids, p_attempts, p_retry_delays) AS t(id, attempt, delay)
+        SELECT * FROM unnest(p_ids, p_retry_delays) AS t(id, delay)
     ), r AS (
         SELECT * FROM jobengine.schedule_retries(
             ARRAY(SELECT t.id FROM t WHERE t.id = ANY (v_done)),
@@ -182,7 +183,7 @@ $$;
 -- lock_attempts and attempt_answers keep PUBLIC's EXECUTE: they run with
 -- the caller's rights and take only locks the caller could take with
 -- SELECT ... FOR NO KEY UPDATE, or read what it could read.
--- Revoked, the daemons' role would lack it between `jobengine migrate` and
+-- Revoked, the daemons' role would lack them between `jobengine migrate` and
 -- `jobengine migrate --roles`, and every finish and renewal, even of
 -- daemons of the release before, would fail until then.
 
