@@ -95,20 +95,126 @@ END
 $_$;
 
 --
+-- Name: session_actor(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.session_actor() RETURNS text
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT COALESCE(NULLIF(current_setting('jobengine.actor'::text, true), ''::text),
+         CASE
+             WHEN (current_setting('application_name'::text, true) ~~ 'jobengine:_%'::text) THEN substr(current_setting('application_name'::text, true), 11)
+             ELSE NULL::text
+         END, 'sql'::text) AS "coalesce";
+END;
+
+--
+-- Name: writer_trusted(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.writer_trusted() RETURNS boolean
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT ((to_regrole('jobengine_daemon'::text) IS NULL) OR pg_has_role(CURRENT_USER, 'jobengine_daemon'::name, 'MEMBER'::text) OR has_schema_privilege(CURRENT_USER, 'jobengine'::text, 'CREATE'::text));
+END;
+
+--
+-- Name: current_actor(); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.current_actor() RETURNS text
+    LANGUAGE sql STABLE
+    BEGIN ATOMIC
+ SELECT
+         CASE
+             WHEN jobengine.writer_trusted() THEN jobengine.session_actor()
+             ELSE 'sql'::text
+         END AS "case";
+END;
+
+SET default_tablespace = '';
+
+SET default_table_access_method = heap;
+
+--
+-- Name: jobs; Type: TABLE; Schema: jobengine; Owner: -
+--
+
+CREATE TABLE jobengine.jobs (
+    id bigint NOT NULL,
+    kind text NOT NULL,
+    queue text DEFAULT 'default'::text NOT NULL,
+    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
+    status jobengine.job_status DEFAULT 'pending'::jobengine.job_status NOT NULL,
+    priority integer DEFAULT 0 NOT NULL,
+    run_at timestamp with time zone DEFAULT now() NOT NULL,
+    depends_on bigint[] DEFAULT '{}'::bigint[] NOT NULL,
+    attempt integer DEFAULT 0 NOT NULL,
+    released integer DEFAULT 0 NOT NULL,
+    max_retries integer DEFAULT 3 NOT NULL,
+    retry_policy jsonb,
+    timeout interval,
+    requires_network boolean DEFAULT false NOT NULL,
+    idempotency_key text,
+    lease_owner text,
+    lease_expires_at timestamp with time zone,
+    result jsonb,
+    last_error text,
+    status_reason text DEFAULT 'created'::text NOT NULL,
+    created_at timestamp with time zone DEFAULT now() NOT NULL,
+    scheduled_at timestamp with time zone,
+    started_at timestamp with time zone,
+    finished_at timestamp with time zone,
+    updated_at timestamp with time zone DEFAULT now() NOT NULL,
+    status_actor text DEFAULT jobengine.current_actor() NOT NULL,
+    status_role text DEFAULT CURRENT_USER NOT NULL,
+    ledger_head bytea DEFAULT '\x'::bytea NOT NULL,
+    limit_key text,
+    claim_order double precision,
+    CONSTRAINT jobs_limit_key_valid CHECK (((limit_key IS NULL) OR ((limit_key <> ''::text) AND (length(limit_key) <= 200)))),
+    CONSTRAINT jobs_max_retries_must_not_be_negative CHECK ((max_retries >= 0)),
+    CONSTRAINT jobs_payload_must_be_a_json_object CHECK ((jsonb_typeof(payload) = 'object'::text)),
+    CONSTRAINT jobs_retry_policy_must_be_an_object_or_null CHECK (((retry_policy IS NULL) OR (jsonb_typeof(retry_policy) = 'object'::text))),
+    CONSTRAINT jobs_status_reason_at_most_200_chars CHECK ((length(status_reason) <= 200)),
+    CONSTRAINT jobs_timeout_must_be_positive CHECK (((timeout IS NULL) OR (timeout > '00:00:00'::interval)))
+);
+
+--
+-- Name: COLUMN jobs.ledger_head; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON COLUMN jobengine.jobs.ledger_head IS 'The hash of the newest ledger row of this job (empty: its rows so far were written before 0004).';
+
+--
+-- Name: COLUMN jobs.limit_key; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON COLUMN jobengine.jobs.limit_key IS 'Groups jobs under jobengine.concurrency_limits and jobengine.rate_limits (and for fair claiming).';
+
+--
+-- Name: COLUMN jobs.claim_order; Type: COMMENT; Schema: jobengine; Owner: -
+--
+
+COMMENT ON COLUMN jobengine.jobs.claim_order IS 'The claim''s order: run_at (epoch seconds) less priority x settings.priority_aging; kept by the database.';
+
+--
 -- Name: attempt_answers(text, bigint[], integer[], bigint[]); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
 CREATE FUNCTION jobengine.attempt_answers(p_owner text, p_ids bigint[], p_attempts integer[], p_done bigint[]) RETURNS TABLE(id bigint, attempt integer, outcome text, kind text)
     LANGUAGE sql STABLE
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    SET jit TO 'off'
-    AS $$
-    SELECT t.id, t.attempt, CASE
-        WHEN t.id = ANY (p_done) THEN 'done'
-        WHEN j.status = 'running' AND j.attempt = t.attempt AND j.lease_owner = p_owner THEN 'busy'
-        ELSE 'moved' END, j.kind
-    FROM unnest(p_ids, p_attempts) AS t(id, attempt) LEFT JOIN jobengine.jobs j ON j.id = t.id
-$$;
+    BEGIN ATOMIC
+ SELECT t.id,
+     t.attempt,
+         CASE
+             WHEN (t.id = ANY (attempt_answers.p_done)) THEN 'done'::text
+             WHEN ((j.status = 'running'::jobengine.job_status) AND (j.attempt = t.attempt) AND (j.lease_owner = attempt_answers.p_owner)) THEN 'busy'::text
+             ELSE 'moved'::text
+         END AS "case",
+     j.kind
+    FROM (UNNEST(attempt_answers.p_ids, attempt_answers.p_attempts) t(id, attempt)
+      LEFT JOIN jobengine.jobs j ON ((j.id = t.id)));
+END;
 
 --
 -- Name: cancel_v1(bigint[], text); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -215,109 +321,6 @@ BEGIN
     END IF;
 END
 $$;
-
---
--- Name: session_actor(); Type: FUNCTION; Schema: jobengine; Owner: -
---
-
-CREATE FUNCTION jobengine.session_actor() RETURNS text
-    LANGUAGE sql STABLE
-    BEGIN ATOMIC
- SELECT COALESCE(NULLIF(current_setting('jobengine.actor'::text, true), ''::text),
-         CASE
-             WHEN (current_setting('application_name'::text, true) ~~ 'jobengine:_%'::text) THEN substr(current_setting('application_name'::text, true), 11)
-             ELSE NULL::text
-         END, 'sql'::text) AS "coalesce";
-END;
-
---
--- Name: writer_trusted(); Type: FUNCTION; Schema: jobengine; Owner: -
---
-
-CREATE FUNCTION jobengine.writer_trusted() RETURNS boolean
-    LANGUAGE sql STABLE
-    BEGIN ATOMIC
- SELECT ((to_regrole('jobengine_daemon'::text) IS NULL) OR pg_has_role(CURRENT_USER, 'jobengine_daemon'::name, 'MEMBER'::text) OR has_schema_privilege(CURRENT_USER, 'jobengine'::text, 'CREATE'::text));
-END;
-
---
--- Name: current_actor(); Type: FUNCTION; Schema: jobengine; Owner: -
---
-
-CREATE FUNCTION jobengine.current_actor() RETURNS text
-    LANGUAGE sql STABLE
-    BEGIN ATOMIC
- SELECT
-         CASE
-             WHEN jobengine.writer_trusted() THEN jobengine.session_actor()
-             ELSE 'sql'::text
-         END AS "case";
-END;
-
-SET default_tablespace = '';
-
-SET default_table_access_method = heap;
-
---
--- Name: jobs; Type: TABLE; Schema: jobengine; Owner: -
---
-
-CREATE TABLE jobengine.jobs (
-    id bigint NOT NULL,
-    kind text NOT NULL,
-    queue text DEFAULT 'default'::text NOT NULL,
-    payload jsonb DEFAULT '{}'::jsonb NOT NULL,
-    status jobengine.job_status DEFAULT 'pending'::jobengine.job_status NOT NULL,
-    priority integer DEFAULT 0 NOT NULL,
-    run_at timestamp with time zone DEFAULT now() NOT NULL,
-    depends_on bigint[] DEFAULT '{}'::bigint[] NOT NULL,
-    attempt integer DEFAULT 0 NOT NULL,
-    released integer DEFAULT 0 NOT NULL,
-    max_retries integer DEFAULT 3 NOT NULL,
-    retry_policy jsonb,
-    timeout interval,
-    requires_network boolean DEFAULT false NOT NULL,
-    idempotency_key text,
-    lease_owner text,
-    lease_expires_at timestamp with time zone,
-    result jsonb,
-    last_error text,
-    status_reason text DEFAULT 'created'::text NOT NULL,
-    created_at timestamp with time zone DEFAULT now() NOT NULL,
-    scheduled_at timestamp with time zone,
-    started_at timestamp with time zone,
-    finished_at timestamp with time zone,
-    updated_at timestamp with time zone DEFAULT now() NOT NULL,
-    status_actor text DEFAULT jobengine.current_actor() NOT NULL,
-    status_role text DEFAULT CURRENT_USER NOT NULL,
-    ledger_head bytea DEFAULT '\x'::bytea NOT NULL,
-    limit_key text,
-    claim_order double precision,
-    CONSTRAINT jobs_limit_key_valid CHECK (((limit_key IS NULL) OR ((limit_key <> ''::text) AND (length(limit_key) <= 200)))),
-    CONSTRAINT jobs_max_retries_must_not_be_negative CHECK ((max_retries >= 0)),
-    CONSTRAINT jobs_payload_must_be_a_json_object CHECK ((jsonb_typeof(payload) = 'object'::text)),
-    CONSTRAINT jobs_retry_policy_must_be_an_object_or_null CHECK (((retry_policy IS NULL) OR (jsonb_typeof(retry_policy) = 'object'::text))),
-    CONSTRAINT jobs_status_reason_at_most_200_chars CHECK ((length(status_reason) <= 200)),
-    CONSTRAINT jobs_timeout_must_be_positive CHECK (((timeout IS NULL) OR (timeout > '00:00:00'::interval)))
-);
-
---
--- Name: COLUMN jobs.ledger_head; Type: COMMENT; Schema: jobengine; Owner: -
---
-
-COMMENT ON COLUMN jobengine.jobs.ledger_head IS 'The hash of the newest ledger row of this job (empty: its rows so far were written before 0004).';
-
---
--- Name: COLUMN jobs.limit_key; Type: COMMENT; Schema: jobengine; Owner: -
---
-
-COMMENT ON COLUMN jobengine.jobs.limit_key IS 'Groups jobs under jobengine.concurrency_limits and jobengine.rate_limits (and for fair claiming).';
-
---
--- Name: COLUMN jobs.claim_order; Type: COMMENT; Schema: jobengine; Owner: -
---
-
-COMMENT ON COLUMN jobengine.jobs.claim_order IS 'The claim''s order: run_at (epoch seconds) less priority x settings.priority_aging; kept by the database.';
 
 --
 -- Name: claim_jobs(text, text[], text[], integer, interval, timestamp with time zone, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
@@ -910,6 +913,7 @@ CREATE FUNCTION jobengine.fail_v1(p_owner text, p_ids bigint[], p_attempts integ
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET jit TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     v_done bigint[];
@@ -945,6 +949,7 @@ CREATE FUNCTION jobengine.finish_v1(p_owner text, p_ids bigint[], p_attempts int
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET jit TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     v_ids bigint[];
@@ -1833,6 +1838,7 @@ CREATE FUNCTION jobengine.lock_attempts(p_owner text, p_ids bigint[], p_attempts
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET jit TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 BEGIN
     RETURN QUERY
@@ -2145,6 +2151,7 @@ CREATE FUNCTION jobengine.release_v1(p_owner text, p_ids bigint[], p_attempts in
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET jit TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     v_ids bigint[];
@@ -2175,6 +2182,7 @@ CREATE FUNCTION jobengine.renew_v1(p_owner text, p_ids bigint[], p_attempts inte
     LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET jit TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
     v_ids bigint[];
@@ -2275,22 +2283,31 @@ $$;
 --
 
 CREATE FUNCTION jobengine.schedule_retries(p_ids bigint[], p_delays double precision[], p_reason text) RETURNS TABLE(id bigint, run_at timestamp with time zone)
-    LANGUAGE sql
+    LANGUAGE plpgsql
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET jit TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
     AS $$
+BEGIN
+    IF coalesce(cardinality(array_remove(p_delays, NULL)), 0) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
     WITH t AS (SELECT * FROM unnest(p_ids, p_delays) AS t(id, delay) WHERE t.delay IS NOT NULL),
     locked AS (
         SELECT j.id FROM jobengine.jobs j JOIN t ON t.id = j.id
         WHERE j.status = 'failed'
         FOR NO KEY UPDATE OF j SKIP LOCKED
+    ), upd AS (
+        UPDATE jobengine.jobs j
+        SET status = 'scheduled', status_reason = p_reason,
+            run_at = statement_timestamp() + make_interval(secs => greatest(t.delay, 0))
+        FROM t, locked
+        WHERE j.id = t.id AND locked.id = t.id
+        RETURNING j.id, j.run_at
     )
-    UPDATE jobengine.jobs j
-    SET status = 'scheduled', status_reason = p_reason,
-        run_at = statement_timestamp() + make_interval(secs => greatest(t.delay, 0))
-    FROM t, locked
-    WHERE j.id = t.id AND locked.id = t.id
-    RETURNING j.id, j.run_at
+    SELECT upd.id, upd.run_at FROM upd;
+END
 $$;
 
 --
@@ -3612,4 +3629,5 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (9, 'held_at_scale', '896d0660c6c3b17ab6d566671583b74ca0a3da56d132a6ac69187e70aeafd714'),
     (10, 'retention_at_scale', 'ca3605125f15490ebd7ac1c13a120a248bdcf4a60e30c1e8b69a5809f42fe217'),
     (11, 'claim_cost', '3c33725fbd691428280c61127c205925b0d180b1b4d5d73d35dffebb8358e839'),
-    (12, 'write_path_plans', '6323066efdc4715a1ec70f70f55c4650a4ec499e6cf4b8e07eb0857a25bbb66f');
+    (12, 'write_path_plans', '6323066efdc4715a1ec70f70f55c4650a4ec499e6cf4b8e07eb0857a25bbb66f'),
+    (13, 'plans_once', 'b91c33e37bb16b7af842b45350be7b29dd4290ee9df0d95b89c91c02ceb929d2');

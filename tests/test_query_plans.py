@@ -330,3 +330,37 @@ async def test_a_big_claim_leaves_no_plan_that_is_jit_compiled_on_every_later_ca
     assert plans
     for plan in plans:
         assert "JIT:" not in plan, plan
+
+
+async def test_an_outcome_of_one_job_is_planned_once_a_session_not_on_every_call(
+    conn: asyncpg.Connection,
+) -> None:
+    # A daemon fed a trickle finishes, fails, renews and releases jobs one at
+    # a time: after a session's first calls, none of them may plan again
+    # (with array arguments the plan cache would make a custom plan per call).
+    await conn.execute("INSERT INTO jobengine.jobs (kind) SELECT 'email' FROM generate_series(1, 80)")
+    plans: list[str] = []
+    conn.add_log_listener(lambda _c, msg: plans.append(str(msg.message)))
+    # (each call's arguments after the owner, the job and the attempt)
+    calls: list[tuple[str, tuple[object, ...]]] = [
+        ("lifecycle_finish", ([None],)),
+        ("lifecycle_fail", (["error"], ["boom"], [None])),  # a final failure
+        ("lifecycle_fail", (["error"], ["boom"], [3600.0])),  # one with a retry
+        ("lifecycle_renew", (timedelta(seconds=30),)),
+        ("lifecycle_release", ()),
+    ]
+    for name, rest in calls:
+        for call in range(8):
+            job = (await conn.fetch(CLAIM, "d1", 1))[0]
+            last = call == 7
+            if last:
+                await conn.execute("SET debug_print_plan = on")
+                await conn.execute("SET client_min_messages = log")
+            outcome = await conn.fetch(QUERIES[name], "d1", [job["id"]], [job["attempt"]], *rest)
+            if last:
+                await conn.execute("RESET client_min_messages")
+                await conn.execute("RESET debug_print_plan")
+            assert [r["outcome"] for r in outcome] == ["done"], name
+            if name == "lifecycle_renew":
+                await conn.fetch(QUERIES["lifecycle_finish"], "d1", [job["id"]], [job["attempt"]], [None])
+        assert [p for p in plans if p.startswith("plan")] == [], name
