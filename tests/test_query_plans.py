@@ -158,7 +158,7 @@ async def test_maintenance_queries_use_indexes(big: asyncpg.Connection) -> None:
         ("retention_purge", (datetime.now(UTC) - timedelta(days=30), 1000, False)),
         ("retention_purge", (datetime.now(UTC) - timedelta(days=30), 1000, True)),
         # asked by the claim loop each time it drains: reads of waiting jobs only
-        ("job_next_due_in", (["default"],)),
+        ("job_next_due_in", (["default"], datetime.now(UTC))),
         ("job_next_due", (["default"], None)),
         ("limit_held", (["default"], datetime.now(UTC))),
     ]:

@@ -458,6 +458,21 @@ async def test_next_due(store: JobStore) -> None:
     assert due_in > 0
 
 
+async def test_next_due_counts_a_job_that_came_due_after_the_last_claim(store: JobStore) -> None:
+    # A claim that ran just before a job came due did not take it; asked for
+    # jobs due after that claim, the answer is "now" (zero or less), not
+    # "none" (which left the job waiting for the polling interval).
+    from datetime import UTC, datetime
+
+    claimed_at = datetime.now(UTC) - timedelta(seconds=20)
+    await store.insert(JobSpec(kind="email", run_at=claimed_at + timedelta(seconds=10)))
+    due_in = await store.next_due_in(["default"], since=claimed_at)
+    assert due_in is not None
+    assert due_in <= 0
+    # (asked since now, it is due already: nothing comes due later)
+    assert await store.next_due_in(["default"]) is None
+
+
 async def test_timeline_note(store: JobStore) -> None:
     job = (await store.insert(JobSpec(kind="email")))[0]
     assert await store.timeline_note([job.id], "job.held", "sealed mode") == 1

@@ -354,9 +354,12 @@ class Daemon:
                 # Drained: sleep until the next job comes due (exactly), a
                 # limit lets a held job start, a notification, a free slot,
                 # or the polling interval.
-                deadline = clock.monotonic() + min(await self._until_next_due(sv, s.poll_interval),
-                                                   await self._until_released(sv, s.poll_interval,
-                                                                              batch.at))
+                # (the clock is read after the answers: read before, the wait
+                # would start early by the round trips and wake before the
+                # job is due)
+                wait = min(await self._until_next_due(sv, s.poll_interval, batch.at),
+                           await self._until_released(sv, s.poll_interval, batch.at))
+                deadline = clock.monotonic() + wait
             if not await self._kick.wait(max(deadline - clock.monotonic(), 0.0)):
                 self._maybe_more = True  # something came due, or the polling fallback
                 sv.scheduler.wake()
@@ -376,10 +379,14 @@ class Daemon:
             self._start(actors, jobs, sv.leases.deadline_after(self._claim_unanswered))
         self._claim_unanswered = None
 
-    async def _until_next_due(self, sv: Services, ceiling: float) -> float:
-        """Seconds until the next waiting job of our queues is due (at most `ceiling`)."""
+    async def _until_next_due(self, sv: Services, ceiling: float, since: datetime) -> float:
+        """Seconds until the next waiting job of our queues is due (at most `ceiling`).
+
+        Jobs that came due after the claim at `since` count (the answer is then
+        at once): that claim could not take them, and no one else will say so.
+        """
         try:
-            due_in = await sv.store.next_due_in(self.settings.queues)
+            due_in = await sv.store.next_due_in(self.settings.queues, since=since)
         except TRANSIENT:
             return ceiling
         if due_in is None:

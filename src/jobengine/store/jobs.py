@@ -203,9 +203,12 @@ class JobStore(Lifecycle):
         rows = await self._fetch("job_waiting_exists")
         return bool(rows[0][0])
 
-    async def next_due_in(self, queues: Sequence[str]) -> float | None:
-        """Seconds (by the database's clock) until the next waiting job of `queues` is due."""
-        rows = await self._fetch("job_next_due_in", list(queues))
+    async def next_due_in(
+        self, queues: Sequence[str], *, since: datetime | None = None
+    ) -> float | None:
+        """Seconds (by the database's clock) until the next waiting job of `queues` that
+        comes due after `since` (default: now) is due; zero or less if one already is."""
+        rows = await self._fetch("job_next_due_in", list(queues), since)
         value: float | None = rows[0][0] if rows else None
         return value
 
