@@ -208,8 +208,8 @@ class JobStore(Lifecycle):
     ) -> float | None:
         """Seconds (by the database's clock) until the next waiting job of `queues` that
         comes due after `since` (default: now) is due; zero or less if one already is."""
-        rows = await self._fetch("job_next_due_in", list(queues), since)
-        value: float | None = rows[0][0] if rows else None
+        rows = await self._fetch("job_next_due", list(queues), since)
+        value: float | None = rows[0]["due_in"] if rows else None
         return value
 
     async def next_due(
@@ -217,7 +217,7 @@ class JobStore(Lifecycle):
     ) -> datetime | None:
         """When the next waiting job of these queues becomes due (after `now`), if any."""
         rows = await self._fetch("job_next_due", list(queues), now)
-        value: datetime | None = rows[0][0] if rows else None
+        value: datetime | None = rows[0]["at"] if rows else None
         return value
 
 

@@ -35,15 +35,16 @@ LIMIT $5;
 -- name: job_count_by_status
 SELECT status::text AS status, count(*) AS n FROM jobengine.jobs GROUP BY status;
 
--- name: job_next_due_in
--- Seconds (by the database's clock) until the next pending or scheduled job
--- of these queues that comes due after $2 (the claimer's last claim; default:
--- now) is due; zero or less when one came due since then (NULL: none). A
--- claim that ran just before a job came due did not take it, and asking
+-- name: job_next_due
+-- When the next pending or scheduled job of these queues comes due after $2
+-- (the claimer's last claim; default: now), and in how many seconds by the
+-- database's clock: zero or less when one came due since then (NULL: none).
+-- A claim that ran just before a job came due did not take it, and asking
 -- only for jobs due after now would miss it until the polling interval.
 -- One read per partial index of waiting jobs (a status list would match
 -- none of them and read the whole table, finished jobs and all).
-SELECT extract(epoch FROM least(
+SELECT n.at, extract(epoch FROM n.at - statement_timestamp())::float8 AS due_in
+FROM (SELECT least(
     (SELECT min(run_at) FROM jobengine.jobs
      WHERE status = 'scheduled' AND limit_key IS NULL AND queue = ANY ($1::text[])
        AND run_at > coalesce($2::timestamptz, statement_timestamp())),
@@ -56,24 +57,7 @@ SELECT extract(epoch FROM least(
     (SELECT min(run_at) FROM jobengine.jobs
      WHERE status = 'pending' AND limit_key IS NOT NULL AND queue = ANY ($1::text[])
        AND run_at > coalesce($2::timestamptz, statement_timestamp()))
-) - statement_timestamp())::float8;
-
--- name: job_next_due
--- When the next pending or scheduled job of these queues becomes due (NULL:
--- none waiting); read as job_next_due_in is.
-SELECT least(
-    (SELECT min(run_at) FROM jobengine.jobs
-     WHERE status = 'scheduled' AND limit_key IS NULL AND queue = ANY ($1::text[])
-       AND run_at > coalesce($2::timestamptz, now())),
-    (SELECT min(run_at) FROM jobengine.jobs
-     WHERE status = 'scheduled' AND limit_key IS NOT NULL AND queue = ANY ($1::text[])
-       AND run_at > coalesce($2::timestamptz, now())),
-    (SELECT min(run_at) FROM jobengine.jobs
-     WHERE status = 'pending' AND limit_key IS NULL AND queue = ANY ($1::text[])
-       AND run_at > coalesce($2::timestamptz, now())),
-    (SELECT min(run_at) FROM jobengine.jobs
-     WHERE status = 'pending' AND limit_key IS NOT NULL AND queue = ANY ($1::text[])
-       AND run_at > coalesce($2::timestamptz, now())));
+) AS at) n;
 
 -- name: job_waiting_exists
 -- Whether any pending job waits on dependencies (the scheduler's cheap gate).
