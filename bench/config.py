@@ -38,6 +38,8 @@ class Sizes:
     limits_variants: tuple[str, ...] = ("plain", "limited")
     limits_concurrencies: tuple[int, ...] = (10, 50)
     limits_pickups: int = 600
+    #: the DAG workload: jobs waiting on a dependency beside the burn-down
+    dag_waiting: int = 20_000
     reps: int = 3
 
 
@@ -50,7 +52,8 @@ QUICK = Sizes(
     dashboard_requests=5,
     memory_jobs=200, rescue_jobs=10, rescue_lease_ttl=2.0,
     # one run (~5 s) of what the burn-down workload does not run already
-    limits_variants=("limited",), limits_concurrencies=(10,), limits_pickups=0, reps=1,
+    limits_variants=("limited",), limits_concurrencies=(10,), limits_pickups=0, dag_waiting=200,
+    reps=1,
 )
 
 

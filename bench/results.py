@@ -106,6 +106,12 @@ def catalogue(sizes: Sizes) -> list[Metric]:
         Metric("producers.floor", "many producers / plain table (same repetition)", "x",
                "higher"),
         *_limits(s),
+        *_with_cpu(Metric("dag.plain", f"DAG: burn-down {_count(s.burndown)} c50, nothing else",
+                          "jobs/s", "higher"), "worker"),
+        *_with_cpu(Metric("dag.waiting", f"DAG: burn-down {_count(s.burndown)} c50 beside "
+                          f"{_count(s.dag_waiting)} jobs waiting on a dependency", "jobs/s",
+                          "higher"), "worker"),
+        Metric("dag.ratio", "DAG: beside waiting / alone (same repetition)", "x", "higher"),
         *_with_cpu(Metric("pyapi.sql", f"Python API: enqueue {_count(s.bulk)} by hand-written "
                           "bulk SQL", "jobs/s", "higher"), "enqueuer"),
         *_with_cpu(Metric("pyapi.defer_many", f"Python API: enqueue {_count(s.bulk)} with "

@@ -266,6 +266,47 @@ CREATE FUNCTION jobengine.cancelled_dependents(p_id bigint) RETURNS bigint[]
 $$;
 
 --
+-- Name: cascade_changed_v1(bigint[], bigint[], integer); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.cascade_changed_v1(p_ended bigint[], p_created bigint[], p_limit integer) RETURNS TABLE(id bigint, kind text)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
+    SET enable_seqscan TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_ids bigint[] := jobengine.dag_dependents(p_ended, p_created);
+BEGIN
+    IF cardinality(v_ids) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    UPDATE jobengine.jobs AS j
+    SET status = 'cancelled', status_reason = 'dependency_failed',
+        last_error = 'dependency ' || (
+            SELECT min(x.id) FROM jobengine.jobs x
+            WHERE x.id = ANY (j.depends_on)
+              AND (x.status = 'cancelled' OR (x.status = 'failed' AND x.attempt - x.released > x.max_retries))
+        ) || ' ended failed or cancelled'
+    WHERE j.id IN (
+        SELECT p.id FROM jobengine.jobs p
+        WHERE p.id = ANY (v_ids)
+          AND p.status = 'pending' AND p.depends_on <> '{}'
+          AND EXISTS (
+              SELECT 1 FROM jobengine.jobs x
+              WHERE x.id = ANY (p.depends_on)
+                AND (x.status = 'cancelled' OR (x.status = 'failed' AND x.attempt - x.released > x.max_retries)))
+        ORDER BY p.id
+        LIMIT p_limit
+        FOR NO KEY UPDATE SKIP LOCKED
+    )
+    RETURNING j.id, j.kind;
+END
+$$;
+
+--
 -- Name: cascade_v1(integer); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -385,6 +426,20 @@ CREATE FUNCTION jobengine.claim_order(p_run_at timestamp with time zone, p_prior
              WHEN (p_priority = 0) THEN (0)::double precision
              ELSE ((p_priority)::double precision * jobengine.priority_aging_seconds())
          END);
+END;
+
+--
+-- Name: claim_order_of(jobengine.job_status, bigint[], timestamp with time zone, integer); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.claim_order_of(p_status jobengine.job_status, p_depends_on bigint[], p_run_at timestamp with time zone, p_priority integer) RETURNS double precision
+    LANGUAGE sql STABLE PARALLEL SAFE
+    BEGIN ATOMIC
+ SELECT
+         CASE
+             WHEN ((p_status = 'pending'::jobengine.job_status) AND (p_depends_on <> '{}'::bigint[])) THEN 'Infinity'::double precision
+             ELSE jobengine.claim_order(p_run_at, p_priority)
+         END AS claim_order;
 END;
 
 --
@@ -831,6 +886,73 @@ END
 $_$;
 
 --
+-- Name: dag_changes_v1(xid8, bigint, timestamp with time zone, integer); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.dag_changes_v1(p_tx xid8, p_id bigint, p_after timestamp with time zone, p_limit integer) RETURNS TABLE(tx_id xid8, id bigint, ended bigint[], created bigint[], more boolean, behind boolean)
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_xmin xid8 := pg_snapshot_xmin(pg_current_snapshot());
+BEGIN
+    IF p_limit IS NULL OR p_limit < 1 OR p_limit > 100000 THEN
+        RAISE EXCEPTION 'jobengine: dag_changes_v1: limit must be between 1 and 100000, not %', p_limit
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF p_tx IS NULL OR p_id IS NULL THEN
+        -- (every row below the oldest running transaction is final: a whole
+        -- pass that starts after this sees all of them)
+        RETURN QUERY SELECT v_xmin, 0::bigint, '{}'::bigint[], '{}'::bigint[], false, false;
+        RETURN;
+    END IF;
+    RETURN QUERY
+    WITH b AS MATERIALIZED (
+        SELECT l.tx_id, l.id, l.job_id, l.from_status, l.to_status, l.note FROM jobengine.ledger l
+        WHERE (l.tx_id, l.id) > (p_tx, p_id) AND l.tx_id < v_xmin
+          AND l.occurred_at >= p_after
+        ORDER BY l.tx_id, l.id
+        LIMIT p_limit
+    ), last AS (
+        SELECT b.tx_id, b.id FROM b ORDER BY b.tx_id DESC, b.id DESC LIMIT 1
+    )
+    SELECT coalesce((SELECT x.tx_id FROM last x), p_tx),
+           coalesce((SELECT x.id FROM last x), p_id),
+           coalesce((SELECT array_agg(DISTINCT b.job_id) FROM b
+                     WHERE NOT b.note AND b.to_status IN ('completed', 'failed', 'cancelled')), '{}'),
+           coalesce((SELECT array_agg(DISTINCT b.job_id) FROM b
+                     WHERE NOT b.note AND b.from_status IS NULL), '{}'),
+           (SELECT count(*) FROM b) >= p_limit,
+           EXISTS (SELECT 1 FROM jobengine.ledger l
+                   WHERE l.tx_id >= v_xmin AND l.occurred_at >= p_after);
+END
+$$;
+
+--
+-- Name: dag_dependents(bigint[], bigint[]); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.dag_dependents(p_ended bigint[], p_created bigint[]) RETURNS bigint[]
+    LANGUAGE plpgsql STABLE
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
+    SET enable_seqscan TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+BEGIN
+    RETURN ARRAY(
+        SELECT c.id FROM jobengine.jobs c
+        WHERE c.status = 'pending' AND cardinality(c.depends_on) > 0 AND c.depends_on && p_ended
+        UNION
+        SELECT c.id FROM jobengine.jobs c
+        WHERE c.id = ANY (p_created) AND c.status = 'pending' AND cardinality(c.depends_on) > 0
+        ORDER BY 1);
+END
+$$;
+
+--
 -- Name: default_reason(jobengine.job_status, jobengine.job_status); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -1058,7 +1180,7 @@ BEGIN
     NEW.updated_at := NEW.created_at;
     NEW.ledger_head := jobengine.creation_hash(NEW.id, NEW.created_at, NEW.status_actor, NEW.status_role,
                                                NEW.kind, NEW.queue);
-    NEW.claim_order := jobengine.claim_order(NEW.run_at, NEW.priority);
+    NEW.claim_order := jobengine.claim_order_of(NEW.status, NEW.depends_on, NEW.run_at, NEW.priority);
     RETURN NEW;
 END
 $$;
@@ -1077,8 +1199,8 @@ BEGIN
             USING ERRCODE = 'check_violation', CONSTRAINT = 'jobs_limit_key_fixed', TABLE = 'jobs', SCHEMA = 'jobengine';
     END IF;
     IF NEW.run_at IS DISTINCT FROM OLD.run_at OR NEW.priority IS DISTINCT FROM OLD.priority
-       OR NEW.claim_order IS DISTINCT FROM OLD.claim_order THEN
-        NEW.claim_order := jobengine.claim_order(NEW.run_at, NEW.priority);
+       OR NEW.claim_order IS DISTINCT FROM OLD.claim_order OR NEW.depends_on IS DISTINCT FROM OLD.depends_on THEN
+        NEW.claim_order := jobengine.claim_order_of(NEW.status, NEW.depends_on, NEW.run_at, NEW.priority);
     END IF;
     RETURN NEW;
 END
@@ -1907,6 +2029,42 @@ END
 $$;
 
 --
+-- Name: promote_changed_v1(text[], bigint[], bigint[], integer, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.promote_changed_v1(p_queues text[], p_ended bigint[], p_created bigint[], p_limit integer, p_sealed boolean DEFAULT false) RETURNS TABLE(id bigint, kind text)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
+    SET enable_seqscan TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_ids bigint[] := jobengine.dag_dependents(p_ended, p_created);
+BEGIN
+    IF cardinality(v_ids) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    UPDATE jobengine.jobs AS j
+    SET status = 'scheduled', status_reason = 'ready', claim_order = NULL
+    WHERE j.id IN (
+        SELECT p.id FROM jobengine.jobs p
+        WHERE p.id = ANY (v_ids)
+          AND p.status = 'pending' AND p.depends_on <> '{}' AND p.queue = ANY (p_queues)
+          AND p.run_at <= statement_timestamp()
+          AND NOT (p_sealed AND p.requires_network)
+          AND NOT EXISTS (
+              SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (p.depends_on) AND d.status <> 'completed')
+        ORDER BY p.id
+        LIMIT p_limit
+        FOR NO KEY UPDATE SKIP LOCKED
+    )
+    RETURNING j.id, j.kind;
+END
+$$;
+
+--
 -- Name: promote_v1(text[], integer, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -1916,7 +2074,7 @@ CREATE FUNCTION jobengine.promote_v1(p_queues text[], p_limit integer, p_sealed 
     SET jit TO 'off'
     AS $$
     UPDATE jobengine.jobs AS j
-    SET status = 'scheduled', status_reason = 'ready'
+    SET status = 'scheduled', status_reason = 'ready', claim_order = NULL
     WHERE j.id IN (
         SELECT p.id FROM jobengine.jobs p
         WHERE p.status = 'pending' AND p.depends_on <> '{}' AND p.queue = ANY (p_queues)
@@ -3151,6 +3309,12 @@ CREATE INDEX jobs_retryable_idx ON jobengine.jobs USING btree (id) WHERE ((statu
 CREATE INDEX jobs_running_key_idx ON jobengine.jobs USING btree (limit_key) WHERE ((status = 'running'::jobengine.job_status) AND (limit_key IS NOT NULL));
 
 --
+-- Name: jobs_waiting_deps_idx; Type: INDEX; Schema: jobengine; Owner: -
+--
+
+CREATE INDEX jobs_waiting_deps_idx ON jobengine.jobs USING gin (depends_on) WITH (fastupdate=off) WHERE ((status = 'pending'::jobengine.job_status) AND (cardinality(depends_on) > 0));
+
+--
 -- Name: jobs_waiting_idx; Type: INDEX; Schema: jobengine; Owner: -
 --
 
@@ -3228,7 +3392,7 @@ ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_chain_insert;
 -- Name: jobs jobs_claim_order; Type: TRIGGER; Schema: jobengine; Owner: -
 --
 
-CREATE TRIGGER jobs_claim_order BEFORE UPDATE OF run_at, priority, claim_order, limit_key ON jobengine.jobs FOR EACH ROW EXECUTE FUNCTION jobengine.jobs_claim_order_update();
+CREATE TRIGGER jobs_claim_order BEFORE UPDATE OF run_at, priority, claim_order, limit_key, depends_on ON jobengine.jobs FOR EACH ROW EXECUTE FUNCTION jobengine.jobs_claim_order_update();
 
 ALTER TABLE jobengine.jobs ENABLE ALWAYS TRIGGER jobs_claim_order;
 
@@ -3445,6 +3609,12 @@ REVOKE ALL ON FUNCTION jobengine.add_timeline_note(p_job_ids bigint[], p_event_t
 REVOKE ALL ON FUNCTION jobengine.cancel_v1(p_ids bigint[], p_reason text) FROM PUBLIC;
 
 --
+-- Name: FUNCTION cascade_changed_v1(p_ended bigint[], p_created bigint[], p_limit integer); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.cascade_changed_v1(p_ended bigint[], p_created bigint[], p_limit integer) FROM PUBLIC;
+
+--
 -- Name: FUNCTION cascade_v1(p_limit integer); Type: ACL; Schema: jobengine; Owner: -
 --
 
@@ -3461,6 +3631,18 @@ REVOKE ALL ON FUNCTION jobengine.claim_jobs(p_owner text, p_queues text[], p_kin
 --
 
 REVOKE ALL ON FUNCTION jobengine.claim_v1(p_owner text, p_queues text[], p_kinds text[], p_limit integer, p_lease_ttl interval, p_sealed boolean) FROM PUBLIC;
+
+--
+-- Name: FUNCTION dag_changes_v1(p_tx xid8, p_id bigint, p_after timestamp with time zone, p_limit integer); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.dag_changes_v1(p_tx xid8, p_id bigint, p_after timestamp with time zone, p_limit integer) FROM PUBLIC;
+
+--
+-- Name: FUNCTION dag_dependents(p_ended bigint[], p_created bigint[]); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.dag_dependents(p_ended bigint[], p_created bigint[]) FROM PUBLIC;
 
 --
 -- Name: FUNCTION fail_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_reasons text[], p_errors text[], p_retry_delays double precision[]); Type: ACL; Schema: jobengine; Owner: -
@@ -3491,6 +3673,12 @@ REVOKE ALL ON FUNCTION jobengine.ledger_drop_v1(p_before timestamp with time zon
 --
 
 REVOKE ALL ON FUNCTION jobengine.ledger_prepare_v1(p_days_ahead integer, p_from date) FROM PUBLIC;
+
+--
+-- Name: FUNCTION promote_changed_v1(p_queues text[], p_ended bigint[], p_created bigint[], p_limit integer, p_sealed boolean); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.promote_changed_v1(p_queues text[], p_ended bigint[], p_created bigint[], p_limit integer, p_sealed boolean) FROM PUBLIC;
 
 --
 -- Name: FUNCTION promote_v1(p_queues text[], p_limit integer, p_sealed boolean); Type: ACL; Schema: jobengine; Owner: -
@@ -3630,4 +3818,5 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (10, 'retention_at_scale', 'ca3605125f15490ebd7ac1c13a120a248bdcf4a60e30c1e8b69a5809f42fe217'),
     (11, 'claim_cost', '3c33725fbd691428280c61127c205925b0d180b1b4d5d73d35dffebb8358e839'),
     (12, 'write_path_plans', '6323066efdc4715a1ec70f70f55c4650a4ec499e6cf4b8e07eb0857a25bbb66f'),
-    (13, 'plans_once', 'b91c33e37bb16b7af842b45350be7b29dd4290ee9df0d95b89c91c02ceb929d2');
+    (13, 'plans_once', 'b91c33e37bb16b7af842b45350be7b29dd4290ee9df0d95b89c91c02ceb929d2'),
+    (14, 'dag_passes', 'ed54cd99a5896bae2f9e71925af2ab59b3785c534bce66757747185ae59e19ed');

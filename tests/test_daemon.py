@@ -17,8 +17,10 @@ import pytest
 
 from jobengine import metrics
 from jobengine.daemon import CommandHandler, Daemon, from_callables, resolve_handlers, run_daemon
+from jobengine.daemon.scheduler import Scheduler
 from jobengine.daemon.testsignals import DaemonSignals
 from jobengine.domain import Job
+from jobengine.store import Completion, JobStore
 from tests.daemon_helpers import (
     assert_every_history_is_a_valid_path,
     config,
@@ -213,6 +215,31 @@ async def test_terminal_failure_cancels_dependents_down_the_dag(
         assert (row["s"], row["status_reason"]) == ("cancelled", "dependency_failed")
     assert {j for j, _ in rec.calls} == {root, bystander}
     await assert_every_history_is_a_valid_path(pool)
+
+
+async def test_a_pass_woken_by_a_notification_looks_only_at_what_changed(pool: asyncpg.Pool) -> None:
+    # A thousand jobs wait on one that never runs; a notification's pass
+    # promotes the dependent of the job that completed, without a whole pass.
+    store = JobStore(pool)
+    never = await insert(pool, "never")
+    await pool.execute("INSERT INTO jobengine.jobs (kind, depends_on)"
+                       " SELECT 'ok', ARRAY[$1::bigint] FROM generate_series(1, 1000)", never)
+    parent = await insert(pool, "ok")
+    child = await insert(pool, "ok", depends_on=[parent])
+    ready: list[int] = []
+    scheduler = Scheduler(store, ["default"], poll_interval=60, on_ready=lambda: ready.append(1))
+    assert (await scheduler.run_once()).whole  # (the first pass: no cursor yet)
+    [claimed] = await store.claim(owner="d", queues=["default"], kinds=["ok"], limit=1,
+                                  lease_ttl=timedelta(seconds=30))
+    assert claimed.id == parent
+    await store.finish("d", [Completion(parent, 1)])
+    scheduler.wake(new_jobs=False, whole=False)  # (as a `done` notification does)
+    after = await scheduler.run_once()
+    assert (after.whole, after.promoted) == (False, 1)
+    assert ready
+    assert (await store.get(child)).status.value == "scheduled"
+    scheduler.wake()  # (the polling fallback, a job come due: every waiting job)
+    assert (await scheduler.run_once()).whole
 
 
 # -- timeouts and cancellation ------------------------------------------------------------

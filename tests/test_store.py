@@ -444,6 +444,124 @@ async def test_failure_cascades_down_the_dag(store: JobStore) -> None:
     assert retried.stays_cancelled == [b.id, c.id]
 
 
+async def waiting_behind_a_job_that_never_runs(db: asyncpg.Pool | asyncpg.Connection, n: int) -> int:
+    """`n` jobs waiting on one job of a kind nobody claims here; that job's id."""
+    never: int = await db.fetchval("INSERT INTO jobengine.jobs (kind) VALUES ('never') RETURNING id")
+    await db.execute("INSERT INTO jobengine.jobs (kind, depends_on)"
+                     " SELECT 'email', ARRAY[$1::bigint] FROM generate_series(1, $2)", never, n)
+    return never
+
+
+async def rows_read(conn: asyncpg.Connection) -> int:
+    """Rows of jobengine.jobs this backend has read (by any scan) since its counts were
+    last flushed to the shared statistics: compare two readings in one transaction."""
+    n: int = await conn.fetchval(
+        "SELECT coalesce(seq_tup_read, 0) + coalesce(idx_tup_fetch, 0) FROM pg_stat_xact_user_tables"
+        " WHERE relid = 'jobengine.jobs'::regclass")
+    return n
+
+
+async def test_a_claim_reads_past_no_job_waiting_on_dependencies(pool: asyncpg.Pool) -> None:
+    await waiting_behind_a_job_that_never_runs(pool, 500)  # (in claim order before the rest)
+    ready = [(await JobStore(pool).insert(JobSpec(kind="email")))[0].id for _ in range(10)]
+    async with pool.acquire() as conn, conn.transaction():
+        before = await rows_read(conn)
+        jobs = await JobStore(conn).claim(owner="d1", queues=["default"], kinds=["email"],
+                                          limit=10, lease_ttl=TTL)
+        assert sorted(j.id for j in jobs) == ready
+        assert await rows_read(conn) - before <= 50, "the 500 waiting jobs were read"
+
+
+async def test_a_promoted_job_takes_its_place_by_run_at(pool: asyncpg.Pool) -> None:
+    store = JobStore(pool)
+    parent = (await store.insert(JobSpec(kind="email")))[0]
+    child = (await store.insert(JobSpec(kind="email", depends_on=[parent.id])))[0]
+    await store.finish("d1", [Completion((await claim_one(store)).id, 1)])
+    later = [(await store.insert(JobSpec(kind="email")))[0].id for _ in range(3)]
+    assert await store.promote(["default"]) == [child.id]
+    # it waited since it was created, before the later jobs: it comes first
+    assert [(await claim_one(store)).id for _ in range(4)] == [child.id, *later]
+
+
+async def test_a_pass_over_what_changed_moves_only_the_dependents_of_what_ended(
+    pool: asyncpg.Pool,
+) -> None:
+    store = JobStore(pool)
+    await waiting_behind_a_job_that_never_runs(pool, 300)
+    doomed = (await store.insert(JobSpec(kind="email", max_retries=0)))[0]
+    cancelled = (await store.insert(JobSpec(kind="email", depends_on=[doomed.id])))[0]
+    done = (await store.insert(JobSpec(kind="email")))[0]
+    ready = (await store.insert(JobSpec(kind="email", depends_on=[done.id])))[0]
+    cursor = await store.dag_cursor()
+    first, second = await claim_one(store), await claim_one(store)
+    assert {first.id, second.id} == {doomed.id, done.id}
+    await store.finish("d1", [Completion(done.id, 1)])
+    await store.fail("d1", [fail(first if first.id == doomed.id else second)])
+    changes = await store.dag_changes(cursor)
+    assert sorted(changes.ended) == sorted([doomed.id, done.id])
+    assert changes.created == []
+    assert not changes.more
+    async with pool.acquire() as conn, conn.transaction():
+        here = JobStore(conn)
+        before = await rows_read(conn)
+        assert await here.cascade_changed(changes.ended, changes.created) == [cancelled.id]
+        assert await here.promote_changed(["default"], changes.ended, changes.created) == [ready.id]
+        after = await rows_read(conn)
+        assert after - before <= 30, "the 300 waiting jobs were read"
+        # (the whole pass does read them)
+        assert await here.promote(["default"]) == []
+        assert await rows_read(conn) - after >= 300
+    assert (await store.get(cancelled.id)).status_reason == "dependency_failed"
+    assert (await store.get(ready.id)).status is JobStatus.SCHEDULED
+    # next time: what the pass itself ended (the cancelled job's dependents are next)
+    again = await store.dag_changes(changes.cursor)
+    assert (again.ended, again.created) == ([cancelled.id], [])
+
+
+async def test_a_pass_over_what_changed_finds_a_job_created_after_its_dependency_completed(
+    pool: asyncpg.Pool,
+) -> None:
+    store = JobStore(pool)
+    parent = (await store.insert(JobSpec(kind="email")))[0]
+    await store.finish("d1", [Completion((await claim_one(store)).id, 1)])
+    cursor = await store.dag_cursor()
+    child = (await store.insert(JobSpec(kind="email", depends_on=[parent.id])))[0]
+    changes = await store.dag_changes(cursor)
+    assert changes.created == [child.id]
+    assert await store.promote_changed(["default"], changes.ended, changes.created) == [child.id]
+
+
+async def test_what_commits_while_an_older_transaction_runs_is_read_once_it_ends(
+    pool: asyncpg.Pool,
+) -> None:
+    # The cursor never passes a row still to come: rows of a transaction that
+    # committed after an older, still open one are left for the next look.
+    store = JobStore(pool)
+    parent = (await store.insert(JobSpec(kind="email")))[0]
+    cursor = await store.dag_cursor()
+    async with pool.acquire() as older:
+        opened = older.transaction()
+        await opened.start()
+        await older.execute("SELECT pg_current_xact_id()")  # (it has a transaction id now)
+        await store.finish("d1", [Completion((await claim_one(store)).id, 1)])
+        early = await store.dag_changes(cursor)
+        assert parent.id not in early.ended
+        assert early.behind
+        await opened.rollback()
+    late = await store.dag_changes(early.cursor)
+    assert late.ended == [parent.id]
+    assert not late.behind
+
+
+async def test_more_changes_than_asked_for_say_so(pool: asyncpg.Pool) -> None:
+    store = JobStore(pool)
+    cursor = await store.dag_cursor()
+    for _ in range(3):
+        await store.insert(JobSpec(kind="email"))
+    assert (await store.dag_changes(cursor, limit=2)).more
+    assert not (await store.dag_changes(cursor, limit=4)).more
+
+
 async def test_next_due(store: JobStore) -> None:
     from datetime import UTC, datetime
 

@@ -1,4 +1,5 @@
-"""The workloads (issue 6's seven, many producers, limits, the Python API, dashboard) by name,
+"""The workloads (issue 6's seven, many producers, limits, DAG waiting, the Python API,
+dashboard) by name,
 in run order."""
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from bench.workloads import (
     burndown,
     daemon,
+    dag,
     dashboard,
     enqueue,
     limits,
@@ -25,6 +27,7 @@ WORKLOADS: dict[str, Callable[[Context], Awaitable[None]]] = {
     "steady": pickup.run_steady,
     "many_producers": producers.run,
     "limits": limits.run,
+    "dag": dag.run,
     "pyapi": pyapi.run,
     "scale": scale.run,
     "dashboard": dashboard.run,

@@ -64,6 +64,19 @@ class Context:
         return JOBENGINE in self.systems
 
 
+def jobengine_only(ctx: Context, workload: str, why: str) -> bool:
+    """Note every other system as not run (`why`); whether jobengine is among the systems."""
+    for system in ctx.systems:
+        if system is not JOBENGINE:
+            ctx.results.skip(f"{system.label} {workload}: not run: {why}")
+    return ctx.has_jobengine()
+
+
+def alternated(first: str, second: str, rep: int) -> list[str]:
+    """Two variants in repetition `rep`'s order (swapped every other one: none always first)."""
+    return [first, second] if rep % 2 == 0 else [second, first]
+
+
 def database_name(ctx: Context, system: System) -> str:
     """The one database a system's runs use (dropped and created for every run)."""
     return f"{ctx.options.db_prefix}_{system.name}"

@@ -18,7 +18,7 @@ from bench import db
 from bench.procs import StepTimeout, step
 from bench.stats import Value
 from bench.systems import JOBENGINE, System, jobengine_python_api
-from bench.workloads.common import Context, add_step_cpu, fresh
+from bench.workloads.common import Context, add_step_cpu, alternated, fresh, jobengine_only
 
 SQL = "sql"
 DEFER_MANY = "defer_many"
@@ -47,15 +47,10 @@ async def _enqueue(ctx: Context, variant: str, rep: int) -> Value | None:
 
 async def run(ctx: Context) -> None:
     """Bulk SQL and defer_many per repetition, alternating; their ratio."""
-    for system in ctx.systems:
-        if system is not JOBENGINE:
-            ctx.results.skip(f"{system.label} pyapi: not run: jobengine's own Python API "
-                             "against its own SQL path")
-    if not ctx.has_jobengine():
+    if not jobengine_only(ctx, "pyapi", "jobengine's own Python API against its own SQL path"):
         return
     for rep in range(ctx.options.reps):
-        order = [SQL, DEFER_MANY] if rep % 2 == 0 else [DEFER_MANY, SQL]
-        values = {v: await _enqueue(ctx, v, rep) for v in order}
+        values = {v: await _enqueue(ctx, v, rep) for v in alternated(SQL, DEFER_MANY, rep)}
         sql, many = values[SQL], values[DEFER_MANY]
         if sql is not None and many is not None:
             ctx.results.add("pyapi.ratio", JOBENGINE.name, Value(many.value / sql.value))

@@ -5,6 +5,14 @@ and `pending -> cancelled` (`dependency_failed`) for dependents of jobs that
 failed for good or were cancelled, down the whole DAG; in sealed mode, a
 `job.held` note on jobs that need the network. (Jobs without dependencies
 are promoted by the claim itself.)
+
+A pass woken by a notification reads what changed since the last pass from
+the ledger (`dag_changes`: the jobs that ended, the jobs created) and
+promotes and cascades among their dependents alone, so its cost follows the
+changes, not the number of jobs waiting. A whole pass (every waiting job)
+comes first, on the polling interval, when the claimer saw a job come due (a
+waiting job's `run_at` is in no ledger row), after a reconnect, and whenever
+a pass could not finish its work in one batch.
 """
 
 from __future__ import annotations
@@ -17,7 +25,7 @@ import structlog
 from anyio.abc import TaskStatus
 
 from jobengine.notifications import Signal
-from jobengine.store import TRANSIENT, JobStore
+from jobengine.store import TRANSIENT, DagCursor, JobStore
 
 log = structlog.get_logger("jobengine.scheduler")
 
@@ -31,6 +39,8 @@ class SchedulePass:
     promoted: int = 0
     cancelled: int = 0
     held: int = 0
+    #: it read every waiting job (not only the dependents of what changed)
+    whole: bool = False
 
 
 class Scheduler:
@@ -39,6 +49,9 @@ class Scheduler:
     It is woken by notifications (jobs inserted, jobs finished), when the
     claimer sees a job come due, and by the polling fallback.
     """
+
+    #: jobs promoted at most in one statement
+    batch = 1000
 
     def __init__(
         self,
@@ -60,11 +73,19 @@ class Scheduler:
         # False once a pass saw no job waiting on dependencies: finished jobs
         # then free nothing, until new jobs arrive (or the polling pass).
         self._maybe_waiting = True
+        # Where the last pass read the ledger to (None: the next pass is whole).
+        self._cursor: DagCursor | None = None
+        self._whole = True
 
-    def wake(self, *, new_jobs: bool = True) -> None:
-        """Ask for a pass soon: jobs were inserted (`new_jobs`) or finished."""
+    def wake(self, *, new_jobs: bool = True, whole: bool = True) -> None:
+        """Ask for a pass soon: jobs were inserted (`new_jobs`) or finished.
+
+        `whole=False` (a notification): the ledger says what changed, so the
+        pass looks at those jobs' dependents alone."""
         if new_jobs:
             self._maybe_waiting = True
+        if whole:
+            self._whole = True
         if self._maybe_waiting:
             self._kick.set()
 
@@ -75,9 +96,37 @@ class Scheduler:
         # One cheap look first: without waiting jobs there is nothing to
         # cascade or promote, and no statement (with its audit trigger) to run.
         self._maybe_waiting = await self._store.any_waiting()
-        if self._maybe_waiting:
-            cancelled = await self._store.cascade()
-            promoted = await self._store.promote(self._queues, sealed=self._sealed)
+        whole = False
+        if not self._maybe_waiting:
+            self._cursor = None  # (the first job to wait again gets a whole pass)
+        else:
+            changes = None
+            if not self._whole and self._cursor is not None:
+                changes = await self._store.dag_changes(self._cursor)
+            if changes is None or changes.more:
+                whole = True
+                self._whole = False
+                # (the cursor first: whatever lands after it, the next pass reads)
+                cursor = await self._store.dag_cursor()
+                cancelled = await self._store.cascade()
+                promoted = await self._store.promote(self._queues, sealed=self._sealed,
+                                                     limit=self.batch)
+                self._cursor = cursor
+            else:
+                self._cursor = changes.cursor
+                if changes.ended or changes.created:
+                    cancelled = await self._store.cascade_changed(changes.ended, changes.created)
+                    promoted = await self._store.promote_changed(
+                        self._queues, changes.ended, changes.created, sealed=self._sealed,
+                        limit=self.batch)
+                if changes.behind:
+                    # Rows of transactions that committed while an older one
+                    # still ran are read once it ends: look again soon.
+                    self._kick.set()
+            if len(promoted) >= self.batch:
+                # Ready jobs may be left over, announced by no new ledger row.
+                self._whole = True
+                self._kick.set()
         if cancelled:
             log.info("job.dependency_failed", job_ids=cancelled)
         if promoted:
@@ -87,7 +136,7 @@ class Scheduler:
             held = await self._store.hold_for_network(self._queues, HELD_REASON)
             if held:
                 log.info("job.held", job_ids=held, reason=HELD_REASON)
-        return SchedulePass(len(promoted), len(cancelled), len(held))
+        return SchedulePass(len(promoted), len(cancelled), len(held), whole)
 
     async def run(self, *, task_status: TaskStatus[None] = anyio.TASK_STATUS_IGNORED) -> None:
         """Pass, sleep until woken (or the polling interval), repeat, until cancelled."""
@@ -100,4 +149,5 @@ class Scheduler:
             if await self._kick.wait(self._poll):
                 await anyio.sleep(self._min_gap)  # let a burst of notifications coalesce
             else:
-                self._maybe_waiting = True  # the polling pass looks for itself
+                self._maybe_waiting = True  # the polling pass looks for itself, everywhere
+                self._whole = True

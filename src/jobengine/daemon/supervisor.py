@@ -476,7 +476,7 @@ class Daemon:
         if wake.what in ("new", "ready"):
             self._wake_claimer()
         if wake.what in ("new", "done") and self._services is not None:
-            self._services.scheduler.wake(new_jobs=wake.what == "new")
+            self._services.scheduler.wake(new_jobs=wake.what == "new", whole=False)
 
     def _on_cancel(self, payload: str) -> None:
         self.attempts.interrupt_jobs(parse_cancel(payload), "cancelled")

@@ -60,6 +60,27 @@ class AttemptEnd:
     ended_why: str | None = None
 
 
+#: A place in the ledger's gap-free order (transaction id as text, row id):
+#: where a DAG pass last read what changed.
+DagCursor = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class DagChanges:
+    """What changed in the DAG's terms since a cursor (see `Lifecycle.dag_changes`)."""
+
+    cursor: DagCursor
+    #: jobs that completed, failed or were cancelled: their dependents may move
+    ended: list[int]
+    #: jobs created: they may be ready already, or their dependency failed
+    created: list[int]
+    #: more rows than asked for: the caller makes a whole pass instead
+    more: bool
+    #: rows remain that the next look will read (their transactions committed
+    #: while an older one still ran)
+    behind: bool
+
+
 @dataclass(frozen=True, slots=True)
 class Completion:
     """A finished attempt to record as `running -> completed`."""
@@ -282,6 +303,48 @@ class Lifecycle:
         for r in rows:
             count_status_change(r["kind"], "scheduled")
         return [r["id"] for r in rows]
+
+    async def dag_cursor(self) -> DagCursor:
+        """The ledger's cursor of now: a whole pass made after it sees everything before it."""
+        return (await self.dag_changes(None)).cursor
+
+    async def dag_changes(self, cursor: DagCursor | None, *, limit: int = 5000) -> DagChanges:
+        """The jobs that ended and the jobs created since `cursor`, from the ledger.
+
+        Only rows of transactions that have ended are read, in (transaction,
+        row) order, so a cursor never passes a row that is still to come."""
+        tx, row = cursor if cursor is not None else (None, None)
+        r = (await fetch_on(self._db, "lifecycle_dag_changes", tx, row, limit))[0]
+        return DagChanges((r["tx_id"], r["id"]), list(r["ended"]), list(r["created"]),
+                          r["more"], r["behind"])
+
+    async def promote_changed(
+        self, queues: Sequence[str], ended: Sequence[int], created: Sequence[int], *,
+        sealed: bool = False, limit: int = 1000,
+    ) -> list[int]:
+        """`promote` among the dependents of `ended` and the jobs `created` alone."""
+        rows = await fetch_on(self._db, "lifecycle_promote_changed", list(queues), list(ended),
+                              list(created), limit, sealed)
+        for r in rows:
+            count_status_change(r["kind"], "scheduled")
+        return [r["id"] for r in rows]
+
+    async def cascade_changed(
+        self, ended: Sequence[int], created: Sequence[int], *, limit: int = 1000
+    ) -> list[int]:
+        """`cascade` among the dependents of `ended` and the jobs `created`, and on down
+        from the jobs it cancels."""
+        cancelled: list[int] = []
+        ended, created = list(ended), list(created)
+        while ended or created:
+            rows = await fetch_on(self._db, "lifecycle_cascade_changed", ended, created, limit)
+            for r in rows:
+                count_status_change(r["kind"], "cancelled")
+            ids = [r["id"] for r in rows]
+            cancelled.extend(ids)
+            # (a full batch may have left some behind: ask again among the same)
+            ended, created = (ids + ended, created) if len(ids) >= limit else (ids, [])
+        return cancelled
 
     async def cascade(self, *, limit: int = 1000) -> list[int]:
         """Cancel pending jobs whose dependency failed for good or was cancelled, down the DAG."""

@@ -43,6 +43,19 @@ SELECT * FROM jobengine.promote_v1($1::text[], $2, $3);
 -- name: lifecycle_cascade
 SELECT * FROM jobengine.cascade_v1($1);
 
+-- name: lifecycle_dag_changes
+-- What changed since the cursor ($1, $2; NULL: the cursor of now), in the
+-- ledger's last five minutes (older rows of a transaction that has only just
+-- committed are left to the whole pass), at most $3 rows.
+SELECT c.tx_id::text AS tx_id, c.id, c.ended, c.created, c.more, c.behind
+FROM jobengine.dag_changes_v1($1::text::xid8, $2, statement_timestamp() - interval '5 minutes', $3) c;
+
+-- name: lifecycle_promote_changed
+SELECT * FROM jobengine.promote_changed_v1($1::text[], $2::bigint[], $3::bigint[], $4, $5);
+
+-- name: lifecycle_cascade_changed
+SELECT * FROM jobengine.cascade_changed_v1($1::bigint[], $2::bigint[], $3);
+
 -- name: lifecycle_attempt_ends
 -- How each attempt ended, read back after a write whose COMMIT went unanswered
 -- (the connection was lost): the first transition out of `running` at that
