@@ -242,6 +242,41 @@ async def test_a_pass_woken_by_a_notification_looks_only_at_what_changed(pool: a
     assert (await scheduler.run_once()).whole
 
 
+async def test_a_completion_committed_behind_an_open_transaction_is_promoted_when_it_ends(
+    pool: asyncpg.Pool,
+) -> None:
+    # The ledger is read in commit-safe order: a parent that completed while an
+    # older transaction was open is read once that one ends, by the scheduler's
+    # own look again (no notification, no polling pass: poll_interval is 60 s).
+    store = JobStore(pool)
+    parent = await insert(pool, "ok")
+    child = await insert(pool, "ok", depends_on=[parent])
+    scheduler = Scheduler(store, ["default"], poll_interval=60, on_ready=lambda: None)
+    await scheduler.run_once()
+    async with pool.acquire() as older, anyio.create_task_group() as tg:
+        opened = older.transaction()
+        await opened.start()
+        await older.execute("SELECT pg_current_xact_id()")
+        await store.claim(owner="d", queues=["default"], kinds=["ok"], limit=1,
+                          lease_ttl=timedelta(seconds=30))
+        await store.finish("d", [Completion(parent, 1)])
+        scheduler.wake(new_jobs=False, whole=False)  # (its `done` notification)
+        tg.start_soon(scheduler.run)
+
+        async def behind() -> bool:
+            return scheduler.looking_again
+
+        await wait_for(behind, message="the pass to see it is behind")
+        assert (await store.get(child)).status.value == "pending"
+        await opened.rollback()
+
+        async def promoted() -> bool:
+            return (await store.get(child)).status.value == "scheduled"
+
+        await wait_for(promoted, message="the child's promotion")
+        tg.cancel_scope.cancel()
+
+
 # -- timeouts and cancellation ------------------------------------------------------------
 
 

@@ -9,7 +9,10 @@ are promoted by the claim itself.)
 A pass woken by a notification reads what changed since the last pass from
 the ledger (`dag_changes`: the jobs that ended, the jobs created) and
 promotes and cascades among their dependents alone, so its cost follows the
-changes, not the number of jobs waiting. A whole pass (every waiting job)
+changes, not the number of jobs waiting; rows it must leave for later (their
+transactions committed while an older one was still open) it reads by a look
+of its own, 10 ms later at first and less often while that transaction stays
+open (at most every polling interval). A whole pass (every waiting job)
 comes first, on the polling interval, when the claimer saw a job come due (a
 waiting job's `run_at` is in no ledger row), after a reconnect, and whenever
 a pass could not finish its work in one batch.
@@ -76,6 +79,15 @@ class Scheduler:
         # Where the last pass read the ledger to (None: the next pass is whole).
         self._cursor: DagCursor | None = None
         self._whole = True
+        # Seconds until the scheduler looks at the ledger again by itself
+        # (None: on the next wake-up, or the polling pass).
+        self._look_again: float | None = None
+
+    @property
+    def looking_again(self) -> bool:
+        """Whether the last pass left ledger rows for a look of its own (they were
+        behind a transaction still open)."""
+        return self._look_again is not None
 
     def wake(self, *, new_jobs: bool = True, whole: bool = True) -> None:
         """Ask for a pass soon: jobs were inserted (`new_jobs`) or finished.
@@ -99,6 +111,7 @@ class Scheduler:
         whole = False
         if not self._maybe_waiting:
             self._cursor = None  # (the first job to wait again gets a whole pass)
+            self._look_again = None
         else:
             changes = None
             if not self._whole and self._cursor is not None:
@@ -106,6 +119,7 @@ class Scheduler:
             if changes is None or changes.more:
                 whole = True
                 self._whole = False
+                self._look_again = None  # (it sees every transaction ended before it)
                 # (the cursor first: whatever lands after it, the next pass reads)
                 cursor = await self._store.dag_cursor()
                 cancelled = await self._store.cascade()
@@ -119,10 +133,16 @@ class Scheduler:
                     promoted = await self._store.promote_changed(
                         self._queues, changes.ended, changes.created, sealed=self._sealed,
                         limit=self.batch)
+                # Rows of transactions that committed while an older one still
+                # ran are read once it ends: look again by then, without a
+                # notification, sooner at first (an older transaction is most
+                # often a claim or an outcome, done in milliseconds), then less
+                # often while one stays open (an app's long transaction).
                 if changes.behind:
-                    # Rows of transactions that committed while an older one
-                    # still ran are read once it ends: look again soon.
-                    self._kick.set()
+                    self._look_again = min(2 * (self._look_again or self._min_gap / 2),
+                                           self._poll)
+                else:
+                    self._look_again = None
             if len(promoted) >= self.batch:
                 # Ready jobs may be left over, announced by no new ledger row.
                 self._whole = True
@@ -146,8 +166,9 @@ class Scheduler:
                 await self.run_once()
             except TRANSIENT as exc:
                 log.warning("scheduler.pass_failed", error=repr(exc))
-            if await self._kick.wait(self._poll):
+            looking_again = self._look_again is not None
+            if await self._kick.wait(self._look_again if looking_again else self._poll):
                 await anyio.sleep(self._min_gap)  # let a burst of notifications coalesce
-            else:
+            elif not looking_again:
                 self._maybe_waiting = True  # the polling pass looks for itself, everywhere
                 self._whole = True
