@@ -119,6 +119,22 @@ async def test_the_last_hour_samples_a_burst_as_much_as_it_weighs(api_pool: asyn
     assert sum(m.completed for m in minutes) == pytest.approx(180)
 
 
+async def test_the_oldest_waiting_job_may_be_one_waiting_on_its_dependencies(
+    api_pool: asyncpg.Pool,
+) -> None:
+    # (jobs waiting on dependencies sort last in the claim order: they are read apart)
+    store = JobStore(api_pool)
+    now = await api_pool.fetchval("SELECT statement_timestamp()")
+    parent = (await store.insert(JobSpec(kind="email", run_at=now - timedelta(hours=2))))[0]
+    blocked = (await store.insert(JobSpec(kind="email", run_at=now - timedelta(hours=3),
+                                          depends_on=[parent.id])))[0]
+    await store.insert(JobSpec(kind="email", run_at=now - timedelta(hours=1)))
+    # (each index's first one only: the blocked job would be past the first in claim order)
+    oldest = await DashboardStore(api_pool).oldest_waiting(heads=1)
+    assert oldest is not None
+    assert oldest.job.id == blocked.id
+
+
 async def test_a_job_page_shows_fields_history_timeline_and_escapes_the_payload(
         ui: httpx.AsyncClient, api_pool: asyncpg.Pool) -> None:
     evil = "<script>alert(1)</script>"

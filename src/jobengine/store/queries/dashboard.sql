@@ -105,8 +105,13 @@ ORDER BY m.t;
 -- name: dashboard_oldest_waiting
 -- The due job that has waited longest (pending or scheduled, run_at passed),
 -- among the first $1 of each waiting index: in claim order for the jobs
--- without a limit key (the oldest come first there), any $1 for the keyed.
+-- without a limit key (the oldest come first there), any $1 for the keyed,
+-- and the oldest $1 waiting on dependencies (they sort last in claim order).
 SELECT w.*, statement_timestamp() AS now FROM (
+    (SELECT j.* FROM jobengine.jobs j
+     WHERE j.status = 'pending' AND j.depends_on <> '{}' AND j.run_at <= statement_timestamp()
+     ORDER BY j.id LIMIT $1)
+    UNION ALL
     (SELECT j.* FROM jobengine.jobs j
      WHERE j.status = 'scheduled' AND j.limit_key IS NULL AND j.run_at <= statement_timestamp()
      ORDER BY j.claim_order, j.id LIMIT $1)
