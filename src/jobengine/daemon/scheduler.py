@@ -127,12 +127,14 @@ class Scheduler:
                                                      limit=self.batch)
                 self._cursor = cursor
             else:
-                self._cursor = changes.cursor
                 if changes.ended or changes.created:
                     cancelled = await self._store.cascade_changed(changes.ended, changes.created)
                     promoted = await self._store.promote_changed(
                         self._queues, changes.ended, changes.created, sealed=self._sealed,
                         limit=self.batch)
+                # (moved on only once they are done: a pass that failed before
+                # leaves them to the next one)
+                self._cursor = changes.cursor
                 # Rows of transactions that committed while an older one still
                 # ran are read once it ends: look again by then, without a
                 # notification, sooner at first (an older transaction is most
@@ -166,6 +168,7 @@ class Scheduler:
                 await self.run_once()
             except TRANSIENT as exc:
                 log.warning("scheduler.pass_failed", error=repr(exc))
+                self._whole = True  # (whatever it left half done, the next pass sees)
             looking_again = self._look_again is not None
             if await self._kick.wait(self._look_again if looking_again else self._poll):
                 await anyio.sleep(self._min_gap)  # let a burst of notifications coalesce
