@@ -266,47 +266,6 @@ CREATE FUNCTION jobengine.cancelled_dependents(p_id bigint) RETURNS bigint[]
 $$;
 
 --
--- Name: cascade_changed_v1(bigint[], bigint[], integer); Type: FUNCTION; Schema: jobengine; Owner: -
---
-
-CREATE FUNCTION jobengine.cascade_changed_v1(p_ended bigint[], p_created bigint[], p_limit integer) RETURNS TABLE(id bigint, kind text)
-    LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    SET jit TO 'off'
-    SET enable_seqscan TO 'off'
-    SET plan_cache_mode TO 'force_generic_plan'
-    AS $$
-DECLARE
-    v_ids bigint[] := jobengine.dag_dependents(p_ended, p_created);
-BEGIN
-    IF cardinality(v_ids) = 0 THEN
-        RETURN;
-    END IF;
-    RETURN QUERY
-    UPDATE jobengine.jobs AS j
-    SET status = 'cancelled', status_reason = 'dependency_failed',
-        last_error = 'dependency ' || (
-            SELECT min(x.id) FROM jobengine.jobs x
-            WHERE x.id = ANY (j.depends_on)
-              AND (x.status = 'cancelled' OR (x.status = 'failed' AND x.attempt - x.released > x.max_retries))
-        ) || ' ended failed or cancelled'
-    WHERE j.id IN (
-        SELECT p.id FROM jobengine.jobs p
-        WHERE p.id = ANY (v_ids)
-          AND p.status = 'pending' AND p.depends_on <> '{}'
-          AND EXISTS (
-              SELECT 1 FROM jobengine.jobs x
-              WHERE x.id = ANY (p.depends_on)
-                AND (x.status = 'cancelled' OR (x.status = 'failed' AND x.attempt - x.released > x.max_retries)))
-        ORDER BY p.id
-        LIMIT p_limit
-        FOR NO KEY UPDATE SKIP LOCKED
-    )
-    RETURNING j.id, j.kind;
-END
-$$;
-
---
 -- Name: cascade_v1(integer); Type: FUNCTION; Schema: jobengine; Owner: -
 --
 
@@ -893,6 +852,7 @@ CREATE FUNCTION jobengine.dag_changes_v1(p_tx xid8, p_id bigint, p_after timesta
     LANGUAGE plpgsql STABLE
     SET search_path TO 'pg_catalog', 'pg_temp'
     SET jit TO 'off'
+    SET enable_seqscan TO 'off'
     SET plan_cache_mode TO 'force_generic_plan'
     AS $$
 DECLARE
@@ -949,6 +909,64 @@ BEGIN
         SELECT c.id FROM jobengine.jobs c
         WHERE c.id = ANY (p_created) AND c.status = 'pending' AND cardinality(c.depends_on) > 0
         ORDER BY 1);
+END
+$$;
+
+--
+-- Name: dag_moves_v1(text[], bigint[], bigint[], integer, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
+--
+
+CREATE FUNCTION jobengine.dag_moves_v1(p_queues text[], p_ended bigint[], p_created bigint[], p_limit integer, p_sealed boolean DEFAULT false) RETURNS TABLE(id bigint, kind text, to_status jobengine.job_status)
+    LANGUAGE plpgsql
+    SET search_path TO 'pg_catalog', 'pg_temp'
+    SET jit TO 'off'
+    SET enable_seqscan TO 'off'
+    SET plan_cache_mode TO 'force_generic_plan'
+    AS $$
+DECLARE
+    v_ids bigint[] := jobengine.dag_dependents(p_ended, p_created);
+BEGIN
+    IF cardinality(v_ids) = 0 THEN
+        RETURN;
+    END IF;
+    RETURN QUERY
+    UPDATE jobengine.jobs AS j
+    SET status = 'cancelled', status_reason = 'dependency_failed',
+        last_error = 'dependency ' || (
+            SELECT min(x.id) FROM jobengine.jobs x
+            WHERE x.id = ANY (j.depends_on)
+              AND (x.status = 'cancelled' OR (x.status = 'failed' AND x.attempt - x.released > x.max_retries))
+        ) || ' ended failed or cancelled'
+    WHERE j.id IN (
+        SELECT p.id FROM jobengine.jobs p
+        WHERE p.id = ANY (v_ids)
+          AND p.status = 'pending' AND p.depends_on <> '{}'
+          AND EXISTS (
+              SELECT 1 FROM jobengine.jobs x
+              WHERE x.id = ANY (p.depends_on)
+                AND (x.status = 'cancelled' OR (x.status = 'failed' AND x.attempt - x.released > x.max_retries)))
+        ORDER BY p.id
+        LIMIT p_limit
+        FOR NO KEY UPDATE SKIP LOCKED
+    )
+    RETURNING j.id, j.kind, j.status;
+    -- (this statement sees the cancellations: those are no longer pending)
+    RETURN QUERY
+    UPDATE jobengine.jobs AS j
+    SET status = 'scheduled', status_reason = 'ready', claim_order = NULL
+    WHERE j.id IN (
+        SELECT p.id FROM jobengine.jobs p
+        WHERE p.id = ANY (v_ids)
+          AND p.status = 'pending' AND p.depends_on <> '{}' AND p.queue = ANY (p_queues)
+          AND p.run_at <= statement_timestamp()
+          AND NOT (p_sealed AND p.requires_network)
+          AND NOT EXISTS (
+              SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (p.depends_on) AND d.status <> 'completed')
+        ORDER BY p.id
+        LIMIT p_limit
+        FOR NO KEY UPDATE SKIP LOCKED
+    )
+    RETURNING j.id, j.kind, j.status;
 END
 $$;
 
@@ -2025,42 +2043,6 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN p_lease_ttl;
-END
-$$;
-
---
--- Name: promote_changed_v1(text[], bigint[], bigint[], integer, boolean); Type: FUNCTION; Schema: jobengine; Owner: -
---
-
-CREATE FUNCTION jobengine.promote_changed_v1(p_queues text[], p_ended bigint[], p_created bigint[], p_limit integer, p_sealed boolean DEFAULT false) RETURNS TABLE(id bigint, kind text)
-    LANGUAGE plpgsql
-    SET search_path TO 'pg_catalog', 'pg_temp'
-    SET jit TO 'off'
-    SET enable_seqscan TO 'off'
-    SET plan_cache_mode TO 'force_generic_plan'
-    AS $$
-DECLARE
-    v_ids bigint[] := jobengine.dag_dependents(p_ended, p_created);
-BEGIN
-    IF cardinality(v_ids) = 0 THEN
-        RETURN;
-    END IF;
-    RETURN QUERY
-    UPDATE jobengine.jobs AS j
-    SET status = 'scheduled', status_reason = 'ready', claim_order = NULL
-    WHERE j.id IN (
-        SELECT p.id FROM jobengine.jobs p
-        WHERE p.id = ANY (v_ids)
-          AND p.status = 'pending' AND p.depends_on <> '{}' AND p.queue = ANY (p_queues)
-          AND p.run_at <= statement_timestamp()
-          AND NOT (p_sealed AND p.requires_network)
-          AND NOT EXISTS (
-              SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (p.depends_on) AND d.status <> 'completed')
-        ORDER BY p.id
-        LIMIT p_limit
-        FOR NO KEY UPDATE SKIP LOCKED
-    )
-    RETURNING j.id, j.kind;
 END
 $$;
 
@@ -3609,12 +3591,6 @@ REVOKE ALL ON FUNCTION jobengine.add_timeline_note(p_job_ids bigint[], p_event_t
 REVOKE ALL ON FUNCTION jobengine.cancel_v1(p_ids bigint[], p_reason text) FROM PUBLIC;
 
 --
--- Name: FUNCTION cascade_changed_v1(p_ended bigint[], p_created bigint[], p_limit integer); Type: ACL; Schema: jobengine; Owner: -
---
-
-REVOKE ALL ON FUNCTION jobengine.cascade_changed_v1(p_ended bigint[], p_created bigint[], p_limit integer) FROM PUBLIC;
-
---
 -- Name: FUNCTION cascade_v1(p_limit integer); Type: ACL; Schema: jobengine; Owner: -
 --
 
@@ -3645,6 +3621,12 @@ REVOKE ALL ON FUNCTION jobengine.dag_changes_v1(p_tx xid8, p_id bigint, p_after 
 REVOKE ALL ON FUNCTION jobengine.dag_dependents(p_ended bigint[], p_created bigint[]) FROM PUBLIC;
 
 --
+-- Name: FUNCTION dag_moves_v1(p_queues text[], p_ended bigint[], p_created bigint[], p_limit integer, p_sealed boolean); Type: ACL; Schema: jobengine; Owner: -
+--
+
+REVOKE ALL ON FUNCTION jobengine.dag_moves_v1(p_queues text[], p_ended bigint[], p_created bigint[], p_limit integer, p_sealed boolean) FROM PUBLIC;
+
+--
 -- Name: FUNCTION fail_v1(p_owner text, p_ids bigint[], p_attempts integer[], p_reasons text[], p_errors text[], p_retry_delays double precision[]); Type: ACL; Schema: jobengine; Owner: -
 --
 
@@ -3673,12 +3655,6 @@ REVOKE ALL ON FUNCTION jobengine.ledger_drop_v1(p_before timestamp with time zon
 --
 
 REVOKE ALL ON FUNCTION jobengine.ledger_prepare_v1(p_days_ahead integer, p_from date) FROM PUBLIC;
-
---
--- Name: FUNCTION promote_changed_v1(p_queues text[], p_ended bigint[], p_created bigint[], p_limit integer, p_sealed boolean); Type: ACL; Schema: jobengine; Owner: -
---
-
-REVOKE ALL ON FUNCTION jobengine.promote_changed_v1(p_queues text[], p_ended bigint[], p_created bigint[], p_limit integer, p_sealed boolean) FROM PUBLIC;
 
 --
 -- Name: FUNCTION promote_v1(p_queues text[], p_limit integer, p_sealed boolean); Type: ACL; Schema: jobengine; Owner: -
@@ -3819,4 +3795,4 @@ INSERT INTO jobengine.schema_migrations (version, name, checksum) VALUES
     (11, 'claim_cost', '3c33725fbd691428280c61127c205925b0d180b1b4d5d73d35dffebb8358e839'),
     (12, 'write_path_plans', '6323066efdc4715a1ec70f70f55c4650a4ec499e6cf4b8e07eb0857a25bbb66f'),
     (13, 'plans_once', 'b91c33e37bb16b7af842b45350be7b29dd4290ee9df0d95b89c91c02ceb929d2'),
-    (14, 'dag_passes', 'ed54cd99a5896bae2f9e71925af2ab59b3785c534bce66757747185ae59e19ed');
+    (14, 'dag_passes', 'd2c4b5c85b06ec9fe84a2d04ca74442d3328c9dca7000f34b9b9512ba807193f');

@@ -12,7 +12,7 @@
 -- same gap-free order the relay reads: rows of transactions that have
 -- ended, by (tx_id, id)): the jobs that ended (their dependents may be ready
 -- or must be cancelled) and the jobs created (they may be ready already).
--- Then it promotes and cascades among those alone, through a new index of
+-- Then it cascades and promotes among those alone, through a new index of
 -- the waiting jobs by their dependencies (GIN, partial: jobs without
 -- dependencies never enter it). The whole pass (promote_v1, cascade_v1)
 -- stays for what no ledger row announces (a waiting job's `run_at` coming,
@@ -134,6 +134,9 @@ RETURNS TABLE (tx_id xid8, id bigint, ended bigint[], created bigint[], more boo
 LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp
 SET jit = off
+-- (by ledger_cursor_idx, whatever the statistics say: a day's partition not
+-- analyzed yet made the planner read it whole for `behind`, 7 ms a pass)
+SET enable_seqscan = off
 SET plan_cache_mode = force_generic_plan
 AS $$
 DECLARE
@@ -194,49 +197,15 @@ BEGIN
 END
 $$;
 
--- promote_v1 among the dependents of p_ended and the jobs p_created alone:
--- `pending -> scheduled` for those that are due and whose dependencies all
--- completed. (One generic plan a session: a custom one cost more to make
--- than to run.)
-CREATE FUNCTION jobengine.promote_changed_v1(
+-- cascade_v1 and promote_v1 among the dependents of p_ended and the jobs
+-- p_created alone (looked up once, for both): `pending -> cancelled`
+-- (dependency_failed) for those with a dependency that failed for good or
+-- was cancelled, then `pending -> scheduled` for those of the rest that are
+-- due and whose dependencies all completed; each at most p_limit. (One
+-- generic plan a session: a custom one cost more to make than to run.)
+CREATE FUNCTION jobengine.dag_moves_v1(
     p_queues text[], p_ended bigint[], p_created bigint[], p_limit integer, p_sealed boolean DEFAULT false
-) RETURNS TABLE (id bigint, kind text)
-LANGUAGE plpgsql
-SET search_path = pg_catalog, pg_temp
-SET jit = off
-SET enable_seqscan = off
-SET plan_cache_mode = force_generic_plan
-AS $$
-DECLARE
-    v_ids bigint[] := jobengine.dag_dependents(p_ended, p_created);
-BEGIN
-    IF cardinality(v_ids) = 0 THEN
-        RETURN;
-    END IF;
-    RETURN QUERY
-    UPDATE jobengine.jobs AS j
-    SET status = 'scheduled', status_reason = 'ready', claim_order = NULL
-    WHERE j.id IN (
-        SELECT p.id FROM jobengine.jobs p
-        WHERE p.id = ANY (v_ids)
-          AND p.status = 'pending' AND p.depends_on <> '{}' AND p.queue = ANY (p_queues)
-          AND p.run_at <= statement_timestamp()
-          AND NOT (p_sealed AND p.requires_network)
-          AND NOT EXISTS (
-              SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (p.depends_on) AND d.status <> 'completed')
-        ORDER BY p.id
-        LIMIT p_limit
-        FOR NO KEY UPDATE SKIP LOCKED
-    )
-    RETURNING j.id, j.kind;
-END
-$$;
-
--- cascade_v1 among the dependents of p_ended and the jobs p_created alone:
--- `pending -> cancelled` (dependency_failed) for those with a dependency that
--- failed for good or was cancelled.
-CREATE FUNCTION jobengine.cascade_changed_v1(p_ended bigint[], p_created bigint[], p_limit integer)
-RETURNS TABLE (id bigint, kind text)
+) RETURNS TABLE (id bigint, kind text, to_status jobengine.job_status)
 LANGUAGE plpgsql
 SET search_path = pg_catalog, pg_temp
 SET jit = off
@@ -269,7 +238,24 @@ BEGIN
         LIMIT p_limit
         FOR NO KEY UPDATE SKIP LOCKED
     )
-    RETURNING j.id, j.kind;
+    RETURNING j.id, j.kind, j.status;
+    -- (this statement sees the cancellations: those are no longer pending)
+    RETURN QUERY
+    UPDATE jobengine.jobs AS j
+    SET status = 'scheduled', status_reason = 'ready', claim_order = NULL
+    WHERE j.id IN (
+        SELECT p.id FROM jobengine.jobs p
+        WHERE p.id = ANY (v_ids)
+          AND p.status = 'pending' AND p.depends_on <> '{}' AND p.queue = ANY (p_queues)
+          AND p.run_at <= statement_timestamp()
+          AND NOT (p_sealed AND p.requires_network)
+          AND NOT EXISTS (
+              SELECT 1 FROM jobengine.jobs d WHERE d.id = ANY (p.depends_on) AND d.status <> 'completed')
+        ORDER BY p.id
+        LIMIT p_limit
+        FOR NO KEY UPDATE SKIP LOCKED
+    )
+    RETURNING j.id, j.kind, j.status;
 END
 $$;
 
@@ -277,8 +263,7 @@ $$;
 REVOKE EXECUTE ON FUNCTION
     jobengine.dag_dependents(bigint[], bigint[]),
     jobengine.dag_changes_v1(xid8, bigint, timestamptz, integer),
-    jobengine.promote_changed_v1(text[], bigint[], bigint[], integer, boolean),
-    jobengine.cascade_changed_v1(bigint[], bigint[], integer)
+    jobengine.dag_moves_v1(text[], bigint[], bigint[], integer, boolean)
 FROM PUBLIC;
 DO $$
 BEGIN
@@ -286,8 +271,7 @@ BEGIN
         GRANT EXECUTE ON FUNCTION
             jobengine.dag_dependents(bigint[], bigint[]),
             jobengine.dag_changes_v1(xid8, bigint, timestamptz, integer),
-            jobengine.promote_changed_v1(text[], bigint[], bigint[], integer, boolean),
-            jobengine.cascade_changed_v1(bigint[], bigint[], integer)
+            jobengine.dag_moves_v1(text[], bigint[], bigint[], integer, boolean)
             TO jobengine_daemon;
     END IF;
 END

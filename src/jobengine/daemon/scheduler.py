@@ -128,8 +128,7 @@ class Scheduler:
                 self._cursor = cursor
             else:
                 if changes.ended or changes.created:
-                    cancelled = await self._store.cascade_changed(changes.ended, changes.created)
-                    promoted = await self._store.promote_changed(
+                    cancelled, promoted = await self._store.dag_moves(
                         self._queues, changes.ended, changes.created, sealed=self._sealed,
                         limit=self.batch)
                 # (moved on only once they are done: a pass that failed before

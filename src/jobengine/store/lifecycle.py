@@ -318,33 +318,27 @@ class Lifecycle:
         return DagChanges((r["tx_id"], r["id"]), list(r["ended"]), list(r["created"]),
                           r["more"], r["behind"])
 
-    async def promote_changed(
+    async def dag_moves(
         self, queues: Sequence[str], ended: Sequence[int], created: Sequence[int], *,
         sealed: bool = False, limit: int = 1000,
-    ) -> list[int]:
-        """`promote` among the dependents of `ended` and the jobs `created` alone."""
-        rows = await fetch_on(self._db, "lifecycle_promote_changed", list(queues), list(ended),
-                              list(created), limit, sealed)
-        for r in rows:
-            count_status_change(r["kind"], "scheduled")
-        return [r["id"] for r in rows]
-
-    async def cascade_changed(
-        self, ended: Sequence[int], created: Sequence[int], *, limit: int = 1000
-    ) -> list[int]:
-        """`cascade` among the dependents of `ended` and the jobs `created`, and on down
-        from the jobs it cancels."""
+    ) -> tuple[list[int], list[int]]:
+        """`cascade` and `promote` among the dependents of `ended` and the jobs `created`
+        alone, and the cascade on down from the jobs it cancels: (cancelled, promoted)."""
         cancelled: list[int] = []
+        promoted: list[int] = []
         ended, created = list(ended), list(created)
         while ended or created:
-            rows = await fetch_on(self._db, "lifecycle_cascade_changed", ended, created, limit)
+            rows = await fetch_on(self._db, "lifecycle_dag_moves", list(queues), ended, created,
+                                  limit, sealed)
+            now_cancelled: list[int] = []
             for r in rows:
-                count_status_change(r["kind"], "cancelled")
-            ids = [r["id"] for r in rows]
-            cancelled.extend(ids)
+                count_status_change(r["kind"], r["to_status"])
+                (now_cancelled if r["to_status"] == "cancelled" else promoted).append(r["id"])
+            cancelled.extend(now_cancelled)
             # (a full batch may have left some behind: ask again among the same)
-            ended, created = (ids + ended, created) if len(ids) >= limit else (ids, [])
-        return cancelled
+            full = len(now_cancelled) >= limit
+            ended, created = (now_cancelled + ended, created) if full else (now_cancelled, [])
+        return cancelled, promoted
 
     async def cascade(self, *, limit: int = 1000) -> list[int]:
         """Cancel pending jobs whose dependency failed for good or was cancelled, down the DAG."""

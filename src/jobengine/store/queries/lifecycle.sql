@@ -50,11 +50,9 @@ SELECT * FROM jobengine.cascade_v1($1);
 SELECT c.tx_id::text AS tx_id, c.id, c.ended, c.created, c.more, c.behind
 FROM jobengine.dag_changes_v1($1::text::xid8, $2, statement_timestamp() - interval '5 minutes', $3) c;
 
--- name: lifecycle_promote_changed
-SELECT * FROM jobengine.promote_changed_v1($1::text[], $2::bigint[], $3::bigint[], $4, $5);
-
--- name: lifecycle_cascade_changed
-SELECT * FROM jobengine.cascade_changed_v1($1::bigint[], $2::bigint[], $3);
+-- name: lifecycle_dag_moves
+SELECT m.id, m.kind, m.to_status::text AS to_status
+FROM jobengine.dag_moves_v1($1::text[], $2::bigint[], $3::bigint[], $4, $5) m;
 
 -- name: lifecycle_attempt_ends
 -- How each attempt ended, read back after a write whose COMMIT went unanswered
