@@ -19,7 +19,7 @@ from jobengine import metrics
 from jobengine.daemon import CommandHandler, Daemon, from_callables, resolve_handlers, run_daemon
 from jobengine.daemon.scheduler import Scheduler
 from jobengine.daemon.testsignals import DaemonSignals
-from jobengine.domain import Job
+from jobengine.domain import Job, JobSpec
 from jobengine.store import Completion, JobStore
 from tests.daemon_helpers import (
     assert_every_history_is_a_valid_path,
@@ -240,6 +240,30 @@ async def test_a_pass_woken_by_a_notification_looks_only_at_what_changed(pool: a
     assert (await store.get(child)).status.value == "scheduled"
     scheduler.wake()  # (the polling fallback, a job come due: every waiting job)
     assert (await scheduler.run_once()).whole
+
+
+async def test_a_waiting_job_whose_run_at_comes_is_promoted_under_a_stream_of_notifications(
+    pool: asyncpg.Pool,
+) -> None:
+    # No ledger row announces a run_at coming: a whole pass does, at least once
+    # per polling interval even while notifications keep waking the scheduler.
+    store = JobStore(pool)
+    parent = await insert(pool, "ok")
+    now = await pool.fetchval("SELECT statement_timestamp()")
+    child = (await store.insert(JobSpec(kind="ok", depends_on=[parent],
+                                        run_at=now + timedelta(seconds=0.3))))[0].id
+    scheduler = Scheduler(store, ["default"], poll_interval=0.5, on_ready=lambda: None)
+    await scheduler.run_once()
+    await store.claim(owner="d", queues=["default"], kinds=["ok"], limit=1,
+                      lease_ttl=timedelta(seconds=30))
+    await store.finish("d", [Completion(parent, 1)])
+
+    async def notified_pass_promoted() -> bool:
+        scheduler.wake(new_jobs=False, whole=False)  # (a `done` notification, again and again)
+        await scheduler.run_once()
+        return (await store.get(child)).status.value == "scheduled"
+
+    await wait_for(notified_pass_promoted, message="the child's promotion once its run_at came")
 
 
 async def test_a_completion_committed_behind_an_open_transaction_is_promoted_when_it_ends(

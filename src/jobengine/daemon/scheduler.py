@@ -13,9 +13,10 @@ changes, not the number of jobs waiting; rows it must leave for later (their
 transactions committed while an older one was still open) it reads by a look
 of its own, 10 ms later at first and less often while that transaction stays
 open (at most every polling interval). A whole pass (every waiting job)
-comes first, on the polling interval, when the claimer saw a job come due (a
-waiting job's `run_at` is in no ledger row), after a reconnect, and whenever
-a pass could not finish its work in one batch.
+comes first, at least once every polling interval however many notifications
+come, when the claimer saw a job come due (a waiting job's `run_at` is in no
+ledger row), after a reconnect, and whenever a pass could not finish its work
+in one batch.
 """
 
 from __future__ import annotations
@@ -79,6 +80,9 @@ class Scheduler:
         # Where the last pass read the ledger to (None: the next pass is whole).
         self._cursor: DagCursor | None = None
         self._whole = True
+        # When the last whole pass ran (anyio's clock): one is due every
+        # polling interval however often notifications wake the scheduler.
+        self._whole_at = float("-inf")
         # Seconds until the scheduler looks at the ledger again by itself
         # (None: on the next wake-up, or the polling pass).
         self._look_again: float | None = None
@@ -114,11 +118,17 @@ class Scheduler:
             self._look_again = None
         else:
             changes = None
+            if anyio.current_time() - self._whole_at >= self._poll:
+                # (under a steady stream of notifications the polling timeout
+                # never fires: a waiting job whose run_at came, or one that was
+                # locked when its dependency ended, would wait for a quiet spell)
+                self._whole = True
             if not self._whole and self._cursor is not None:
                 changes = await self._store.dag_changes(self._cursor)
             if changes is None or changes.more:
                 whole = True
                 self._whole = False
+                self._whole_at = anyio.current_time()
                 self._look_again = None  # (it sees every transaction ended before it)
                 # (the cursor first: whatever lands after it, the next pass reads)
                 cursor = await self._store.dag_cursor()
