@@ -182,5 +182,6 @@ class Scheduler:
             if await self._kick.wait(self._look_again if looking_again else self._poll):
                 await anyio.sleep(self._min_gap)  # let a burst of notifications coalesce
             elif not looking_again:
-                self._maybe_waiting = True  # the polling pass looks for itself, everywhere
-                self._whole = True
+                # The polling pass looks for itself (and is whole: no pass for a
+                # polling interval means no whole one either, see run_once).
+                self._maybe_waiting = True
